@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision are pinned together: these builds pair with each other.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup setup-dev serve test
+
+$(VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev-done: $(VENV)/.setup-done
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.setup-done
+
+setup-dev: $(VENV)/.dev-done
+
+serve: setup
+	$(PY) -m server
+
+test: setup-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,163 @@
+"""Model directories in our layout (JSON config + safetensors) and imports of Karlo's files.
+
+Layout of a model directory:
+
+    stack.json                 StackConfig
+    clip.safetensors           open_clip state dict (name set by ClipConfig.weights)
+    clip_stats.safetensors     {"mean": [D], "std": [D]}
+    prior.safetensors          PriorTransformer
+    decoder.safetensors        decoder UNet
+    upsampler_{i}.safetensors  upsampler i ("model.*" and, if any, "last_step_model.*")
+
+Loading builds every module on the `meta` device and assigns the tensors read from disk,
+so a multi-billion-parameter stack is never held twice in host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import StackConfig
+from .stack import UnCLIPStack
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "stack.json"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weights file a model directory needs is not on disk (nothing is ever downloaded)."""
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A pickle checkpoint that `torch.load(weights_only=True)` refuses."""
+
+
+def module_files(cfg: StackConfig) -> dict[str, str]:
+    """Submodule name of UnCLIPStack -> file name in the model directory."""
+    files = {"clip.model": cfg.clip.weights, "prior": "prior.safetensors", "decoder": "decoder.safetensors"}
+    for i in range(len(cfg.upsamplers)):
+        files[f"upsamplers.{i}"] = f"upsampler_{i}.safetensors"
+    return files
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return path, or raise MissingWeightsError naming it."""
+    if not Path(path).is_file():
+        raise MissingWeightsError(f"missing {what}: {path} does not exist (weights are never downloaded at run time)")
+    return Path(path)
+
+
+def save_model_dir(stack: UnCLIPStack, path: Path, dtype: Optional[torch.dtype] = None) -> None:
+    """Write stack.json and one safetensors file per module (optionally cast, e.g. fp16)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    stack.cfg.save(path / CONFIG_FILE)
+    for name, fname in module_files(stack.cfg).items():
+        save_file(_cast(stack.get_submodule(name).state_dict(), dtype), str(path / fname))
+    if stack.cfg.clip.stats:
+        stats = {"mean": stack.clip_mean, "std": stack.clip_std}
+        save_file(_cast(stats, torch.float32), str(path / stack.cfg.clip.stats))
+
+
+def _cast(sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous()
+    return out
+
+
+def build_on_meta(cfg: StackConfig) -> UnCLIPStack:
+    """The stack with parameters on the meta device (no memory)."""
+    with torch.device("meta"):
+        return UnCLIPStack(cfg)
+
+
+def assign_state(module: nn.Module, sd: Mapping[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> None:
+    """load_state_dict(strict=True, assign=True) after moving floating tensors to dtype/device."""
+    moved = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in sd.items()}
+    module.load_state_dict(moved, strict=True, assign=True)
+
+
+def materialize_buffers(stack: UnCLIPStack, device: torch.device) -> None:
+    """Rebuild the non-persistent buffers that meta-device construction left empty."""
+    for module in stack.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                module.register_buffer(name, _rebuild_buffer(module, name, buf, device), persistent=False)
+
+
+def _rebuild_buffer(module: nn.Module, name: str, buf: torch.Tensor, device: torch.device) -> torch.Tensor:
+    from .clip import OPENAI_MEAN, OPENAI_STD
+
+    if name == "causal_mask":
+        n = buf.shape[0]
+        return torch.full((n, n), float("-inf"), device=device).triu_(1)
+    if name in ("pixel_mean", "pixel_std"):
+        vals = OPENAI_MEAN if name == "pixel_mean" else OPENAI_STD
+        return torch.tensor(vals, device=device).view(1, 3, 1, 1)
+    if name == "attn_mask":  # open_clip's causal text mask
+        n = buf.shape[0]
+        return torch.full((n, n), float("-inf"), device=device).triu_(1)
+    raise RuntimeError(f"cannot rebuild buffer {name!r} of {type(module).__name__}")
+
+
+def load_model_dir(path: Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None) -> UnCLIPStack:
+    """Build the stack of a model directory. dtype defaults to fp16 on CUDA, fp32 on CPU;
+    CLIP is kept in fp32 on CPU."""
+    path, device = Path(path), torch.device(device)
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    cfg = StackConfig.load(require_file(path / CONFIG_FILE, "model config"))
+    stack = build_on_meta(cfg)
+    for name, fname in module_files(cfg).items():
+        sd = load_file(str(require_file(path / fname, f"weights of {name}")))
+        assign_state(stack.get_submodule(name), sd, dtype, device)
+    _load_stats(stack, path, device)
+    materialize_buffers(stack, device)
+    log.info("loaded model %s from %s (%s, %s)", cfg.name, path, device, dtype)
+    return stack.eval().requires_grad_(False)
+
+
+def _load_stats(stack: UnCLIPStack, path: Path, device: torch.device) -> None:
+    dim = stack.cfg.prior.model.clip_dim
+    stats = {"mean": torch.zeros(dim), "std": torch.ones(dim)}
+    if stack.cfg.clip.stats:
+        stats = load_file(str(require_file(path / stack.cfg.clip.stats, "CLIP embedding statistics")))
+    stack.register_buffer("clip_mean", stats["mean"].float().to(device))
+    stack.register_buffer("clip_std", stats["std"].float().to(device))
+
+
+def random_stack(cfg: StackConfig, seed: int = 0) -> UnCLIPStack:
+    """A stack with seeded random weights (tests, benchmarks)."""
+    torch.manual_seed(seed)
+    return UnCLIPStack(cfg).eval().requires_grad_(False)
+
+
+def torch_load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a `.ckpt`/`.pt`/`.th` file safely (weights_only, mmap); unsafe unpickling only
+    with allow_pickle=True."""
+    path = require_file(Path(path), "checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{path} cannot be read with weights_only=True ({err}). If you trust this file, "
+                "opt in with allow_pickle=True (converter flag --allow-pickle)."
+            ) from err
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return obj
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys starting with prefix, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -1,0 +1,106 @@
+"""The frozen CLIP, through open_clip: text -> (pooled z_t, token states, mask); image -> z_i."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ClipConfig
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class TextEncoding:
+    """pooled: [B, D] (projected EOT state); states: [B, T, W] (ln_final output);
+    mask: [B, T] bool, True up to and including EOT."""
+
+    pooled: torch.Tensor
+    states: torch.Tensor
+    mask: torch.Tensor
+
+    def __getitem__(self, idx: slice | int | torch.Tensor) -> "TextEncoding":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return TextEncoding(self.pooled[idx], self.states[idx], self.mask[idx])
+
+    @staticmethod
+    def cat(items: list["TextEncoding"]) -> "TextEncoding":
+        return TextEncoding(
+            torch.cat([i.pooled for i in items]), torch.cat([i.states for i in items]),
+            torch.cat([i.mask for i in items]),
+        )
+
+
+def build_open_clip(cfg: ClipConfig) -> nn.Module:
+    """Instantiate the open_clip model (random weights) from a built-in name or a custom config."""
+    import open_clip
+
+    model_cfg = dict(cfg.model_cfg) if cfg.model_cfg else open_clip.get_model_config(cfg.arch)
+    if model_cfg is None:
+        raise ValueError(f"open_clip has no architecture {cfg.arch!r} and no custom model_cfg was given")
+    model_cfg = dict(model_cfg)
+    if cfg.quick_gelu:
+        model_cfg["quick_gelu"] = True
+    model_cfg.pop("custom_text", None)
+    return open_clip.CLIP(**model_cfg)
+
+
+class ClipEncoder(nn.Module):
+    """Adapter over an open_clip CLIP model with the encodings unCLIP needs."""
+
+    def __init__(self, cfg: ClipConfig, model: nn.Module | None = None):
+        super().__init__()
+        import open_clip
+
+        self.cfg = cfg
+        self.model = model if model is not None else build_open_clip(cfg)
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.context_length)
+        self.register_buffer("pixel_mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.token_embedding.weight.device
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """texts -> token ids [B, T] (0-padded, EOT kept when truncated)."""
+        return self.tokenizer(texts).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> TextEncoding:
+        """Pooled embedding, ln_final token states and mask for each text."""
+        tokens = self.tokenize(texts)
+        m = self.model
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding.to(cast)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+        eot = tokens.argmax(dim=-1)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = m.text_projection
+        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot[:, None]
+        return TextEncoding(pooled.float(), x.float(), mask)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [-1, 1], [B, 3, H, W] -> CLIP input [B, 3, S, S] (centre crop, bicubic)."""
+        h, w = images.shape[-2:]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = images[..., top:top + side, left:left + side]
+        size = self.cfg.image_size
+        if side != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        x = (x.clamp(-1, 1) + 1) / 2
+        return (x - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [-1, 1], [B, 3, H, W] -> image embeddings z_i [B, D] (not normalized)."""
+        x = self.preprocess(images.to(self.device, torch.float32))
+        dtype = next(self.model.visual.parameters()).dtype
+        return self.model.encode_image(x.to(dtype)).float()

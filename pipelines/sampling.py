@@ -1,0 +1,271 @@
+"""Step-level sampling: per-sample trajectories and one batched step of any stage.
+
+A `Track` is one sample's state inside one diffusion stage (latent, the (t, t_to) pairs
+still to run, sampler kind, eta, guidance, conditioning, RNG, inpainting constraint).
+`Stage.step(tracks)` runs ONE batched model call for any mix of tracks of that stage,
+each at its own timestep, guidance and sampler, and advances each by one step. The
+engine and the direct path both drive sampling through this function only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import diffusion as D
+from .config import DiffusionConfig
+from .stack import UnCLIPStack
+
+SAMPLERS = ("ddpm", "ddim", "invert")
+
+
+@dataclass
+class Known:
+    """Inpainting constraint: x0 [1, C, H, W] of the image and keep [1, 1, H, W] (1 = keep)."""
+
+    x0: torch.Tensor
+    keep: torch.Tensor
+    resample: int = 1  # RePaint-style repeats of each step (1 = none)
+
+
+@dataclass
+class Track:
+    """One sample in one stage. x: [1, ...]; pairs: (t, t_to) still to run, in order."""
+
+    x: torch.Tensor
+    pairs: list[tuple[int, int]]
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    guidance: float = 1.0
+    generator: Optional[torch.Generator] = None
+    cond: dict = field(default_factory=dict)
+    known: Optional[Known] = None
+    index: int = 0
+    repeat: int = 0  # RePaint repeats done at the current pair
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}")
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.pairs)
+
+    @property
+    def total(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def t(self) -> int:
+        return self.pairs[self.index][0]
+
+    @property
+    def t_to(self) -> int:
+        return self.pairs[self.index][1]
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like one sample, drawn on the CPU from this track's
+        generator (so results do not depend on the device or on batch neighbours)."""
+        shape = (1,) + tuple(like.shape[1:])
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def sampling_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
+    """Descending timesteps -> (t, t_prev) pairs ending at -1 (the clean sample)."""
+    return list(zip(timesteps, timesteps[1:] + [-1]))
+
+
+def inversion_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
+    """Descending sampling timesteps -> ascending (t, t_next) inversion pairs."""
+    up = timesteps[::-1]
+    return list(zip(up[:-1], up[1:]))
+
+
+class Stage:
+    """A diffusion stage: its schedule, its settings, and how to evaluate its network."""
+
+    key = "stage"
+
+    def __init__(self, stack: UnCLIPStack, cfg: DiffusionConfig, schedule: D.Schedule):
+        self.stack, self.cfg, self.schedule = stack, cfg, schedule
+
+    def timesteps(self, steps: Optional[int] = None) -> list[int]:
+        return D.respace(self.cfg.num_timesteps, steps or self.cfg.steps)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, tracks: list[Track]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Batched, guided model prediction [B, C, ...] and variance values (or None)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, tracks: list[Track]) -> None:
+        """Advance every track by one step with one batched model call."""
+        dev = self.stack.device
+        x = torch.cat([tr.x for tr in tracks]).to(dev)
+        t = torch.tensor([tr.t for tr in tracks], device=dev)
+        t_to = torch.tensor([tr.t_to for tr in tracks], device=dev)
+        pred, var = self.predict(x, t, tracks)
+        x0, eps = D.to_x0_eps(self.schedule, x, t, pred, self.cfg.prediction, self.cfg.clip_x0)
+        new = self._update(x, x0, eps, t, t_to, var, tracks)
+        for i, tr in enumerate(tracks):
+            tr.x = self._constrain(tr, new[i:i + 1])
+            self._advance(tr)
+
+    def _update(self, x, x0, eps, t, t_to, var, tracks: list[Track]) -> torch.Tensor:
+        """Per-sample sampler update, each track with its own kind, eta and noise."""
+        s = self.schedule
+        out = torch.empty_like(x)
+        for kind in SAMPLERS:
+            idx = [i for i, tr in enumerate(tracks) if tr.sampler == kind]
+            if not idx:
+                continue
+            ix = torch.tensor(idx, device=x.device)
+            if kind == "invert":
+                out[ix] = D.ddim_invert_step(s, x0[ix], eps[ix], t_to[ix])
+                continue
+            noise = self._noise([tracks[i] for i in idx], x)
+            if kind == "ddpm":
+                v = None if var is None else var[ix]
+                out[ix] = D.ddpm_step(s, x[ix], x0[ix], t[ix], t_to[ix], noise, self.cfg.variance, v)
+            else:
+                eta = torch.tensor([tracks[i].eta for i in idx], dtype=torch.float64)
+                out[ix] = D.ddim_step(s, x0[ix], eps[ix], t[ix], t_to[ix], eta, noise)
+        return out
+
+    @staticmethod
+    def _noise(tracks: list[Track], like: torch.Tensor) -> torch.Tensor:
+        """Noise for the tracks that will add some (not at their last step), zeros otherwise."""
+        rows = []
+        for tr in tracks:
+            adds = tr.t_to >= 0 and (tr.sampler == "ddpm" or tr.eta > 0)
+            rows.append(tr.noise(like) if adds else torch.zeros((1,) + tuple(like.shape[1:]), device=like.device, dtype=like.dtype))
+        return torch.cat(rows)
+
+    def _constrain(self, tr: Track, x: torch.Tensor) -> torch.Tensor:
+        """Inpainting: replace the known region by the original noised to t_to."""
+        if tr.known is None:
+            return x
+        k = tr.known
+        t_to = torch.tensor([tr.t_to], device=x.device)
+        known = k.x0 if tr.t_to < 0 else D.q_sample(self.schedule, k.x0, t_to, tr.noise(x))
+        return k.keep * known + (1 - k.keep) * x
+
+    def _advance(self, tr: Track) -> None:
+        """Move to the next pair, or (RePaint) re-noise back to t and repeat this pair."""
+        k = tr.known
+        if k is not None and k.resample > 1 and tr.repeat + 1 < k.resample and tr.t_to >= 0:
+            tr.repeat += 1
+            a_t = self.schedule.abar(torch.tensor([tr.t]))
+            a_to = self.schedule.abar(torch.tensor([tr.t_to]))
+            ratio = (a_t / a_to).item()
+            tr.x = (ratio ** 0.5) * tr.x + ((1 - ratio) ** 0.5) * tr.noise(tr.x)
+            return
+        tr.repeat = 0
+        tr.index += 1
+
+
+def _cat(tracks: list[Track], key: str, device: torch.device) -> torch.Tensor:
+    return torch.cat([tr.cond[key] for tr in tracks]).to(device)
+
+
+def _guided_rows(tracks: list[Track]) -> list[int]:
+    return [i for i, tr in enumerate(tracks) if tr.guidance != 1.0]
+
+
+class PriorStage(Stage):
+    """Prior: tracks hold normalized image embeddings [1, D]; cond: text_emb [1, D],
+    text_enc [1, T, W], mask [1, T]; the stage's `null` holds the same for ""."""
+
+    key = "prior"
+
+    def __init__(self, stack: UnCLIPStack, null_text: dict):
+        super().__init__(stack, stack.cfg.prior.diffusion, stack.prior_schedule)
+        self.null = null_text
+
+    def predict(self, x, t, tracks):
+        dev = x.device
+        cond = {k: _cat(tracks, k, dev) for k in ("text_emb", "text_enc", "mask")}
+        g = _guided_rows(tracks)
+        if g:
+            x = torch.cat([x, x[g]])
+            t = torch.cat([t, t[g]])
+            for k in cond:
+                null = self.null[k].to(dev).expand(len(g), *self.null[k].shape[1:])
+                cond[k] = torch.cat([cond[k], null])
+        out = self.stack.prior(x, t, cond["text_emb"], cond["text_enc"], cond["mask"])
+        return _apply_guidance(out, tracks, g), None
+
+
+class DecoderStage(Stage):
+    """Decoder: tracks hold images [1, 3, S, S]; cond: image_emb [1, D] (raw CLIP space),
+    text_emb, text_enc, mask. Unconditional rows use `cf_param` and the encoding of ""."""
+
+    key = "decoder"
+
+    def __init__(self, stack: UnCLIPStack, null_text: dict):
+        super().__init__(stack, stack.cfg.decoder.diffusion, stack.decoder_schedule)
+        self.null = null_text
+
+    def predict(self, x, t, tracks):
+        dev = x.device
+        cond = {k: _cat(tracks, k, dev) for k in ("image_emb", "text_emb", "text_enc", "mask")}
+        g = _guided_rows(tracks)
+        if g:
+            x, t = torch.cat([x, x[g]]), torch.cat([t, t[g]])
+            null = dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
+            for k in cond:
+                cond[k] = torch.cat([cond[k], null[k].to(dev).expand(len(g), *null[k].shape[1:])])
+        out = self.stack.decoder(x, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"])
+        pred, var = D.split_output(out, x.shape[1])
+        n = len(tracks)
+        return _apply_guidance(pred, tracks, g), (None if var is None else var[:n])
+
+
+class UpsamplerStage(Stage):
+    """Upsampler i: tracks hold images [1, 3, S, S]; cond: low_res [1, 3, S, S] (the
+    previous stage's output resized to S). The t = 0 step may use a separate network."""
+
+    def __init__(self, stack: UnCLIPStack, index: int):
+        up = stack.upsamplers[index]
+        super().__init__(stack, up.cfg.diffusion, stack.upsampler_schedules[index])
+        self.index, self.up = index, up
+        self.key = f"upsampler.{index}"
+
+    def predict(self, x, t, tracks):
+        low = _cat(tracks, "low_res", x.device)
+        out = torch.empty((x.shape[0], self.up.cfg.model.out_channels) + tuple(x.shape[2:]), device=x.device)
+        for last in (False, True):
+            rows = [i for i, tr in enumerate(tracks) if (tr.t == 0 and self.up.last_step_model is not None) == last]
+            if rows:
+                ix = torch.tensor(rows, device=x.device)
+                out[ix] = self.up.unet_for(0 if last else 1)(x[ix], t[ix], low_res=low[ix])
+        return D.split_output(out, x.shape[1])
+
+
+def _apply_guidance(out: torch.Tensor, tracks: list[Track], guided: list[int]) -> torch.Tensor:
+    """out: [B + len(guided), ...] (conditional rows, then unconditional rows of the guided
+    tracks) -> guided predictions [B, ...]."""
+    n = len(tracks)
+    pred = out[:n].clone()
+    if guided:
+        ix = torch.tensor(guided, device=out.device)
+        scale = torch.tensor([tracks[i].guidance for i in guided], dtype=torch.float64)
+        pred[ix] = D.guide(out[ix], out[n:], scale)
+    return pred
+
+
+def upsample_for(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Low-resolution image [B, 3, s, s] in [-1, 1] -> [B, 3, size, size], bicubic, antialiased."""
+    return F.interpolate(image.clamp(-1, 1), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def run_to_end(stage: Stage, tracks: list[Track], max_batch: int = 64) -> list[Track]:
+    """The direct path: step all tracks together until each is done."""
+    while True:
+        live = [tr for tr in tracks if not tr.done]
+        if not live:
+            return tracks
+        for i in range(0, len(live), max_batch):
+            stage.step(live[i:i + max_batch])

@@ -1,0 +1,241 @@
+"""The unCLIP pipeline over step-level stages.
+
+Operations are written as generators: they `yield` a `StageRequest` (tracks to run to
+completion in one stage) and are resumed when every track is done. `run_direct` drives
+one operation alone; the server's engine drives many at once, batching their steps.
+The building blocks here (prior sampling with best-of-N, decoding, upsampling, DDIM
+inversion) are shared by all operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generator, Optional
+
+import torch
+
+from . import diffusion as D
+from .clip import TextEncoding
+from .sampling import (
+    DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, inversion_pairs, run_to_end,
+    sampling_pairs, upsample_for,
+)
+from .stack import UnCLIPStack
+
+
+@dataclass
+class StageRequest:
+    """Tracks to be run to completion in the stage named `stage`."""
+
+    stage: str
+    tracks: list[Track]
+
+
+Operation = Generator[StageRequest, None, Any]
+
+
+@dataclass
+class Sampling:
+    """Per-request sampling settings; None means the stage's configured default."""
+
+    prior_steps: Optional[int] = None
+    prior_guidance: Optional[float] = None
+    decoder_steps: Optional[int] = None
+    decoder_guidance: Optional[float] = None
+    upsampler_steps: Optional[int] = None
+    best_of: Optional[int] = None
+    decoder_sampler: Optional[str] = None  # "ddpm" or "ddim"
+    eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
+    latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU generator: noise is drawn on the CPU so results do not depend on the device."""
+    return torch.Generator().manual_seed(int(seed) % (2**63))
+
+
+def child_generator(seed: int, index: int) -> torch.Generator:
+    """An independent generator derived from (seed, index), e.g. for best-of candidates."""
+    return make_generator((int(seed) * 1_000_003 + 7919 * (index + 1)) % (2**63))
+
+
+class UnCLIP:
+    """A loaded stack plus its stages and the building blocks of every operation."""
+
+    def __init__(self, stack: UnCLIPStack):
+        self.stack = stack
+        self.cfg = stack.cfg
+        null = stack.clip.encode_text([""])
+        self.null_text = {"text_emb": null.pooled, "text_enc": null.states, "mask": null.mask}
+        self.stages: dict[str, Stage] = {
+            "prior": PriorStage(stack, self.null_text),
+            "decoder": DecoderStage(stack, self.null_text),
+        }
+        for i in range(len(stack.upsamplers)):
+            self.stages[f"upsampler.{i}"] = UpsamplerStage(stack, i)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self.cfg.sizes
+
+    def encode_text(self, texts: list[str]) -> TextEncoding:
+        return self.stack.clip.encode_text(texts)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D]."""
+        return self.stack.clip.encode_image(images)
+
+    # ---- prior -------------------------------------------------------------------------
+
+    def sample_prior(
+        self, text: TextEncoding, seeds: list[int], gens: list[torch.Generator], opts: Sampling
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """One image embedding per generator, each the best of N prior samples by z_i . z_t.
+
+        text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
+        stage = self.stages["prior"]
+        best_of = opts.best_of or self.cfg.prior.best_of
+        pairs = sampling_pairs(stage.timesteps(opts.prior_steps))
+        guidance = _default(opts.prior_guidance, stage.cfg.guidance)
+        cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
+        tracks = []
+        for i, (seed, gen) in enumerate(zip(seeds, gens)):
+            for j in range(best_of):
+                g = gen if j == 0 else child_generator(seed, j)
+                x = self._init(opts, "prior", i * best_of + j, (1, self.cfg.prior.model.clip_dim), g)
+                tracks.append(Track(x, list(pairs), "ddpm", guidance=guidance, generator=g, cond=cond))
+        yield StageRequest("prior", tracks)
+        z = self.stack.denormalize_image_emb(torch.cat([tr.x for tr in tracks]).to(self.stack.device))
+        return _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
+
+    def _init(self, opts: Sampling, stage: str, index: int, shape: tuple, gen: torch.Generator) -> torch.Tensor:
+        """Initial noise for one track: fixed by opts.latents, else drawn from gen."""
+        fixed = opts.latents.get(stage)
+        if fixed is not None:
+            return fixed[index:index + 1].float()
+        return torch.randn(shape, generator=gen)
+
+    # ---- decoder -------------------------------------------------------------------------
+
+    def decoder_tracks(
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling,
+        x_t: Optional[torch.Tensor] = None, known: Optional[list[Optional[Known]]] = None,
+    ) -> list[Track]:
+        """Decoder tracks for image embeddings z [n, D] (text: one row, or n rows).
+        x_t [n, 3, S, S] starts them from given latents (inversion) instead of noise."""
+        stage = self.stages["decoder"]
+        sampler = opts.decoder_sampler or stage.cfg.sampler
+        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps))
+        guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
+        size = self.cfg.decoder.model.image_size
+        tracks = []
+        for i, g in enumerate(gens):
+            r = i if text.pooled.shape[0] > 1 else 0
+            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1], "mask": text.mask[r:r + 1]}
+            x = x_t[i:i + 1] if x_t is not None else self._init(opts, "decoder", i, (1, 3, size, size), g)
+            k = known[i] if known else None
+            tracks.append(Track(x, list(pairs), sampler, opts.eta, guidance, g, cond, k))
+        return tracks
+
+    def decode(self, z, text, gens, opts, x_t=None, known=None) -> Generator[StageRequest, None, torch.Tensor]:
+        """Decode image embeddings to images [n, 3, S, S] in [-1, 1]."""
+        tracks = self.decoder_tracks(z, text, gens, opts, x_t, known)
+        yield StageRequest("decoder", tracks)
+        return torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
+
+    # ---- upsamplers ----------------------------------------------------------------------
+
+    def stages_for(self, size: Optional[int]) -> int:
+        """How many upsamplers to run for an output size (None: all)."""
+        if size is None:
+            return len(self.cfg.upsamplers)
+        if size not in self.sizes:
+            raise ValueError(f"size {size} is not one of {list(self.sizes)}")
+        return self.sizes.index(size)
+
+    def upsample(
+        self, images: torch.Tensor, gens: list[torch.Generator], opts: Sampling, count: int,
+        known: Optional[list[Optional[tuple[torch.Tensor, torch.Tensor]]]] = None,
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """Run the first `count` upsamplers on images [n, 3, s, s]. known[i] (inpainting):
+        (image [1, 3, H, W] in [-1, 1], keep mask [1, 1, H, W]) at full resolution."""
+        for u in range(count):
+            stage = self.stages[f"upsampler.{u}"]
+            size = stage.up.cfg.out_size
+            low = upsample_for(images, size)
+            pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps))
+            tracks = []
+            for i, g in enumerate(gens):
+                x = self._init(opts, stage.key, i, (1, 3, size, size), g)
+                k = _known_at(known[i], size) if known and known[i] is not None else None
+                tracks.append(Track(x, list(pairs), "ddpm", generator=g, cond={"low_res": low[i:i + 1]}, known=k))
+            yield StageRequest(stage.key, tracks)
+            images = torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
+        return images
+
+    # ---- inversion -----------------------------------------------------------------------
+
+    def invert(
+        self, images: torch.Tensor, z: torch.Tensor, text: TextEncoding, opts: Sampling,
+        steps: Optional[int] = None,
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """DDIM-invert decoder-resolution images [n, 3, S, S] conditioned on their own z_i
+        [n, D] (and text, one row or n). Returns x_T [n, 3, S, S]."""
+        stage = self.stages["decoder"]
+        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps))
+        guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
+        tracks = []
+        for i in range(images.shape[0]):
+            r = i if text.pooled.shape[0] > 1 else 0
+            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1], "mask": text.mask[r:r + 1]}
+            tracks.append(Track(images[i:i + 1].float(), list(pairs), "invert", guidance=guidance, cond=cond))
+        yield StageRequest("decoder", tracks)
+        return torch.cat([tr.x for tr in tracks])
+
+    def to_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
+        """Any-size images [n, 3, H, W] in [-1, 1] -> decoder resolution."""
+        return upsample_for(images, self.cfg.decoder.model.image_size)
+
+
+def _default(value: Optional[float], default: float) -> float:
+    return default if value is None else float(value)
+
+
+def _best_of(z: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    """z: [n, N, D] candidates, z_t: [1, D] -> [n, D] the candidate with the largest z . z_t."""
+    scores = (z * z_t[:, None]).sum(-1)
+    pick = scores.argmax(dim=1)
+    return z[torch.arange(z.shape[0]), pick]
+
+
+def _known_at(known: tuple[torch.Tensor, torch.Tensor], size: int) -> Known:
+    image, keep = known
+    img = upsample_for(image, size) if image.shape[-1] != size else image
+    k = torch.nn.functional.interpolate(keep, size=(size, size), mode="nearest") if keep.shape[-1] != size else keep
+    return Known(img, k)
+
+
+def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:
+    """Drive one operation to its result, running each stage request to completion."""
+    try:
+        request = next(op)
+        while True:
+            run_to_end(pipe.stages[request.stage], request.tracks, max_batch)
+            request = op.send(None)
+    except StopIteration as stop:
+        return stop.value
+
+
+def generate(
+    pipe: UnCLIP, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    opts: Optional[Sampling] = None,
+) -> Operation:
+    """Text -> images [n, 3, size, size] in [-1, 1]. Image i uses seed + i."""
+    opts = opts or Sampling()
+    count = pipe.stages_for(size)
+    seeds = [seed + i for i in range(n)]
+    gens = [make_generator(s) for s in seeds]
+    text = pipe.encode_text([prompt])
+    z = yield from pipe.sample_prior(text, seeds, gens, opts)
+    images = yield from pipe.decode(z, text, gens, opts)
+    return (yield from pipe.upsample(images, gens, opts, count))
