@@ -92,8 +92,17 @@ class Stage:
     def __init__(self, stack: UnCLIPStack, cfg: DiffusionConfig, schedule: D.Schedule):
         self.stack, self.cfg, self.schedule = stack, cfg, schedule
 
-    def timesteps(self, steps: Optional[int] = None) -> list[int]:
-        return D.respace(self.cfg.num_timesteps, steps or self.cfg.steps)
+    def timesteps(self, steps: Optional[int] = None, invertible: bool = False) -> list[int]:
+        """Respaced timesteps, descending. invertible=True stops at `inversion_top`, where
+        x_t still holds enough of x0 for DDIM inversion to be well conditioned."""
+        top = self.inversion_top() if invertible else self.cfg.num_timesteps - 1
+        return D.respace(top + 1, steps or self.cfg.steps)
+
+    def inversion_top(self, min_abar: float = 1e-3) -> int:
+        """The largest t with alpha_bar(t) >= min_abar (cosine schedule: t = 978, where
+        sqrt(alpha_bar) = 0.03: x_T is 97% noise but eps errors are amplified 30x, not 20,000x)."""
+        ok = (self.schedule.alphas_cumprod >= min_abar).nonzero()
+        return int(ok.max()) if len(ok) else self.cfg.num_timesteps - 1
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, tracks: list[Track]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Batched, guided model prediction [B, C, ...] and variance values (or None)."""

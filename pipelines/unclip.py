@@ -14,7 +14,6 @@ from typing import Any, Generator, Optional
 
 import torch
 
-from . import diffusion as D
 from .clip import TextEncoding
 from .sampling import (
     DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, inversion_pairs, run_to_end,
@@ -125,7 +124,7 @@ class UnCLIP:
         x_t [n, 3, S, S] starts them from given latents (inversion) instead of noise."""
         stage = self.stages["decoder"]
         sampler = opts.decoder_sampler or stage.cfg.sampler
-        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps))
+        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps, invertible=x_t is not None))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         size = self.cfg.decoder.model.image_size
         tracks = []
@@ -155,19 +154,19 @@ class UnCLIP:
 
     def upsample(
         self, images: torch.Tensor, gens: list[torch.Generator], opts: Sampling, count: int,
-        known: Optional[list[Optional[tuple[torch.Tensor, torch.Tensor]]]] = None,
+        known: Optional[list] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """Run the first `count` upsamplers on images [n, 3, s, s]. known[i] (inpainting):
-        (image [1, 3, H, W] in [-1, 1], keep mask [1, 1, H, W]) at full resolution."""
+        (image [1, 3, H, W] in [-1, 1], keep mask [1, 1, H, W], resample) at any size."""
         for u in range(count):
             stage = self.stages[f"upsampler.{u}"]
             size = stage.up.cfg.out_size
             low = upsample_for(images, size)
             pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps))
-            tracks = []
+            tracks, ks = [], self.known_at(known, stage.key)
             for i, g in enumerate(gens):
                 x = self._init(opts, stage.key, i, (1, 3, size, size), g)
-                k = _known_at(known[i], size) if known and known[i] is not None else None
+                k = ks[i] if ks else None
                 tracks.append(Track(x, list(pairs), "ddpm", generator=g, cond={"low_res": low[i:i + 1]}, known=k))
             yield StageRequest(stage.key, tracks)
             images = torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
@@ -182,7 +181,7 @@ class UnCLIP:
         """DDIM-invert decoder-resolution images [n, 3, S, S] conditioned on their own z_i
         [n, D] (and text, one row or n). Returns x_T [n, 3, S, S]."""
         stage = self.stages["decoder"]
-        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps))
+        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps, invertible=True))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         tracks = []
         for i in range(images.shape[0]):
@@ -194,7 +193,24 @@ class UnCLIP:
 
     def to_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
         """Any-size images [n, 3, H, W] in [-1, 1] -> decoder resolution."""
-        return upsample_for(images, self.cfg.decoder.model.image_size)
+        return self.resize(images, self.cfg.decoder.model.image_size)
+
+    @staticmethod
+    def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+        """Images [n, 3, H, W] -> [n, 3, size, size] (bicubic, antialiased; no-op at size)."""
+        return images if images.shape[-1] == size and images.shape[-2] == size else upsample_for(images, size)
+
+    def null_encoding(self) -> TextEncoding:
+        """The encoding of the empty caption [1, ...]."""
+        n = self.null_text
+        return TextEncoding(n["text_emb"], n["text_enc"], n["mask"])
+
+    def known_at(self, known: Optional[list], stage: str) -> Optional[list[Known]]:
+        """Per-image inpainting constraints (image, keep, resample) at a stage's resolution."""
+        if not known:
+            return None
+        size = self.cfg.decoder.model.image_size if stage == "decoder" else self.stages[stage].up.cfg.out_size
+        return [_known_at(k, size) for k in known]
 
 
 def _default(value: Optional[float], default: float) -> float:
@@ -208,11 +224,15 @@ def _best_of(z: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     return z[torch.arange(z.shape[0]), pick]
 
 
-def _known_at(known: tuple[torch.Tensor, torch.Tensor], size: int) -> Known:
-    image, keep = known
-    img = upsample_for(image, size) if image.shape[-1] != size else image
-    k = torch.nn.functional.interpolate(keep, size=(size, size), mode="nearest") if keep.shape[-1] != size else keep
-    return Known(img, k)
+def _known_at(known: tuple[torch.Tensor, torch.Tensor, int], size: int) -> Known:
+    """(image [1, 3, H, W], keep [1, 1, H, W], resample) -> Known at size x size. The keep
+    mask is area-averaged when shrinking and thresholded at 0.5 (stays binary)."""
+    image, keep, resample = known
+    img = UnCLIP.resize(image, size)
+    if keep.shape[-1] != size:
+        mode = "area" if keep.shape[-1] > size else "nearest"
+        keep = (torch.nn.functional.interpolate(keep, size=(size, size), mode=mode) > 0.5).float()
+    return Known(img, keep, resample)
 
 
 def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:
@@ -224,18 +244,3 @@ def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:
             request = op.send(None)
     except StopIteration as stop:
         return stop.value
-
-
-def generate(
-    pipe: UnCLIP, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
-    opts: Optional[Sampling] = None,
-) -> Operation:
-    """Text -> images [n, 3, size, size] in [-1, 1]. Image i uses seed + i."""
-    opts = opts or Sampling()
-    count = pipe.stages_for(size)
-    seeds = [seed + i for i in range(n)]
-    gens = [make_generator(s) for s in seeds]
-    text = pipe.encode_text([prompt])
-    z = yield from pipe.sample_prior(text, seeds, gens, opts)
-    images = yield from pipe.decode(z, text, gens, opts)
-    return (yield from pipe.upsample(images, gens, opts, count))

@@ -1,0 +1,80 @@
+"""Image decoding and encoding at the pipeline boundary: bytes <-> tensors in [-1, 1].
+
+Checks happen before any work: allowed formats, a pixel limit against decompression bombs,
+mask size and transparency.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from .errors import InvalidInput
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_PIXELS = 4096 * 4096
+
+
+def open_image(data: bytes, param: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes to a PIL image, refusing other formats and oversized images."""
+    if not data:
+        raise InvalidInput(param, f"'{param}' is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ALLOWED_FORMATS:
+            raise InvalidInput(param, f"'{param}' must be PNG, JPEG or WEBP, got {img.format}", "invalid_image_format")
+        if img.width * img.height > max_pixels:
+            raise InvalidInput(param, f"'{param}' has {img.width}x{img.height} pixels, more than {max_pixels}", "image_too_large")
+        img.load()
+    except InvalidInput:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InvalidInput(param, f"'{param}' is not a decodable image ({err})", "invalid_image") from err
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> RGB tensor [1, 3, H, W] in [-1, 1] (alpha dropped)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def alpha_of(img: Image.Image) -> Optional[np.ndarray]:
+    """Alpha channel [H, W] uint8, or None if the image has no transparency information."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        return np.asarray(img.convert("RGBA"))[..., 3]
+    return None
+
+
+def keep_mask(image: Image.Image, mask: Optional[Image.Image], param: str = "mask") -> torch.Tensor:
+    """The OpenAI edits convention: alpha 0 = area to edit. Returns keep [1, 1, H, W]
+    (1 = keep the original pixel). Without a mask, the image's own alpha is the mask."""
+    source = mask if mask is not None else image
+    name = param if mask is not None else "image"
+    if mask is not None and mask.size != image.size:
+        raise InvalidInput(param, f"'{param}' is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}")
+    alpha = alpha_of(source)
+    if alpha is None:
+        raise InvalidInput(name, f"'{name}' has no alpha channel: transparent pixels (alpha 0) mark the area to edit")
+    keep = torch.from_numpy((alpha > 0).astype(np.float32))
+    return keep[None, None]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def png_bytes(pixels: np.ndarray, text: Optional[dict[str, str]] = None) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes, with `text` as tEXt chunks (generation parameters)."""
+    info = PngImagePlugin.PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, str(v))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()

@@ -1,0 +1,185 @@
+"""The five operations of the paper, as generators over stage requests (see unclip.py).
+
+Every operation returns an `OpResult`; image i of a request with seed s uses seed s + i.
+Manipulations work on the bipartite latent (z_i, x_T): z_i from CLIP, x_T from DDIM
+inversion of the decoder, decoded deterministically (DDIM) unless eta > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import InvalidInput
+from .unclip import Operation, Sampling, UnCLIP, make_generator
+from .vectors import normalize, slerp
+
+
+@dataclass
+class OpResult:
+    """images: [n, 3, S, S] in [-1, 1]; embeddings: the z_i each image was decoded from [n, D]."""
+
+    images: torch.Tensor
+    embeddings: Optional[torch.Tensor] = None
+    extra: Optional[dict] = None
+
+
+def _gens(seed: int, n: int) -> tuple[list[int], list[torch.Generator]]:
+    seeds = [int(seed) + i for i in range(n)]
+    return seeds, [make_generator(s) for s in seeds]
+
+
+def _ddim(opts: Optional[Sampling], eta: float = 0.0) -> Sampling:
+    """Deterministic decoding settings (DDIM) for manipulations, keeping the request's steps."""
+    return replace(opts or Sampling(), decoder_sampler="ddim", eta=float(eta))
+
+
+def check_thetas(thetas: Sequence[float], param: str = "thetas") -> list[float]:
+    """Validate interpolation weights: a non-empty list in [0, 1]."""
+    if not thetas:
+        raise InvalidInput(param, f"'{param}' must list at least one value")
+    for th in thetas:
+        if not 0.0 <= float(th) <= 1.0:
+            raise InvalidInput(param, f"'{param}' values must lie in [0, 1], got {th}")
+    return [float(th) for th in thetas]
+
+
+def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
+    """image [1, 3, H, W]: must be square for operations that need it."""
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise InvalidInput(param, f"'{param}' must be one RGB image")
+    if image.shape[-1] != image.shape[-2]:
+        raise InvalidInput(param, f"'{param}' must be square, got {image.shape[-1]}x{image.shape[-2]}")
+    return image
+
+
+def generate(
+    pipe: UnCLIP, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    opts: Optional[Sampling] = None,
+) -> Operation:
+    """Text -> CLIP -> prior (best-of-N) -> decoder (guided) -> upsamplers."""
+    opts = opts or Sampling()
+    count = pipe.stages_for(size)
+    seeds, gens = _gens(seed, n)
+    text = pipe.encode_text([prompt])
+    z = yield from pipe.sample_prior(text, seeds, gens, opts)
+    images = yield from pipe.decode(z, text, gens, opts)
+    images = yield from pipe.upsample(images, gens, opts, count)
+    return OpResult(images, z)
+
+
+def _encode_and_invert(pipe: UnCLIP, image: torch.Tensor, opts: Sampling) -> Operation:
+    """image [1, 3, H, W] -> (z_i [1, D], x_T [1, 3, S, S], null text)."""
+    small = pipe.to_decoder_size(image)
+    z = pipe.encode_image(image)
+    null = pipe.null_encoding()
+    x_t = yield from pipe.invert(small, z, null, opts)
+    return z, x_t, null
+
+
+def variations(
+    pipe: UnCLIP, image: torch.Tensor, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    eta: float = 0.8, opts: Optional[Sampling] = None,
+) -> Operation:
+    """Paper §3.1: invert the image under its own z_i, decode with DDIM at eta
+    (0 reconstructs the input, larger varies more), then upsample."""
+    check_square(image)
+    if not 0.0 <= eta <= 1.0:
+        raise InvalidInput("eta", f"'eta' must lie in [0, 1], got {eta}")
+    opts, count = _ddim(opts, eta), pipe.stages_for(size)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
+    _, gens = _gens(seed, n)
+    zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
+    images = yield from pipe.decode(zs, null, gens, opts, x_t=xs)
+    images = yield from pipe.upsample(images, gens, opts, count)
+    return OpResult(images, zs)
+
+
+def interpolate(
+    pipe: UnCLIP, images: Optional[Sequence[torch.Tensor]] = None, prompts: Optional[Sequence[str]] = None,
+    thetas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), mode: str = "slerp", seed: int = 0,
+    size: Optional[int] = None, opts: Optional[Sampling] = None,
+) -> Operation:
+    """Paper §3.2: z_theta = slerp(z_1, z_2, theta); x_T slerped between the two inverted
+    latents ("slerp": the endpoints reconstruct the inputs) or one fixed noise ("fixed")."""
+    thetas = check_thetas(thetas)
+    if mode not in ("slerp", "fixed"):
+        raise InvalidInput("mode", f"'mode' must be 'slerp' or 'fixed', got {mode!r}")
+    opts, count = _ddim(opts), pipe.stages_for(size)
+    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts)
+    if mode == "fixed":
+        x_t = x_t[:1].expand(2, -1, -1, -1)
+    zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
+    xs = torch.cat([slerp(x_t[0:1], x_t[1:2], th) for th in thetas])
+    _, gens = _gens(seed, len(thetas))
+    frames = yield from pipe.decode(zs, pipe.null_encoding(), gens, opts, x_t=xs)
+    frames = yield from pipe.upsample(frames, gens, opts, count)
+    return OpResult(frames, zs, {"thetas": thetas})
+
+
+def _endpoints(pipe: UnCLIP, images, prompts, seed: int, opts: Sampling) -> Operation:
+    """The two ends of an interpolation: z [2, D] and x_T [2, 3, S, S]."""
+    if images is not None and len(images) == 2 and not prompts:
+        ends = []
+        for img in images:
+            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts)))
+        return torch.cat([e[0] for e in ends]), torch.cat([e[1] for e in ends])
+    if prompts is not None and len(prompts) == 2 and not images:
+        seeds, gens = _gens(seed, 2)
+        zs = []
+        for p, s, g in zip(prompts, seeds, gens):
+            zs.append((yield from pipe.sample_prior(pipe.encode_text([p]), [s], [g], opts)))
+        size = pipe.cfg.decoder.model.image_size
+        x_t = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens])
+        return torch.cat(zs), x_t
+    param = "image" if images is not None else "prompt"
+    raise InvalidInput(param, "an interpolation needs exactly two images or exactly two prompts")
+
+
+def text_diff(
+    pipe: UnCLIP, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: int = 5,
+    max_theta: float = 0.5, seed: int = 0, size: Optional[int] = None, opts: Optional[Sampling] = None,
+) -> Operation:
+    """Paper §3.3: z_d = normalize(z_t - z_t0); frames decode slerp(z_i, z_d, theta) for
+    theta from 0 to max_theta with x_T from inverting the image, fixed across frames."""
+    check_square(image)
+    check_thetas([max_theta], "max_theta")
+    if frames < 1:
+        raise InvalidInput("frames", "'frames' must be at least 1")
+    opts, count = _ddim(opts), pipe.stages_for(size)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
+    texts = pipe.encode_text([prompt, source_prompt])
+    z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
+    thetas = [max_theta * k / max(frames - 1, 1) for k in range(frames)]
+    target = z_d * z.norm(dim=-1, keepdim=True)  # same norm as z_i: only the direction moves
+    zs = torch.cat([slerp(z, target, th) for th in thetas])
+    _, gens = _gens(seed, frames)
+    out = yield from pipe.decode(zs, null, gens, opts, x_t=x_t.expand(frames, -1, -1, -1))
+    out = yield from pipe.upsample(out, gens, opts, count)
+    return OpResult(out, zs, {"thetas": thetas, "z_d": z_d})
+
+
+def inpaint(
+    pipe: UnCLIP, image: torch.Tensor, keep: torch.Tensor, prompt: str, n: int = 1, seed: int = 0,
+    size: Optional[int] = None, resample: int = 1, opts: Optional[Sampling] = None,
+) -> Operation:
+    """Text-guided inpainting: keep [1, 1, H, W] is 1 where the original stays. At every
+    step of every stage the kept region is replaced by the forward-noised original; the
+    final image keeps the original's pixels (resized to the output size) exactly."""
+    check_square(image)
+    if keep.shape[-2:] != image.shape[-2:]:
+        raise InvalidInput("mask", "the mask must have the image's size")
+    opts, count = opts or Sampling(), pipe.stages_for(size)
+    out_size = pipe.sizes[count]
+    original = pipe.resize(image, out_size)
+    keep_out = torch.nn.functional.interpolate(keep, size=(out_size, out_size), mode="nearest")
+    seeds, gens = _gens(seed, n)
+    known = None if keep_out.sum() == 0 else [(original, keep_out, resample)] * n
+    text = pipe.encode_text([prompt])
+    z = yield from pipe.sample_prior(text, seeds, gens, opts)
+    images = yield from pipe.decode(z, text, gens, opts, known=pipe.known_at(known, "decoder"))
+    images = yield from pipe.upsample(images, gens, opts, count, known=known)
+    images = keep_out * original + (1 - keep_out) * images
+    return OpResult(images, z)
