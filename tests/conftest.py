@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny random-weight stack of the real architecture, as a model
+directory on disk and as a loaded pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.checkpoints import load_model_dir, random_stack, save_model_dir
+from pipelines.config import StackConfig
+from pipelines.unclip import UnCLIP
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (stack.json + safetensors) with seeded random weights."""
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    save_model_dir(random_stack(StackConfig.tiny(), seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir: Path) -> UnCLIP:
+    """The tiny model loaded through the real loader."""
+    return UnCLIP(load_model_dir(tiny_model_dir))
