@@ -15,6 +15,7 @@ from typing import Any, Generator, Optional
 import torch
 
 from .clip import TextEncoding
+from .errors import InvalidInput
 from .sampling import (
     DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, inversion_pairs, run_to_end,
     sampling_pairs, upsample_for,
@@ -149,7 +150,7 @@ class UnCLIP:
         if size is None:
             return len(self.cfg.upsamplers)
         if size not in self.sizes:
-            raise ValueError(f"size {size} is not one of {list(self.sizes)}")
+            raise InvalidInput("size", f"size {size} is not one this model produces: {list(self.sizes)}")
         return self.sizes.index(size)
 
     def upsample(
