@@ -1,0 +1,1 @@
+"""Offline tools: the synthetic shapes world, training recipes, weight converters."""
