@@ -1,0 +1,101 @@
+"""Model directories: save/load round trip, fp16 storage, missing files, config JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pipelines.checkpoints import (
+    CONFIG_FILE, MissingWeightsError, load_model_dir, module_files, random_stack, save_model_dir,
+)
+from pipelines.config import StackConfig
+from pipelines.stack import UnCLIPStack
+
+
+def stack_outputs(stack: UnCLIPStack, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Outputs of every network of a (tiny-sized) stack on fixed random inputs, batch 2 at
+    timesteps (10, 500): CLIP text/image encodings, prior, decoder, upsampler networks."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = stack.cfg
+    dim, size = cfg.prior.model.clip_dim, cfg.decoder.model.image_size
+    t = torch.tensor([10, 500])
+    text = stack.clip.encode_text(["a red square", ""])
+    out = {"pooled": text.pooled, "states": text.states, "clip_mean": stack.clip_mean, "clip_std": stack.clip_std}
+    out["image_emb"] = stack.clip.encode_image(torch.rand(2, 3, 40, 48, generator=g) * 2 - 1)
+    out["prior"] = stack.prior(torch.randn(2, dim, generator=g), t, text.pooled, text.states, text.mask)
+    x = torch.randn(2, 3, size, size, generator=g)
+    out["decoder"] = stack.decoder(x, t, torch.randn(2, dim, generator=g), text.pooled, text.states, text.mask)
+    for i, up in enumerate(stack.upsamplers):
+        s = up.cfg.out_size
+        x, low = torch.randn(2, 3, s, s, generator=g), torch.randn(2, 3, s, s, generator=g)
+        out[f"up{i}"] = up.model(x, t, low_res=low)
+        if up.last_step_model is not None:
+            out[f"up{i}_last"] = up.last_step_model(x, torch.zeros_like(t), low_res=low)
+    return out
+
+
+def assert_same_outputs(a: UnCLIPStack, b: UnCLIPStack) -> None:
+    """Every output of stack_outputs is bitwise identical."""
+    oa, ob = stack_outputs(a), stack_outputs(b)
+    for key in oa:
+        assert torch.equal(oa[key], ob[key]), key
+
+
+@pytest.fixture(scope="module")
+def tiny() -> UnCLIPStack:
+    stack = random_stack(StackConfig.tiny(), seed=1)
+    stack.clip_mean.normal_()
+    stack.clip_std.uniform_(0.5, 1.5)
+    return stack
+
+
+def test_round_trip_identical(tiny: UnCLIPStack, tmp_path: Path) -> None:
+    save_model_dir(tiny, tmp_path)
+    loaded = load_model_dir(tmp_path)
+    sa, sb = tiny.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert_same_outputs(tiny, loaded)
+
+
+def test_fp16_storage_loads_fp32_on_cpu(tiny: UnCLIPStack, tmp_path: Path) -> None:
+    save_model_dir(tiny, tmp_path, dtype=torch.float16)
+    with safe_open(str(tmp_path / "decoder.safetensors"), "pt") as f:
+        assert f.get_tensor("out.2.weight").dtype == torch.float16
+    loaded = load_model_dir(tmp_path)
+    sa, sb = tiny.state_dict(), loaded.state_dict()
+    for key in sa:
+        assert sb[key].dtype == torch.float32, key
+        # stats are stored in fp32 whatever the weights' dtype
+        want = sa[key] if key.startswith("clip_") else sa[key].half().float()
+        assert torch.equal(sb[key], want), key
+
+
+@pytest.mark.parametrize("fname", [CONFIG_FILE, "decoder.safetensors", "upsampler_0.safetensors", "clip_stats.safetensors"])
+def test_missing_file_is_named(tiny: UnCLIPStack, tmp_path: Path, fname: str) -> None:
+    save_model_dir(tiny, tmp_path)
+    (tmp_path / fname).unlink()
+    with pytest.raises(MissingWeightsError, match=fname):
+        load_model_dir(tmp_path)
+
+
+def test_module_files_cover_every_tensor() -> None:
+    cfg = StackConfig.tiny()
+    stack = random_stack(cfg)
+    covered = {f"{name}.{k}" for name in module_files(cfg) for k in stack.get_submodule(name).state_dict()}
+    assert covered | {"clip_mean", "clip_std"} == set(stack.state_dict())
+
+
+@pytest.mark.parametrize("make", [StackConfig.karlo, StackConfig.tiny, StackConfig])
+def test_stack_config_json_round_trip(make, tmp_path: Path) -> None:
+    cfg = make()
+    assert StackConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    cfg.save(tmp_path / CONFIG_FILE)
+    loaded = StackConfig.load(tmp_path / CONFIG_FILE)
+    assert loaded == cfg
+    assert isinstance(loaded.upsamplers, tuple) and isinstance(loaded.decoder.model.channel_mult, tuple)

@@ -1,0 +1,82 @@
+"""Convert public unCLIP weights into our model directory layout.
+
+    python -m tools.convert karlo --prior P --decoder D --sr S --clip C --stats ST \\
+        --out weights/karlo [--dtype fp16] [--allow-pickle]
+
+Each source layout is a subcommand; every subcommand writes a model directory with
+`pipelines.checkpoints.save_model_dir` (stack.json + safetensors). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from pipelines.checkpoints import MissingWeightsError, UnsafeCheckpointError, require_file, save_model_dir
+from pipelines.config import StackConfig
+from pipelines.karlo import CheckpointMismatchError, import_karlo
+from pipelines.stack import UnCLIPStack
+
+log = logging.getLogger("tools.convert")
+
+DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def add_output_args(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """Options every subcommand shares: where to write and in which dtype."""
+    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"model directory to write (default {default_out})")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the weights (default fp32)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow full unpickling of files that weights_only loading refuses (only for files you trust)")
+
+
+def convert_karlo(args: argparse.Namespace) -> Path:
+    """Karlo v1 alpha's original files -> our model directory."""
+    cfg = StackConfig.load(require_file(args.config, "stack config")) if args.config else None
+    stack = import_karlo(args.prior, args.decoder, args.sr, args.clip, args.stats, args.allow_pickle, cfg)
+    return write(stack, args.out, args.dtype)
+
+
+def write(stack: UnCLIPStack, out: Path, dtype: str) -> Path:
+    """Save a stack as a model directory in the chosen storage dtype."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+    save_model_dir(stack, out, DTYPES[dtype])
+    log.info("wrote %s (%s)", out, dtype)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    karlo = sub.add_parser("karlo", help="Karlo v1 alpha checkpoints (kakaobrain) + open_clip ViT-L-14 weights")
+    for flag, what in (("--prior", "prior .ckpt"), ("--decoder", "decoder .ckpt"), ("--sr", "64->256 SR .ckpt"),
+                       ("--clip", "open_clip ViT-L-14 state dict (.bin/.pt/.safetensors)"),
+                       ("--stats", "ViT-L-14_stats.th")):
+        karlo.add_argument(flag, type=Path, required=True, help=what)
+    karlo.add_argument("--config", type=Path, default=None,
+                       help="StackConfig JSON of the architecture (default: Karlo v1 alpha's, StackConfig.karlo())")
+    add_output_args(karlo, "weights/karlo")
+    karlo.set_defaults(func=convert_karlo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (2 with a one-line message on bad input files)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (MissingWeightsError, UnsafeCheckpointError, CheckpointMismatchError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
