@@ -16,6 +16,7 @@ so a multi-billion-parameter stack is never held twice in host memory.
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -146,15 +147,16 @@ def torch_load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, t
     """Read a `.ckpt`/`.pt`/`.th` file safely (weights_only, mmap); unsafe unpickling only
     with allow_pickle=True."""
     path = require_file(Path(path), "checkpoint")
+    mmap = zipfile.is_zipfile(path)  # files in torch's pre-1.6 format cannot be memory-mapped
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError
         if not allow_pickle:
             raise UnsafeCheckpointError(
                 f"{path} cannot be read with weights_only=True ({err}). If you trust this file, "
                 "opt in with allow_pickle=True (converter flag --allow-pickle)."
             ) from err
-        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     return obj
 
 
