@@ -190,6 +190,15 @@ def ddim_invert_step(
     return _b(a.sqrt(), x0) * x0 + _b((1 - a).sqrt(), eps) * eps
 
 
+def ddim_invert_refine(
+    s: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor
+) -> torch.Tensor:
+    """Fixed-point refinement of an inversion step: the x_{t_next} from which a DDIM step
+    using `eps` (evaluated at the current guess of x_{t_next}) lands exactly on x_t."""
+    a, an = s.abar(t), s.abar(t_next)
+    return _b((an / a).sqrt(), x_t) * (x_t - _b((1 - a).sqrt(), eps) * eps) + _b((1 - an).sqrt(), eps) * eps
+
+
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance per sample: uncond + scale * (cond - uncond); scale: [B]."""
     return uncond + _b(scale, cond) * (cond - uncond)

@@ -43,8 +43,10 @@ class Track:
     generator: Optional[torch.Generator] = None
     cond: dict = field(default_factory=dict)
     known: Optional[Known] = None
+    refine: int = 0  # inversion: fixed-point refinements of each step (exact DDIM inverse)
     index: int = 0
-    repeat: int = 0  # RePaint repeats done at the current pair
+    repeat: int = 0  # RePaint repeats / inversion refinements done at the current pair
+    anchor: Optional[torch.Tensor] = None  # inversion: x at the start of the current pair
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -65,6 +67,16 @@ class Track:
     @property
     def t_to(self) -> int:
         return self.pairs[self.index][1]
+
+    @property
+    def refining(self) -> bool:
+        """True while an inversion step is being refined (the model then runs at t_to)."""
+        return self.sampler == "invert" and self.repeat > 0
+
+    @property
+    def model_t(self) -> int:
+        """The timestep the model is evaluated at in this step."""
+        return self.t_to if self.refining else self.t
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like one sample, drawn on the CPU from this track's
@@ -113,12 +125,15 @@ class Stage:
         """Advance every track by one step with one batched model call."""
         dev = self.stack.device
         x = torch.cat([tr.x for tr in tracks]).to(dev)
+        t_model = torch.tensor([tr.model_t for tr in tracks], device=dev)
+        pred, var = self.predict(x, t_model, tracks)
+        x0, eps = D.to_x0_eps(self.schedule, x, t_model, pred, self.cfg.prediction, self.cfg.clip_x0)
         t = torch.tensor([tr.t for tr in tracks], device=dev)
         t_to = torch.tensor([tr.t_to for tr in tracks], device=dev)
-        pred, var = self.predict(x, t, tracks)
-        x0, eps = D.to_x0_eps(self.schedule, x, t, pred, self.cfg.prediction, self.cfg.clip_x0)
         new = self._update(x, x0, eps, t, t_to, var, tracks)
         for i, tr in enumerate(tracks):
+            if tr.sampler == "invert" and not tr.refining:
+                tr.anchor = tr.x
             tr.x = self._constrain(tr, new[i:i + 1])
             self._advance(tr)
 
@@ -132,7 +147,7 @@ class Stage:
                 continue
             ix = torch.tensor(idx, device=x.device)
             if kind == "invert":
-                out[ix] = D.ddim_invert_step(s, x0[ix], eps[ix], t_to[ix])
+                out[ix] = self._invert([tracks[i] for i in idx], x0[ix], eps[ix], t[ix], t_to[ix])
                 continue
             noise = self._noise([tracks[i] for i in idx], x)
             if kind == "ddpm":
@@ -141,6 +156,16 @@ class Stage:
             else:
                 eta = torch.tensor([tracks[i].eta for i in idx], dtype=torch.float64)
                 out[ix] = D.ddim_step(s, x0[ix], eps[ix], t[ix], t_to[ix], eta, noise)
+        return out
+
+    def _invert(self, tracks: list[Track], x0, eps, t, t_to) -> torch.Tensor:
+        """Inversion rows: a first DDIM inversion step, or a refinement of it."""
+        out = D.ddim_invert_step(self.schedule, x0, eps, t_to)
+        ref = [i for i, tr in enumerate(tracks) if tr.refining]
+        if ref:
+            ix = torch.tensor(ref, device=x0.device)
+            anchor = torch.cat([tracks[i].anchor for i in ref]).to(x0.device, x0.dtype)
+            out[ix] = D.ddim_invert_refine(self.schedule, anchor, eps[ix], t[ix], t_to[ix])
         return out
 
     @staticmethod
@@ -162,7 +187,11 @@ class Stage:
         return k.keep * known + (1 - k.keep) * x
 
     def _advance(self, tr: Track) -> None:
-        """Move to the next pair, or (RePaint) re-noise back to t and repeat this pair."""
+        """Move to the next pair, refine this inversion step again, or (RePaint) re-noise
+        back to t and repeat this pair."""
+        if tr.sampler == "invert" and tr.repeat < tr.refine:
+            tr.repeat += 1
+            return
         k = tr.known
         if k is not None and k.resample > 1 and tr.repeat + 1 < k.resample and tr.t_to >= 0:
             tr.repeat += 1
@@ -171,7 +200,7 @@ class Stage:
             ratio = (a_t / a_to).item()
             tr.x = (ratio ** 0.5) * tr.x + ((1 - ratio) ** 0.5) * tr.noise(tr.x)
             return
-        tr.repeat = 0
+        tr.repeat, tr.anchor = 0, None
         tr.index += 1
 
 
@@ -246,7 +275,7 @@ class UpsamplerStage(Stage):
         low = _cat(tracks, "low_res", x.device)
         out = torch.empty((x.shape[0], self.up.cfg.model.out_channels) + tuple(x.shape[2:]), device=x.device)
         for last in (False, True):
-            rows = [i for i, tr in enumerate(tracks) if (tr.t == 0 and self.up.last_step_model is not None) == last]
+            rows = [i for i, tr in enumerate(tracks) if (tr.model_t == 0 and self.up.last_step_model is not None) == last]
             if rows:
                 ix = torch.tensor(rows, device=x.device)
                 out[ix] = self.up.unet_for(0 if last else 1)(x[ix], t[ix], low_res=low[ix])

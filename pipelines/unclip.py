@@ -46,6 +46,7 @@ class Sampling:
     best_of: Optional[int] = None
     decoder_sampler: Optional[str] = None  # "ddpm" or "ddim"
     eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
+    inversion_refine: int = 2  # fixed-point refinements per DDIM inversion step (0 = plain)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
 
 
@@ -188,7 +189,8 @@ class UnCLIP:
         for i in range(images.shape[0]):
             r = i if text.pooled.shape[0] > 1 else 0
             cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1], "mask": text.mask[r:r + 1]}
-            tracks.append(Track(images[i:i + 1].float(), list(pairs), "invert", guidance=guidance, cond=cond))
+            tracks.append(Track(images[i:i + 1].float(), list(pairs), "invert", guidance=guidance, cond=cond,
+                                refine=opts.inversion_refine))
         yield StageRequest("decoder", tracks)
         return torch.cat([tr.x for tr in tracks])
 

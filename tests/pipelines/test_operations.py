@@ -1,8 +1,10 @@
 """The five operations on a small random-weight stack of the real architecture.
 
 The decoder's last conv is scaled down (x0.02) so that its eps prediction is small and
-smooth, the regime of a trained denoiser, where DDIM inversion is well conditioned; the
-reconstruction thresholds below hold on it (measured: 30.4 dB at 20 steps, 38.1 dB at 50).
+smooth, the regime of a trained denoiser, where DDIM inversion is well conditioned.
+Measured on it at 20 decoder steps, guidance 1: plain DDIM inversion 31.5 dB, with two
+fixed-point refinements per inversion step (the default) 65.4 dB; at guidance 3: 23.1 and
+42.9 dB.
 """
 
 from __future__ import annotations
@@ -49,7 +51,17 @@ def smooth_image(seed: int, size: int = 32) -> torch.Tensor:
 def test_variation_eta0_reconstructs(pipe: UnCLIP) -> None:
     img = smooth_image(0)
     out = run_direct(pipe, O.variations(pipe, img, eta=0.0, size=32, opts=RECON))
-    assert psnr(out.images, img) >= 30.0
+    assert psnr(out.images, img) >= 50.0
+
+
+def test_refined_inversion_beats_plain_inversion(pipe: UnCLIP) -> None:
+    img = smooth_image(0)
+    got = {}
+    for refine in (0, 2):
+        opts = Sampling(decoder_steps=10, decoder_guidance=3.0, inversion_refine=refine)
+        got[refine] = psnr(run_direct(pipe, O.variations(pipe, img, eta=0.0, size=32, opts=opts)).images, img)
+    assert got[0] >= 15.0  # plain DDIM inversion: first order in the step size (18.8 dB measured)
+    assert got[2] >= got[0] + 10.0  # refined: 36.5 dB measured
 
 
 def test_variation_eta_varies_more(pipe: UnCLIP) -> None:
