@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from pipelines.checkpoints import MissingWeightsError, UnsafeCheckpointError, require_file, save_model_dir
+from pipelines.checkpoints import (
+    MissingWeightsError, UnsafeCheckpointError, random_stack, require_file, save_model_dir,
+)
 from pipelines.config import StackConfig
 from pipelines.karlo import CheckpointMismatchError, import_karlo
 from pipelines.stack import UnCLIPStack
@@ -42,6 +44,13 @@ def convert_karlo(args: argparse.Namespace) -> Path:
     return write(stack, args.out, args.dtype)
 
 
+def random_weights(args: argparse.Namespace) -> Path:
+    """A seeded random-weight stack of a preset architecture (placeholders, tests, benchmarks)."""
+    presets = {"tiny": StackConfig.tiny, "karlo": StackConfig.karlo}
+    cfg = StackConfig.load(require_file(args.config, "stack config")) if args.config else presets[args.preset]()
+    return write(random_stack(cfg, args.seed), args.out, args.dtype)
+
+
 def write(stack: UnCLIPStack, out: Path, dtype: str) -> Path:
     """Save a stack as a model directory in the chosen storage dtype."""
     if out.exists() and not out.is_dir():
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="StackConfig JSON of the architecture (default: Karlo v1 alpha's, StackConfig.karlo())")
     add_output_args(karlo, "weights/karlo")
     karlo.set_defaults(func=convert_karlo)
+    rand = sub.add_parser("random", help="seeded random weights of a preset architecture or a StackConfig JSON")
+    rand.add_argument("--preset", choices=("tiny", "karlo"), default="tiny")
+    rand.add_argument("--config", type=Path, default=None, help="StackConfig JSON (overrides --preset)")
+    rand.add_argument("--seed", type=int, default=0)
+    add_output_args(rand, "weights/random")
+    rand.set_defaults(func=random_weights)
     return parser
 
 
