@@ -212,6 +212,22 @@ def _guided_rows(tracks: list[Track]) -> list[int]:
     return [i for i, tr in enumerate(tracks) if tr.guidance != 1.0]
 
 
+def guided_batch(
+    x: torch.Tensor, t: torch.Tensor, tracks: list[Track], null: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[int]]:
+    """The batch of one guided model call: every track's conditional row, then an
+    unconditional row (conditioning from `null`, each [1, ...]) for each guided track.
+    Returns x [B + G, ...], t [B + G], cond {key: [B + G, ...]} and the guided rows."""
+    dev = x.device
+    cond = {k: _cat(tracks, k, dev) for k in null}
+    g = _guided_rows(tracks)
+    if g:
+        x, t = torch.cat([x, x[g]]), torch.cat([t, t[g]])
+        for k, v in null.items():
+            cond[k] = torch.cat([cond[k], v.to(dev).expand(len(g), *v.shape[1:])])
+    return x, t, cond, g
+
+
 class PriorStage(Stage):
     """Prior: tracks hold normalized image embeddings [1, D]; cond: text_emb [1, D],
     text_enc [1, T, W], mask [1, T]; the stage's `null` holds the same for ""."""
@@ -223,15 +239,7 @@ class PriorStage(Stage):
         self.null = null_text
 
     def predict(self, x, t, tracks):
-        dev = x.device
-        cond = {k: _cat(tracks, k, dev) for k in ("text_emb", "text_enc", "mask")}
-        g = _guided_rows(tracks)
-        if g:
-            x = torch.cat([x, x[g]])
-            t = torch.cat([t, t[g]])
-            for k in cond:
-                null = self.null[k].to(dev).expand(len(g), *self.null[k].shape[1:])
-                cond[k] = torch.cat([cond[k], null])
+        x, t, cond, g = guided_batch(x, t, tracks, self.null)
         out = self.stack.prior(x, t, cond["text_emb"], cond["text_enc"], cond["mask"])
         return _apply_guidance(out, tracks, g), None
 
@@ -247,15 +255,9 @@ class DecoderStage(Stage):
         self.null = null_text
 
     def predict(self, x, t, tracks):
-        dev = x.device
-        cond = {k: _cat(tracks, k, dev) for k in ("image_emb", "text_emb", "text_enc", "mask")}
-        g = _guided_rows(tracks)
-        if g:
-            x, t = torch.cat([x, x[g]]), torch.cat([t, t[g]])
-            null = dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
-            for k in cond:
-                cond[k] = torch.cat([cond[k], null[k].to(dev).expand(len(g), *null[k].shape[1:])])
-        out = self.stack.decoder(x, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"])
+        null = dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
+        xb, t, cond, g = guided_batch(x, t, tracks, null)
+        out = self.stack.decoder(xb, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"])
         pred, var = D.split_output(out, x.shape[1])
         n = len(tracks)
         return _apply_guidance(pred, tracks, g), (None if var is None else var[:n])
