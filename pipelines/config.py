@@ -39,6 +39,7 @@ class PriorConfig:
 
     clip_dim: int = 768
     text_ctx: int = 77
+    text_width: Optional[int] = None  # width of CLIP's token states (None: clip_dim, as Karlo)
     width: int = 2048
     layers: int = 20
     heads: int = 32
@@ -64,6 +65,7 @@ class UNetConfig:
     # decoder conditioning (None for upsamplers)
     clip_dim: Optional[int] = 768
     text_ctx: int = 77
+    text_width: Optional[int] = None  # width of CLIP's token states (None: clip_dim, as Karlo)
     xf_width: int = 1536
     clip_tokens: int = 4
     # upsamplers: channels of the low-resolution image concatenated to x_t

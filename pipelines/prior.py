@@ -78,7 +78,7 @@ class PriorTransformer(nn.Module):
         w = cfg.width
         n_ctx = cfg.text_ctx + EXTRA_TOKENS
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
-        self.text_enc_proj = nn.Linear(cfg.clip_dim, w)
+        self.text_enc_proj = nn.Linear(cfg.text_width or cfg.clip_dim, w)
         self.text_emb_proj = nn.Linear(cfg.clip_dim, w)
         self.clip_img_proj = nn.Linear(cfg.clip_dim, w)
         self.out_proj = nn.Linear(w, cfg.clip_dim)

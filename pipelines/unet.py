@@ -131,7 +131,7 @@ class UNet(nn.Module):
         self.clip_emb = nn.Linear(cfg.clip_dim, emb_ch)
         self.text_feat_proj = nn.Linear(cfg.clip_dim, emb_ch)
         self.clip_tok_proj = nn.Linear(cfg.clip_dim, cfg.xf_width * cfg.clip_tokens)
-        self.text_seq_proj = nn.Sequential(nn.Linear(cfg.clip_dim, cfg.xf_width), LayerNorm32(cfg.xf_width))
+        self.text_seq_proj = nn.Sequential(nn.Linear(cfg.text_width or cfg.clip_dim, cfg.xf_width), LayerNorm32(cfg.xf_width))
         self.cf_param = nn.Parameter(torch.randn(cfg.clip_dim) * 0.02)
 
     def _build_input(self, cfg: UNetConfig, emb_ch: int) -> tuple[nn.ModuleList, list[int]]:
