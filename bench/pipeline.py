@@ -1,0 +1,206 @@
+"""Images/s of our stack vs diffusers' UnCLIPPipeline: same random weights, same steps,
+guidance on, CPU fp32, measured alternately in one run; plus where each one's time goes
+(per-stage wall time, time inside the networks, optionally a torch.profiler table).
+
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--steps 25,25,7] [--batch 1,4] [--repeats 3]
+
+Writes bench/results/pipeline-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.config import StackConfig  # noqa: E402
+from pipelines.operations import generate  # noqa: E402
+from pipelines.sampling import run_to_end  # noqa: E402
+from pipelines.unclip import Sampling, UnCLIP  # noqa: E402
+from tests.pipelines._diffusers_ref import build_pipeline, parity_config, random_parity_stack  # noqa: E402
+
+PROMPT = "a red square above a blue circle"
+RESULTS = Path(__file__).parent / "results"
+
+
+def small_config() -> StackConfig:
+    """Bigger than tiny, still CPU-friendly: 64 px decoder (64 ch), 64->128 upsampler,
+    prior width 256 x 4 layers; head dim 32."""
+    cfg = parity_config()
+    prior = replace(cfg.prior, model=replace(cfg.prior.model, width=256, layers=4, heads=8))
+    dec = replace(cfg.decoder.model, image_size=64, model_channels=64, channel_mult=(1, 2, 3), num_res_blocks=2,
+                  attention_resolutions=(32, 16), num_head_channels=32, norm_groups=16, xf_width=256)
+    up = replace(cfg.upsamplers[0].model, image_size=128, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1)
+    return replace(cfg, prior=prior, decoder=replace(cfg.decoder, model=dec),
+                   upsamplers=(replace(cfg.upsamplers[0], model=up),))
+
+
+CONFIGS: dict[str, Callable[[], StackConfig]] = {"tiny": parity_config, "small": small_config}
+
+
+class ModelTimer:
+    """Accumulates wall time spent inside given modules' forward (forward hooks)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._start: dict[str, float] = {}
+        for name, mod in modules.items():
+            mod.register_forward_pre_hook(lambda *_, n=name: self._start.__setitem__(n, time.perf_counter()))
+            mod.register_forward_hook(lambda *_, n=name: self._stop(n))
+
+    def _stop(self, name: str) -> None:
+        self.seconds[name] += time.perf_counter() - self._start.pop(name)
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = dict(self.seconds), defaultdict(float)
+        return out
+
+
+def our_modules(pipe: UnCLIP) -> dict[str, nn.Module]:
+    up = pipe.stack.upsamplers[0]
+    return {"prior": pipe.stack.prior, "decoder": pipe.stack.decoder, "sr_first": up.model,
+            "sr_last": up.last_step_model}
+
+
+def their_modules(ref: Any) -> dict[str, nn.Module]:
+    return {"prior": ref.prior, "decoder": ref.decoder, "text_proj": ref.text_proj,
+            "sr_first": ref.super_res_first, "sr_last": ref.super_res_last}
+
+
+def run_ours(pipe: UnCLIP, batch: int, steps: tuple[int, int, int], seed: int) -> dict[str, float]:
+    """One generation through generate(), driven like run_direct but timing each stage
+    request (and the text encoding before the first one). Returns {stage: seconds}."""
+    opts = Sampling(prior_steps=steps[0], decoder_steps=steps[1], upsampler_steps=steps[2], best_of=1,
+                    prior_guidance=4.0, decoder_guidance=8.0)
+    op = generate(pipe, PROMPT, n=batch, seed=seed, opts=opts)
+    stages: dict[str, float] = defaultdict(float)
+    t0 = time.perf_counter()
+    request = next(op)
+    stages["text+setup"] += time.perf_counter() - t0
+    try:
+        while True:
+            t1 = time.perf_counter()
+            run_to_end(pipe.stages[request.stage], request.tracks)
+            stages[request.stage] += time.perf_counter() - t1
+            t1 = time.perf_counter()
+            request = op.send(None)
+            stages["between stages"] += time.perf_counter() - t1
+    except StopIteration:
+        stages["between stages"] += time.perf_counter() - t1
+    return dict(stages)
+
+
+def run_theirs(ref: Any, pipe: UnCLIP, batch: int, steps: tuple[int, int, int], seed: int) -> None:
+    text = pipe.encode_text([PROMPT])
+    ref(text_model_output=(text.pooled, text.states), text_attention_mask=text.mask, num_images_per_prompt=batch,
+        prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1],
+        super_res_num_inference_steps=steps[2], prior_guidance_scale=4.0, decoder_guidance_scale=8.0,
+        generator=torch.Generator().manual_seed(seed), output_type="np")
+
+
+def measure(pipe: UnCLIP, ref: Any, batch: int, steps: tuple[int, int, int], repeats: int) -> dict:
+    """Alternate ours / diffusers (order flipped every repeat) after one warm-up each."""
+    timers = {"ours": ModelTimer(our_modules(pipe)), "diffusers": ModelTimer(their_modules(ref))}
+    runs: dict[str, list[dict]] = {"ours": [], "diffusers": []}
+    calls = {"ours": lambda s: run_ours(pipe, batch, steps, s),
+             "diffusers": lambda s: run_theirs(ref, pipe, batch, steps, s)}
+    for name in calls:  # warm-up
+        calls[name](0)
+        timers[name].take()
+    for r in range(repeats):
+        for name in (("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")):
+            t0 = time.perf_counter()
+            stages = calls[name](r + 1)
+            seconds = time.perf_counter() - t0
+            runs[name].append({"seconds": seconds, "stages": stages or {}, "in_models": timers[name].take()})
+    return {name: summarize(rs, batch) for name, rs in runs.items()}
+
+
+def summarize(runs: list[dict], batch: int) -> dict:
+    """Median wall time, images/s and the per-stage / per-network medians."""
+    secs = statistics.median(r["seconds"] for r in runs)
+
+    def med(key: str) -> dict[str, float]:
+        names = {n for r in runs for n in r[key]}
+        return {n: statistics.median(r[key].get(n, 0.0) for r in runs) for n in sorted(names)}
+
+    return {"seconds": secs, "images_per_s": batch / secs, "stages": med("stages"), "in_models": med("in_models"),
+            "all_seconds": [r["seconds"] for r in runs]}
+
+
+def profile_ours(pipe: UnCLIP, batch: int, steps: tuple[int, int, int], rows: int = 25) -> str:
+    """torch.profiler table of one generation of ours (CPU self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(pipe, batch, steps, 0)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def print_table(results: dict[int, dict]) -> None:
+    print(f"\n{'batch':>5} | {'ours s':>8} {'img/s':>7} | {'diffusers s':>11} {'img/s':>7} | ours/diffusers")
+    for batch, res in results.items():
+        o, d = res["ours"], res["diffusers"]
+        print(f"{batch:>5} | {o['seconds']:8.3f} {o['images_per_s']:7.2f} | {d['seconds']:11.3f} "
+              f"{d['images_per_s']:7.2f} | {o['images_per_s'] / d['images_per_s']:.2f}x")
+    for batch, res in results.items():
+        for name in ("ours", "diffusers"):
+            r = res[name]
+            stages = ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items())
+            models = ", ".join(f"{k} {v:.3f}" for k, v in r["in_models"].items())
+            outside = r["seconds"] - sum(r["in_models"].values())
+            print(f"batch {batch} {name:9}: stages [{stages}]  in networks [{models}]  outside networks {outside:.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=list(CONFIGS), default="tiny")
+    ap.add_argument("--steps", default="25,25,7", help="prior,decoder,upsampler steps")
+    ap.add_argument("--batch", default="1,4", help="comma-separated images per prompt")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of ours")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="put OUR UNets' weights in channels-last memory format (oneDNN's preferred layout)")
+    args = ap.parse_args(argv)
+    steps = tuple(int(s) for s in args.steps.split(","))
+    batches = [int(b) for b in args.batch.split(",")]
+    torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]()
+    stack = random_parity_stack(cfg, seed=0)
+    pipe, ref = UnCLIP(stack), build_pipeline(stack)
+    if args.channels_last:
+        for unet in our_modules(pipe).values():
+            if unet is not pipe.stack.prior:
+                unet.to(memory_format=torch.channels_last)
+    results = {}
+    with torch.inference_mode():
+        for b in batches:
+            results[b] = measure(pipe, ref, b, steps, args.repeats)
+    print_table(results)
+    if args.profile:
+        with torch.inference_mode():
+            print(profile_ours(pipe, batches[-1], steps))
+    out = {"config": args.config, "channels_last": args.channels_last, "steps": steps, "repeats": args.repeats,
+           "threads": args.threads, "torch": torch.__version__, "results": results,
+           "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"pipeline-{args.config}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
