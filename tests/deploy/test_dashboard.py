@@ -1,0 +1,348 @@
+"""Every PromQL expression of the deployment (the Grafana dashboard's panels and the KEDA
+trigger's query) names only metrics that the server really exports.
+
+The exported set comes from a LIVE server: `python -m server` runs as a subprocess on a
+free 127.0.0.1 port, serving the tiny random-weight model directory of tests/conftest.py;
+once /ready answers 200, one small generation request gives the histograms samples, and
+GET /metrics is parsed with prometheus_client's own parser.
+
+Metric names are taken from each expression with a regex (strings, label matchers, range
+selectors, `by (...)`-style label lists and Grafana variables removed first; identifiers
+followed by `(` are functions or aggregations). A name is exported if it is a sample name
+of the scrape, or a series name that a family of the scrape produces by its type: a
+counter `x` gives `x_total`, a histogram `x` gives `x_bucket`, `x_sum`, `x_count`, a summary
+`x`, `x_sum`, `x_count`, a gauge only `x`. So a gauge that happens to end in `_count` is
+not mistaken for a histogram part, and `x` alone never matches a counter's `x_total`.
+When promql-parser is installed, every expression is also parsed by it (syntax), and the
+names it finds must equal the regex's.
+
+The same live server answers the probe paths of the Deployment, the ServiceMonitor and the
+Dockerfile's HEALTHCHECK, and finally drains and exits 0 on SIGTERM, as the Deployment's
+termination sequence expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "unclip.json"
+SCALEDOBJECT = ROOT / "deploy" / "k8s" / "scaledobject.yaml"
+DEPLOYMENT = ROOT / "deploy" / "k8s" / "deployment.yaml"
+SERVICEMONITOR = ROOT / "deploy" / "k8s" / "servicemonitor.yaml"
+
+READY_TIMEOUT_S = 300.0
+GENERATION = {
+    "prompt": "a red circle", "size": "32x32", "n": 1, "prior_steps": 2, "decoder_steps": 2,
+    "response_format": "b64_json",
+}
+API_KEY = "deploy-test-key"
+
+KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "inf", "nan", "start", "end", "atan2",
+}
+# Grafana's interval variables, replaced by a duration so that the text is plain PromQL.
+GRAFANA_VARS = re.compile(r"\$\{?__(rate_interval|interval|range)(:\w+)?\}?")
+
+
+# -------------------------------------------------------------------- the expressions
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dash.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, expr) of every PromQL expression in the dashboard."""
+    dash = dashboard()
+    out = []
+    for panel in panels(dash):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                out.append((f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"]))
+    for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            raise AssertionError("query variables: teach this test to read their PromQL")
+    return out
+
+
+def keda_exprs() -> list[tuple[str, str]]:
+    scaled = yaml.safe_load(SCALEDOBJECT.read_text())
+    return [(f"KEDA trigger {i}", t["metadata"]["query"])
+            for i, t in enumerate(scaled["spec"]["triggers"]) if t["type"] == "prometheus"]
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    return dashboard_exprs() + keda_exprs()
+
+
+def plain_promql(expr: str) -> str:
+    return GRAFANA_VARS.sub("5m", expr)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric (series) names an expression selects, by regex."""
+    expr = plain_promql(expr)
+    names = set(re.findall(r'__name__\s*=\s*"([^"]+)"', expr))
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)
+    for m in re.finditer(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        name, is_call = m.group(1), m.group(2)
+        if is_call or name.lower() in KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def call_arguments(expr: str, funcs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(function, argument text) of each call of one of `funcs` (balanced parentheses)."""
+    out = []
+    for m in re.finditer(r"\b(%s)\s*\(" % "|".join(funcs), expr):
+        depth, i = 1, m.end()
+        while depth and i < len(expr):
+            depth += {"(": 1, ")": -1}.get(expr[i], 0)
+            i += 1
+        out.append((m.group(1), expr[m.end(): i - 1]))
+    return out
+
+
+def test_metric_name_regex() -> None:
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (le) (rate(a_seconds_bucket{route=~"/v1/.*", le!="x"}[$__rate_interval])))'
+    ) == {"a_seconds_bucket"}
+    assert metric_names("sum(rate(b_total[5m])) / clamp_min(sum(c_count) without (x), 1e-3) offset 1h") == {
+        "b_total", "c_count"}
+    assert metric_names('max_over_time(d[10m:1m]) > bool 2 and on (instance) e or {__name__="f"}') == {
+        "d", "e", "f"}
+    assert metric_names("sum(g) by (reason)") == {"g"}
+
+
+# ------------------------------------------------------------------- the live server
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 10.0,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class LiveServer:
+    def __init__(self, proc: subprocess.Popen, base: str, log: Path):
+        self.proc, self.base, self.log = proc, base, log
+        self.metrics_text = ""
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("live-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNCLIP_")}
+    env.update(
+        UNCLIP_MODEL_DIR=str(tiny_model_dir), UNCLIP_HOST="127.0.0.1", UNCLIP_PORT=str(port),
+        UNCLIP_API_KEYS=API_KEY, UNCLIP_DRAIN_GRACE_S="20", UNCLIP_DEVICE="cpu",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode} before ready:\n{server.log_tail()}")
+            try:
+                status, _ = http("GET", server.base + "/ready", timeout=5)
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready within {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+            time.sleep(0.5)
+
+        status, body = http("POST", server.base + "/v1/images/generations", GENERATION, timeout=300,
+                            headers={"Authorization": f"Bearer {API_KEY}"})
+        assert status == 200, (status, body[:500], server.log_tail())
+        assert json.loads(body)["data"][0]["b64_json"]
+        status, body = http("GET", server.base + "/metrics")
+        assert status == 200, body[:500]
+        server.metrics_text = body.decode()
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def exported(text: str) -> tuple[set[str], dict[str, str]]:
+    """(series names the scrape can hold, family name -> type)."""
+    names: set[str] = set()
+    types: dict[str, str] = {}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gauge": ("",), "unknown": ("",), "untyped": ("",), "info": ("_info",), "stateset": ("",),
+    }
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names, types
+
+
+def family_of(series: str, types: dict[str, str]) -> tuple[str, str] | None:
+    """(family, type) that produces `series`, by the suffix its type gives."""
+    for suffix, kinds in (("_bucket", ("histogram",)), ("_sum", ("histogram", "summary")),
+                          ("_count", ("histogram", "summary")), ("_total", ("counter",))):
+        if series.endswith(suffix) and types.get(series[: -len(suffix)]) in kinds:
+            return series[: -len(suffix)], types[series[: -len(suffix)]]
+    if series in types:
+        return series, types[series]
+    return None
+
+
+# ------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
+def test_promql_names_exported_metrics(live_server: LiveServer, where: str, expr: str) -> None:
+    names, types = exported(live_server.metrics_text)
+    used = metric_names(expr)
+    assert used, f"{where}: no metric in {expr!r}"
+    missing = sorted(n for n in used if n not in names)
+    assert not missing, (
+        f"{where}: {missing} not exported; the server exports: "
+        f"{sorted(n for n in types if n.startswith('unclip_'))}"
+    )
+
+
+@pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
+def test_promql_uses_metric_types_rightly(live_server: LiveServer, where: str, expr: str) -> None:
+    """rate()/increase() over counters or histogram/summary parts only; histogram_quantile
+    over histogram buckets only; no rate() of a gauge."""
+    _, types = exported(live_server.metrics_text)
+    text = plain_promql(expr)
+    for func, arg in call_arguments(text, ("rate", "irate", "increase")):
+        for name in metric_names(arg):
+            fam = family_of(name, types)
+            assert fam is not None, f"{where}: {name} not exported"
+            family, kind = fam
+            counter_like = (kind == "counter" and name == family + "_total") or (
+                kind in ("histogram", "summary") and name != family)
+            assert counter_like, f"{where}: {func}() of {name}, a {kind}"
+    for _, arg in call_arguments(text, ("histogram_quantile",)):
+        for name in metric_names(arg):
+            fam = family_of(name, types)
+            assert name.endswith("_bucket") and fam and fam[1] == "histogram", f"{where}: {name} ({fam})"
+
+
+@pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
+def test_promql_parses(where: str, expr: str) -> None:
+    """Syntax, by a real PromQL parser; its names agree with the regex's."""
+    promql_parser = pytest.importorskip("promql_parser")
+    tree = promql_parser.parse(plain_promql(expr))
+
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                yield node.name
+            for m in node.matchers.matchers:
+                if m.name == "__name__":
+                    yield m.value
+            return
+        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                yield from walk(child)
+        for child in getattr(node, "args", None) or []:
+            yield from walk(child)
+
+    assert set(walk(tree)) == metric_names(expr), where
+
+
+def test_dashboard_has_the_panels() -> None:
+    """Throughput, queue depth, latency p50/p99, batch size, rejections by reason, GPU
+    memory: each a panel whose expressions say so."""
+    by_title = {p.get("title", "").lower(): [t.get("expr", "") for t in p.get("targets", [])]
+                for p in panels(dashboard())}
+
+    def find(word: str) -> list[str]:
+        hits = [exprs for title, exprs in by_title.items() if word in title]
+        assert len(hits) == 1, f"one panel titled with {word!r}: {sorted(by_title)}"
+        return hits[0]
+
+    assert any("rate(" in e for e in find("throughput"))
+    assert any("queue_depth" in e for e in find("queue depth"))
+    latency = " ".join(find("latency"))
+    assert "histogram_quantile(0.5," in latency.replace(" ", "") or "histogram_quantile(0.50," in latency.replace(" ", "")
+    assert "histogram_quantile(0.99," in latency.replace(" ", "")
+    assert find("batch size")
+    assert any(re.search(r"by\s*\(\s*reason\s*\)", e) for e in find("rejections"))
+    assert find("gpu memory")
+
+
+def test_probe_paths_answer(live_server: LiveServer) -> None:
+    deploy = yaml.safe_load(DEPLOYMENT.read_text())
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    paths = {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+    monitor = yaml.safe_load(SERVICEMONITOR.read_text())
+    paths |= {ep["path"] for ep in monitor["spec"]["endpoints"]}
+    health = re.findall(r"HEALTHCHECK.*?(/\w+)", (ROOT / "Dockerfile").read_text())
+    assert health
+    paths |= set(health)
+    for path in sorted(paths):
+        status, body = http("GET", live_server.base + path)  # no API key: probes are open
+        assert status == 200, (path, status, body[:300])
+
+
+def test_sigterm_drains_and_exits_cleanly(live_server: LiveServer) -> None:
+    """Runs last in this module: SIGTERM (what the kubelet sends after preStop) makes the
+    server stop being ready and exit 0 within its drain grace."""
+    live_server.proc.send_signal(signal.SIGTERM)
+    try:
+        code = live_server.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"server still running 60 s after SIGTERM:\n{live_server.log_tail()}")
+    assert code == 0, live_server.log_tail()
