@@ -424,21 +424,22 @@ def read_diffusers_dir(path: Union[str, Path]) -> tuple[dict[str, dict], dict[st
 
 def load_diffusers_dir(
     path: Union[str, Path], clip_weights: Optional[Union[str, Path]] = None, cfg: Optional[StackConfig] = None,
-    dtype: torch.dtype = torch.float32, allow_random_clip: bool = False,
+    dtype: torch.dtype = torch.float32, allow_random_clip: bool = False, clip: Optional[ClipConfig] = None,
 ) -> UnCLIPStack:
     """Our stack from a diffusers unCLIP folder (prior/, decoder/, text_proj/,
     super_res_first/, super_res_last/, each config.json + diffusion_pytorch_model.safetensors).
 
     diffusers keeps only CLIP's text tower (in transformers' layout), so CLIP comes from an
     open_clip state dict `clip_weights`; without one, CLIP stays randomly initialised only
-    if allow_random_clip (tests). `cfg` defaults to the one the component configs describe."""
+    if allow_random_clip (tests). `cfg` defaults to the one the component configs describe,
+    with CLIP `clip` (default ViT-L-14)."""
     from .checkpoints import MissingWeightsError, assign_state, build_on_meta, materialize_buffers
     from .karlo import read_clip_weights
 
     if clip_weights is None and not allow_random_clip:
         raise MissingWeightsError("load_diffusers_dir needs the open_clip CLIP weights (clip_weights=...)")
     configs, sds = read_diffusers_dir(path)
-    cfg = cfg or stack_config_from_diffusers(configs)
+    cfg = cfg or stack_config_from_diffusers(configs, clip=clip)
     if len(cfg.upsamplers) != 1:
         raise ValueError("a diffusers unCLIP folder holds exactly one upsampler (super_res_first/last)")
     groups = diffusers_to_ours(sds, cfg)

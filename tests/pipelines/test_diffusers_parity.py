@@ -155,10 +155,12 @@ def test_load_diffusers_dir(stack: UnCLIPStack, tmp_path: Path) -> None:
     """save_pretrained of the diffusers models -> load_diffusers_dir -> the same weights."""
     for name, model in build_models(stack).items():
         model.save_pretrained(tmp_path / name)
-    loaded = load_diffusers_dir(tmp_path, allow_random_clip=True)
+    loaded = load_diffusers_dir(tmp_path, allow_random_clip=True, clip=stack.cfg.clip)
     assert loaded.cfg.decoder.model == stack.cfg.decoder.model
     want, got = stack_state_dicts(stack), stack_state_dicts(loaded)
     assert all(torch.equal(got[g][k], v) for g, sd in want.items() for k, v in sd.items())
+    with pytest.raises(FileNotFoundError, match="clip_weights"):
+        load_diffusers_dir(tmp_path)
 
 
 def test_karlo_respacing_matches_diffusers_for_the_presets() -> None:
