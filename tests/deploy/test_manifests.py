@@ -396,6 +396,34 @@ def makefile_torch_pins() -> dict[str, str]:
     return dict(p.split("==") for p in m.group(1).split())
 
 
+DOCKERFILE_INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
+    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}
+KNOWN_FLAGS = {
+    "COPY": {"from", "chown", "chmod", "link", "parents", "exclude"},
+    "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"},
+    "FROM": {"platform"},
+    "RUN": {"mount", "network", "security"},
+}
+
+
+def test_dockerfile_parses_with_buildkits_parser() -> None:
+    """BuildKit's own Go parser (the `dockerfile` package) reads the same instructions as
+    the small parser these tests use, only known instructions and flags, and the exec
+    (JSON) form for ENTRYPOINT and HEALTHCHECK."""
+    dockerfile = pytest.importorskip("dockerfile")
+    parsed = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    assert [c.cmd.upper() for c in parsed] == [i for i, _ in dockerfile_instructions()]
+    for c in parsed:
+        assert c.cmd.upper() in DOCKERFILE_INSTRUCTIONS, c
+        for flag in c.flags:
+            name = flag.lstrip("-").split("=")[0]
+            assert name in KNOWN_FLAGS.get(c.cmd.upper(), set()), (c.cmd, flag)
+        if c.cmd.upper() in ("ENTRYPOINT", "HEALTHCHECK"):
+            assert c.json, f"{c.cmd} in exec form"
+
+
 def test_dockerfile_targets_and_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     stages = dockerfile_stages()
     assert "cpu" in stages and "cuda" in stages
