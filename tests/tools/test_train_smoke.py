@@ -1,0 +1,165 @@
+"""Smoke test of the training recipe (tools.train) and the evaluation command on toy sizes.
+
+Every stage trains 2 steps, is resumed from its checkpoint to step 3, and must then equal,
+bit for bit, a run that went to step 3 in one go; the export loads through the real loader
+and generates; bench/eval_shapes.py runs on the export and prints its table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import operations as O
+from pipelines.checkpoints import load_model_dir
+from pipelines.diffusion import Schedule, to_x0_eps
+from pipelines.unclip import UnCLIP, run_direct
+from tools.shapes import Scene
+from tools.train import checkpoint
+from tools.train.__main__ import main
+from tools.train.data import Batch, compatibility
+from tools.train.loop import LoopOptions, StopFlag, out_of_time
+from tools.train.objectives import diffusion_target
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = ("clip", "prior", "decoder", "upsampler")
+STAGES = ("clip", "prior", "decoder", "upsampler_0", "upsampler_1")
+
+
+def cli(*args: str) -> int:
+    """Run `python -m tools.train ...` in-process (no signal handlers installed)."""
+    return main([*args, "--quiet"], stop=StopFlag())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Run a: each stage to step 2, then resumed to its planned 3; run b: 3 in one go."""
+    root = tmp_path_factory.mktemp("train")
+    a, b = root / "a", root / "b"
+    for command in COMMANDS:
+        assert cli(command, "--run", str(a), "--preset", "smoke", "--steps", "2") == 0
+        assert cli(command, "--run", str(a)) == 0
+        assert cli(command, "--run", str(b), "--preset", "smoke") == 0
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def exported(runs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model"
+    assert cli("export", "--run", str(runs[0]), "--out", str(out)) == 0
+    return out
+
+
+def _same(x: object, y: object) -> bool:
+    """Deep equality of nested dicts / lists of tensors and plain values."""
+    if isinstance(x, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return len(x) == len(y) and all(_same(i, j) for i, j in zip(x, y))
+    if torch.is_tensor(x):
+        return torch.equal(x, y)
+    return x == y
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_resumed_stage_equals_uninterrupted_run(runs: tuple[Path, Path], stage: str) -> None:
+    a, b = (checkpoint.load(r / stage) for r in runs)
+    assert a["step"] == b["step"] == 3
+    for part in ("model", "ema", "optimizer"):
+        assert _same(a[part], b[part]), f"{stage}: {part} differs after resuming"
+    logged = [json.loads(line)["step"] for line in (runs[0] / stage / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]  # two sessions: steps 1-2, then 3
+
+
+def test_downstream_stages_record_their_clip(runs: tuple[Path, Path]) -> None:
+    for stage in ("prior", "decoder"):
+        assert checkpoint.load(runs[0] / stage)["meta"]["clip_step"] == 3
+    assert (runs[0] / "clip_stats.safetensors").is_file()
+
+
+def test_prior_refused_before_clip_is_trained(tmp_path: Path) -> None:
+    assert cli("prior", "--run", str(tmp_path / "r"), "--preset", "smoke") == 2
+    assert cli("clip", "--run", str(tmp_path / "r"), "--preset", "default") == 2  # the run is a smoke run
+
+
+class StopAfterFirstStep(StopFlag):
+    """A stop request (as SIGTERM sets it) that arrives during the first step."""
+
+    reads = 0
+
+    @property
+    def requested(self) -> bool:
+        self.reads += 1
+        return self.reads > 1
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
+
+
+def test_stop_request_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    args = ["upsampler", "--index", "1", "--run", str(run), "--preset", "smoke", "--quiet"]
+    assert main(args, stop=StopAfterFirstStep()) == 0
+    assert checkpoint.step_of(run / "upsampler_1") == 1
+
+
+def test_budget_leaves_room_for_a_step_and_a_checkpoint(tmp_path: Path) -> None:
+    opts = LoopOptions(deadline=time.monotonic() + 10.0)
+    assert not out_of_time(opts, 1.0)  # 1.5 x 1 s + 5 s margin fits in 10 s
+    assert out_of_time(opts, 4.0)
+    run = tmp_path / "r"
+    assert cli("clip", "--run", str(run), "--preset", "smoke", "--minutes", "0.001") == 0  # spent at once
+    assert checkpoint.step_of(run / "clip") == 0
+
+
+def test_export_loads_and_generates(exported: Path) -> None:
+    files = {p.name for p in exported.iterdir()}
+    assert {"stack.json", "clip.safetensors", "clip_stats.safetensors", "prior.safetensors", "decoder.safetensors",
+            "upsampler_0.safetensors", "upsampler_1.safetensors", "MODEL_CARD.md"} <= files
+    stack = load_model_dir(exported)
+    assert stack.clip_std.min() > 0 and not torch.equal(stack.clip_mean, torch.zeros_like(stack.clip_mean))
+    pipe = UnCLIP(stack)
+    out = run_direct(pipe, O.generate(pipe, "a red circle", n=1, seed=0))
+    assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
+
+
+def test_eval_command_prints_the_table(exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("eval_shapes", ROOT / "bench" / "eval_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "eval.json"
+    assert module.main(["--model-dir", str(exported), "-n", "2", "--variety-seeds", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for word in ("shape", "colour", "background", "size", "position", "all five", "variety", "variations",
+                 "text diff", "inpaint", "one generation"):
+        assert word in text
+    res = json.loads(out.read_text())
+    assert res["captions"]["accuracy"]["n"] == 2 and len(res["captions"]["samples"]) == 2
+    assert res["inpaint"]["kept_max_abs_diff"] == 0.0
+
+
+def test_partial_captions_have_several_positives() -> None:
+    scenes = [Scene("circle", "red", "blue", "small", "top"), Scene("square", "red", "white", "large", "left"),
+              Scene("circle", "green", "blue", "small", "top")]
+    named = [("colour",), tuple(Scene.__dataclass_fields__), ("shape", "background")]
+    pos = compatibility(Batch(scenes, ["a red shape", "...", "a circle on a blue background"], named, 0))
+    assert pos.tolist() == [[True, True, False], [False, True, False], [True, False, True]]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_targets_invert_through_the_sampler_conversion(prediction: str) -> None:
+    s = Schedule.make("squaredcos_cap_v2")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    a = s.abar(t).float().view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    got, _ = to_x0_eps(s, x_t, t, diffusion_target(s, x0, noise, t, prediction), prediction)
+    np.testing.assert_allclose(got[:3].numpy(), x0[:3].numpy(), atol=1e-3)  # eps at t=999 divides by ~0.006

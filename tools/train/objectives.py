@@ -1,0 +1,57 @@
+"""The diffusion training objective shared by the prior, the decoder and the upsamplers:
+noise x0 to a uniformly drawn t, regress the configured prediction (eps, x0 or v) with MSE."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.config import DiffusionConfig
+from pipelines.diffusion import Schedule, _b, q_sample
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def diffusion_target(s: Schedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """What the network should output at x_t = sqrt(abar) x0 + sqrt(1 - abar) noise:
+    eps -> noise; x0 -> x0; v -> sqrt(abar) noise - sqrt(1 - abar) x0 (so that
+    pipelines.diffusion.to_x0_eps recovers x0 = sqrt(abar) x_t - sqrt(1 - abar) v)."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        a = s.abar(t)
+        return _b(a.sqrt(), x0) * noise - _b((1 - a).sqrt(), x0) * x0
+    raise ValueError(f"unknown prediction type {prediction!r}")
+
+
+def check_trainable(cfg: DiffusionConfig, in_channels: int, out_channels: int) -> None:
+    """Only fixed variances are trained here: a learned-range model would need the VLB term."""
+    if cfg.variance == "learned_range" or out_channels != in_channels:
+        raise NotImplementedError("training learned variances (learned_range, 2C outputs) is not implemented: "
+                                  "use variance fixed_small / fixed_large and out_channels = in_channels")
+
+
+def timesteps(n: int, num_timesteps: int, gen: torch.Generator, zero_rows: int = 0) -> torch.Tensor:
+    """[n] int64 uniform in [0, T); the first `zero_rows` are 0 (last-step networks)."""
+    t = torch.randint(0, num_timesteps, (n,), generator=gen)
+    t[:zero_rows] = 0
+    return t
+
+
+def diffusion_loss(
+    model_fn: ModelFn, x0: torch.Tensor, s: Schedule, prediction: str, gen: torch.Generator,
+    t: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """x0: clean samples [B, ...] on the training device; model_fn(x_t [B, ...], t [B]) ->
+    prediction [B, ...]. Noise and t come from the CPU generator gen (device independent)."""
+    if t is None:
+        t = timesteps(x0.shape[0], s.num_timesteps, gen)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = t.to(x0.device)
+    x_t = q_sample(s, x0, t, noise)
+    target = diffusion_target(s, x0, noise, t, prediction)
+    return F.mse_loss(model_fn(x_t, t).float(), target.float())

@@ -1,0 +1,85 @@
+"""Stage 4: conv-only upsamplers, trained on crops.
+
+Upsampler i maps size_i -> size_{i+1}. Its condition is the scene rendered at size_i (what
+the previous stage produces), optionally noised, resized to size_{i+1} exactly as the
+pipeline resizes it (`pipelines.sampling.upsample_for`); its target is the same jittered
+scene rendered at size_{i+1}. Both are cropped at the same place: the networks have no
+attention, so what they learn on crops applies to the whole image at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pipelines.diffusion import Schedule
+from pipelines.sampling import upsample_for
+from pipelines.stack import Upsampler
+
+from .data import sample_batch
+from .loop import Task, seed_modules
+from .objectives import check_trainable, diffusion_loss, timesteps
+from .run import Run
+
+
+def random_crops(images: list[torch.Tensor], crop: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """The same random crop (one per sample) of each [B, C, S, S] tensor -> [B, C, crop, crop]."""
+    b, size = images[0].shape[0], images[0].shape[-1]
+    if crop >= size:
+        return images
+    ys, xs = rng.integers(0, size - crop + 1, b), rng.integers(0, size - crop + 1, b)
+    return [torch.stack([x[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(b)]) for x in images]
+
+
+def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std: float) -> torch.Tensor:
+    """With probability p per sample, add Gaussian noise of std U(0, max_std): [B, 3, s, s]."""
+    if p <= 0 or max_std <= 0:
+        return low
+    b = low.shape[0]
+    std = np.where(rng.random(b) < p, rng.uniform(0, max_std, b), 0.0).astype(np.float32)
+    noise = torch.from_numpy(rng.standard_normal(low.shape, dtype=np.float32))
+    return (low + torch.from_numpy(std)[:, None, None, None] * noise).clamp(-1, 1)
+
+
+class UpsamplerTask(Task):
+    """Upsampler `index` of the stack (its every-step network and, if any, the last-step one)."""
+
+    def __init__(self, run: Run, index: int, device: torch.device):
+        self.name, self.hp, self.seed, self.device = f"upsampler_{index}", run.config.upsamplers[index], run.config.seed, device
+        cfg = run.config.stack.upsamplers[index]
+        check_trainable(cfg.diffusion, 3, cfg.model.out_channels)
+        self.in_size, self.out_size = run.config.stack.sizes[index], cfg.out_size
+        self.schedule, self.prediction = Schedule.from_config(cfg.diffusion), cfg.diffusion.prediction
+        seed_modules(self.seed, self.name)
+        self.module = Upsampler(cfg).to(device)
+
+    def pair(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target crops, low-res condition crops), each [B, 3, crop, crop] on the device."""
+        b = sample_batch(rng, batch, 1.0)
+        low = noise_lowres(b.images(self.in_size), rng, self.hp.p_lowres_noise, self.hp.lowres_noise)
+        high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
+        return high.to(self.device), low.to(self.device)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """The network the pipeline would run at each row's t (last-step model at t = 0)."""
+        if self.module.last_step_model is None:
+            return self.module.model(x_t, t, low_res=low)
+        out = torch.zeros(x_t.shape, device=x_t.device)
+        for last, net in ((False, self.module.model), (True, self.module.last_step_model)):
+            rows = (t == 0) == last
+            if rows.any():
+                out[rows] = net(x_t[rows], t[rows], low_res=low[rows])
+        return out
+
+    def loss(self, rng: np.random.Generator, gen: torch.Generator, batch: int) -> torch.Tensor:
+        high, low = self.pair(rng, batch)
+        zero = math.ceil(batch * self.hp.last_step_fraction) if self.module.last_step_model is not None else 0
+        t = timesteps(batch, self.schedule.num_timesteps, gen, zero)
+        return diffusion_loss(lambda x_t, tt: self.predict(x_t, tt, low), high, self.schedule, self.prediction, gen, t)
+
+
+def build(run: Run, device: torch.device, force: bool = False, index: int = 0) -> UpsamplerTask:
+    """Upsampler `index` (it depends on no other stage)."""
+    return UpsamplerTask(run, index, device)
