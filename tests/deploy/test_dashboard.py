@@ -278,6 +278,43 @@ def test_promql_uses_metric_types_rightly(live_server: LiveServer, where: str, e
             assert name.endswith("_bucket") and fam and fam[1] == "histogram", f"{where}: {name} ({fam})"
 
 
+# Labels that Prometheus (and prometheus-operator) attach to every scraped series.
+TARGET_LABELS = {"instance", "job", "namespace", "pod", "service", "endpoint", "container", "target"}
+
+
+def exported_labels(text: str) -> dict[str, set[str]]:
+    """series name -> label names seen on its samples (the family's, `le` on buckets)."""
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
+
+def used_labels(expr: str) -> set[str]:
+    """Label names in matchers and in by/without/on/ignoring/group_* lists."""
+    text = plain_promql(expr)
+    labels = set()
+    for matchers in re.findall(r"\{([^}]*)\}", text):
+        labels.update(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", matchers))
+    for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", text):
+        labels.update(x.strip() for x in group.split(",") if x.strip())
+    return labels - {"__name__"}
+
+
+@pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
+def test_promql_labels_exist(live_server: LiveServer, where: str, expr: str) -> None:
+    """A label the expression filters or groups by is one the server puts on those
+    series (after the generation request every used series has samples), or a target
+    label Prometheus adds."""
+    seen = exported_labels(live_server.metrics_text)
+    names = metric_names(expr)
+    missing_samples = sorted(n for n in names if n not in seen)
+    assert not missing_samples, f"{where}: no samples of {missing_samples} to read their labels from"
+    allowed = TARGET_LABELS.union(*(seen[n] for n in names))
+    assert used_labels(expr) <= allowed, f"{where}: {sorted(used_labels(expr) - allowed)} not labels of {names}"
+
+
 @pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
 def test_promql_parses(where: str, expr: str) -> None:
     """Syntax, by a real PromQL parser; its names agree with the regex's."""
@@ -329,8 +366,11 @@ def test_probe_paths_answer(live_server: LiveServer) -> None:
     paths = {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
     monitor = yaml.safe_load(SERVICEMONITOR.read_text())
     paths |= {ep["path"] for ep in monitor["spec"]["endpoints"]}
-    health = re.findall(r"HEALTHCHECK.*?(/\w+)", (ROOT / "Dockerfile").read_text())
-    assert health
+    from tests.deploy.test_manifests import dockerfile_instructions
+
+    health = [path for instr, args in dockerfile_instructions() if instr == "HEALTHCHECK"
+              for path in re.findall(r"http://[^/'\"]+(/[\w/]*)", args)]
+    assert len(health) == 2, health  # cpu and cuda targets
     paths |= set(health)
     for path in sorted(paths):
         status, body = http("GET", live_server.base + path)  # no API key: probes are open
