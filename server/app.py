@@ -1,0 +1,235 @@
+"""The application: its runtime (model, engine, metrics, URL store, lifecycle), the ASGI
+middlewares every request passes (request id and metrics, body limit, auth), and the
+app factory `create_app(settings)`.
+
+Lifecycle: the model loads in the background after startup (the port answers at once:
+/health 200 "loading", /ready 503), then one tiny generation warms it up and /ready turns
+200. `Runtime.begin_drain()` (SIGTERM, see __main__) turns /ready to 503, refuses new
+work with 503 and lets the engine finish what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipelines.checkpoints import CONFIG_FILE, load_model_dir, require_file
+from pipelines.config import StackConfig
+from pipelines.operations import generate
+from pipelines.unclip import Sampling, UnCLIP
+
+from .auth import AuthMiddleware, bearer_scheme
+from .engine import Engine
+from .errors import APIError, error_response, install_handlers, unavailable
+from .metrics import Metrics
+from .routes import edits, files, generations, health, interpolations, models, text_diffs, variations
+from .schemas import ErrorResponse
+from .settings import Settings
+from .url_store import UrlStore
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES = (400, 401, 404, 413, 429, 500, 503, 504)
+
+
+class Runtime:
+    """Everything a request needs besides itself; one per app."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        cfg = StackConfig.load(require_file(settings.model_dir / CONFIG_FILE, "model config"))
+        self.model_name, self.sizes = cfg.name, list(cfg.sizes)
+        self.metrics = Metrics(self.model_name, self.sizes)
+        self.store = UrlStore(settings.url_ttl_s, settings.url_store_max_bytes)
+        self.pipe: Optional[UnCLIP] = None
+        self.engine: Optional[Engine] = None
+        self.state = "loading"  # loading -> ready -> draining; or failed
+        self.created = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.engine is not None and self.engine.alive
+
+    @property
+    def alive(self) -> bool:
+        """Liveness: loading, or the engine thread is running."""
+        return self.state == "loading" or (self.engine is not None and self.engine.alive)
+
+    def require_ready(self) -> None:
+        """Raise 503 unless new work is accepted."""
+        if self.state == "draining":
+            raise unavailable("The server is shutting down and accepts no new work.", "draining")
+        if not self.ready:
+            raise unavailable("The model is not ready yet.", "not_ready")
+
+    async def start(self) -> None:
+        """Load the model, start the engine, warm up; then ready."""
+        s = self.settings
+        stack = await asyncio.to_thread(load_model_dir, s.model_dir, s.torch_device(), s.torch_dtype())
+        self.pipe = UnCLIP(stack)
+        self.engine = Engine(self.pipe, max_batch=s.max_batch, queue_size=s.queue_size,
+                             default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
+                             stats=self.metrics)
+        self.engine.start()
+        if s.warmup:
+            await self.warm_up()
+        if self.state == "loading":
+            self.state = "ready"
+            self.metrics.set_ready(True)
+            log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
+
+    async def warm_up(self) -> None:
+        """One generation at the largest size with one step per stage."""
+        opts = Sampling(prior_steps=1, decoder_steps=1, upsampler_steps=1, best_of=1)
+        op = generate(self.pipe, "warm-up", n=1, seed=0, size=max(self.sizes), opts=opts)
+        job = self.engine.submit(op, kind="warmup", deadline_s=self.settings.max_deadline_s)
+        await asyncio.wrap_future(job.future)
+
+    def begin_drain(self) -> None:
+        """Not ready, no new work; the engine finishes its jobs. Safe from any thread."""
+        if self.state != "failed":
+            self.state = "draining"
+        self.metrics.set_ready(False)
+        if self.engine is not None:
+            self.engine.drain()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the engine holds no job (True) or timeout passes (False)."""
+        return self.engine is None or self.engine.wait_idle(timeout)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop(timeout=5.0)
+
+
+# ---- middlewares ----------------------------------------------------------------------
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContext:
+    """x-request-id on every response (the client's, if sane, else a new one); request
+    metrics by route template and status; unexpected errors as a bare 500."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime):
+        self.app, self.runtime = app, runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
+        scope.setdefault("state", {})["request_id"] = rid
+        status, started = [500, False], time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0], status[1] = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: BLE001 - last resort: no internals leave the server
+            log.exception("request %s failed", rid)
+            if not status[1]:
+                err = APIError(500, "The server had an error while processing your request.", "server_error",
+                               code="internal_error", headers={"x-request-id": rid})
+                await error_response(err)(scope, receive, send)
+        finally:
+            self.observe(scope, status[0], time.perf_counter() - started)
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        try:
+            self.runtime.metrics.observe_request(route, str(status), seconds)
+        except Exception:  # noqa: BLE001 - metrics never break a request
+            log.debug("metrics failed", exc_info=True)
+
+
+class BodyLimit:
+    """413 for bodies over `limit` bytes: by Content-Length up front, else while reading."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            return await error_response(self.too_large())(scope, receive, send)
+        seen, over, started = [0], [False], [False]
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.limit:
+                over[0] = True
+                raise APIError(413, "Request body too large.")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if over[0] and not started[0]:  # replace whatever the app made of the error
+                started[0] = True
+                return await error_response(self.too_large())(scope, receive, send)
+            if not over[0]:
+                started[0] = True
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    def too_large(self) -> APIError:
+        return APIError(413, f"Request body too large: the limit is {self.limit} bytes.", code="request_too_large")
+
+
+# ---- the app ----------------------------------------------------------------------------
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start loading in the background; stop the engine at shutdown."""
+    rt: Runtime = app.state.runtime
+
+    async def start() -> None:
+        try:
+            await rt.start()
+        except Exception:  # noqa: BLE001 - reported by /health and /ready
+            rt.state = "failed"
+            log.exception("could not start the model from %s", rt.settings.model_dir)
+
+    task = asyncio.create_task(start())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.to_thread(rt.stop)
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    """The FastAPI app serving the model of settings.model_dir (loaded after startup).
+    Raises MissingWeightsError at once if the directory has no stack.json."""
+    settings = settings or Settings()
+    runtime = Runtime(settings)
+    app = FastAPI(title="unCLIP server", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI Images API compatible unCLIP (DALL-E 2) server, with extensions.")
+    app.state.runtime = runtime
+    install_handlers(app)
+    secured, errors = [Depends(bearer_scheme)], {code: {"model": ErrorResponse} for code in ERROR_CODES}
+    for module in (generations, edits, variations, interpolations, text_diffs, models):
+        app.include_router(module.router, prefix="/v1", tags=["images" if module is not models else "models"],
+                           dependencies=secured, responses=errors)
+    app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}})
+    app.include_router(health.router, tags=["operations"])
+    app.add_middleware(AuthMiddleware, keys=settings.keys)
+    app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes)
+    app.add_middleware(RequestContext, runtime=runtime)
+    return app

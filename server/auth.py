@@ -1,0 +1,61 @@
+"""Optional bearer API keys, checked before the body is read.
+
+With keys configured, every `/v1/...` route needs `Authorization: Bearer <key>`, except
+the image URLs under `/v1/files/images/` (their unguessable ids are the capability, as
+with OpenAI's signed URLs). `/health`, `/ready`, `/metrics` and the docs stay open.
+Keys are compared in constant time, every configured key every time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Iterable, Optional
+
+from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import APIError, error_response
+
+# Documents the scheme in OpenAPI; enforcement is the middleware's.
+bearer_scheme = HTTPBearer(auto_error=False, description="API key, when the server is configured with keys")
+
+OPEN_PREFIXES = ("/v1/files/images/",)
+
+
+def key_matches(given: str, keys: Iterable[str]) -> bool:
+    """True if `given` equals one of `keys`, comparing against all of them in constant time."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.encode(), key.encode())
+    return found
+
+
+def bearer_token(authorization: Optional[str]) -> Optional[str]:
+    """The token of an `Authorization: Bearer <token>` header value."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def needs_key(path: str) -> bool:
+    """Whether a request path is protected."""
+    return path.startswith("/v1/") and not path.startswith(OPEN_PREFIXES)
+
+
+class AuthMiddleware:
+    """Answers 401 (OpenAI's invalid_api_key) to protected requests without a valid key."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or not needs_key(scope["path"]):
+            return await self.app(scope, receive, send)
+        headers = dict((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+        token = bearer_token(headers.get("authorization"))
+        if token is not None and key_matches(token, self.keys):
+            return await self.app(scope, receive, send)
+        message = "Incorrect API key provided." if token else "You didn't provide an API key (Authorization: Bearer <key>)."
+        err = APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        await error_response(err)(scope, receive, send)

@@ -1,0 +1,34 @@
+"""Probes and metrics, open without an API key.
+
+/health: 200 while the process is sound (loading, or the engine thread alive); 503 when
+loading failed or the engine thread died. /ready: 200 once the model is loaded and warmed
+up, 503 while loading and while draining. /metrics: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/health", summary="Liveness")
+async def health(request: Request) -> JSONResponse:
+    rt = request.app.state.runtime
+    return JSONResponse({"status": rt.state}, status_code=200 if rt.alive else 503)
+
+
+@router.get("/ready", summary="Readiness")
+async def ready(request: Request) -> JSONResponse:
+    rt = request.app.state.runtime
+    body = {"status": rt.state, "model": rt.model_name}
+    if rt.engine is not None:
+        body.update(queue_depth=rt.engine.queue_depth, running=rt.engine.running)
+    return JSONResponse(body, status_code=200 if rt.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.runtime.metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,146 @@
+"""Request and response models of the API.
+
+Requests are validated with these models whether they arrive as JSON (generations) or as
+multipart text fields (numbers as text: pydantic's lax mode parses "2" as 2). Unknown
+fields are refused; fields that only other OpenAI image models understand are refused
+with their own message (see `UNSUPPORTED`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PROMPT = 1000
+MAX_N = 10
+MAX_FRAMES = 16
+MAX_SEED = 2**62
+
+# Fields of other OpenAI image models (GPT image, DALL-E 3) that this model cannot honour.
+UNSUPPORTED = (
+    "background", "style", "moderation", "output_format", "output_compression", "partial_images",
+    "input_fidelity", "complexity", "frame_count", "frame_duration_ms", "markup", "svg",
+)
+QUALITY_NOOP = ("standard", "auto")  # dall-e-2's only quality; anything else is refused
+
+
+class Params(BaseModel):
+    """Base of every request model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class PriorSampling(Params):
+    """Extension fields of the prior stage."""
+
+    prior_steps: Optional[int] = Field(None, ge=1, le=1000, description="prior diffusion steps")
+    prior_guidance: Optional[float] = Field(None, ge=0, le=100, description="prior classifier-free guidance scale")
+    best_of: Optional[int] = Field(None, ge=1, le=16, description="prior samples per image; the one closest to the text is kept")
+
+
+class DecoderSampling(Params):
+    """Extension fields of the decoder and upsampler stages."""
+
+    decoder_steps: Optional[int] = Field(None, ge=1, le=1000, description="decoder diffusion (and inversion) steps")
+    decoder_guidance: Optional[float] = Field(None, ge=0, le=100, description="decoder classifier-free guidance scale")
+    upsampler_steps: Optional[int] = Field(None, ge=1, le=1000, description="steps of every upsampler stage")
+
+
+class Output(DecoderSampling):
+    """Fields about the output shared by every image endpoint."""
+
+    size: Optional[str] = Field(None, description="'WxH', square, one the model produces; default the largest ('auto' too)")
+    response_format: Optional[Literal["url", "b64_json"]] = Field(None, description="default 'url'")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="image i uses seed + i; default random")
+    model: Optional[str] = Field(None, description="this model's name, 'unclip', or an OpenAI image model name")
+    user: Optional[str] = Field(None, max_length=256)
+    safety_identifier: Optional[str] = Field(None, max_length=256)
+
+
+class GenerationRequest(Output, PriorSampling):
+    """POST /v1/images/generations (JSON)."""
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
+    n: Optional[int] = Field(None, ge=1, le=MAX_N)
+    quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
+    stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
+
+
+class EditRequest(Output, PriorSampling):
+    """POST /v1/images/edits (multipart; files `image`/`image[]` and optional `mask`)."""
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
+    n: Optional[int] = Field(None, ge=1, le=MAX_N)
+    quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
+    resample: Optional[int] = Field(None, ge=1, le=10, description="RePaint-style repeats of every step (1: none)")
+    stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
+
+
+class VariationRequest(Output):
+    """POST /v1/images/variations (multipart; file `image`)."""
+
+    n: Optional[int] = Field(None, ge=1, le=MAX_N)
+    eta: Optional[float] = Field(None, ge=0, le=1, description="DDIM eta: 0 reconstructs the image, larger varies more (default 0.8)")
+
+
+class InterpolationRequest(Output, PriorSampling):
+    """POST /v1/images/interpolations (multipart): files `image[]` x2, or `prompt[]` x2."""
+
+    prompt: Optional[list[str]] = Field(None, description="two prompts (form fields `prompt[]` or `prompt`, twice)")
+    frames: Optional[int] = Field(None, ge=2, le=MAX_FRAMES, description="evenly spaced thetas from 0 to 1 (default 5)")
+    thetas: Optional[list[float]] = Field(None, min_length=1, max_length=MAX_FRAMES, description="explicit thetas in [0, 1]")
+    mode: Optional[Literal["slerp", "fixed"]] = Field(None, description="x_T slerped between the inputs (default) or fixed")
+
+
+class TextDiffRequest(Output):
+    """POST /v1/images/text-diffs (multipart; file `image`)."""
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT, description="the target description")
+    source_prompt: str = Field("", max_length=MAX_PROMPT, description="a description of the current image")
+    frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES, description="default 5")
+    max_theta: Optional[float] = Field(None, ge=0, le=1, description="the last frame's theta (default 0.5)")
+
+
+class ImageData(BaseModel):
+    """One image of a response: a URL or base64 PNG (and theta for interpolations, text diffs)."""
+
+    url: Optional[str] = None
+    b64_json: Optional[str] = None
+    revised_prompt: Optional[str] = None
+    theta: Optional[float] = None
+
+
+class ImagesResponse(BaseModel):
+    """The response of every image endpoint."""
+
+    created: int
+    data: list[ImageData]
+
+
+class ModelCard(BaseModel):
+    """An entry of GET /v1/models."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "unclip-server"
+    sizes: list[str] = Field(default_factory=list)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: OpenAI's shape."""
+
+    error: ErrorDetail
