@@ -1,0 +1,1 @@
+"""The HTTP server: FastAPI app, settings, routes, engine and metrics."""

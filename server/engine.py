@@ -1,0 +1,406 @@
+"""The engine: step-level (continuous) batching of diffusion stages across jobs.
+
+Every submitted operation becomes a `Job` (server/jobs.py) with its own generator, tracks
+and RNGs. One daemon thread runs the loop, each turn:
+
+1. ends queued jobs that were cancelled or whose deadline passed (they never run);
+2. admits queued jobs, oldest first, while fewer than `max_running` run, and runs each
+   one's op code (CLIP encoding, ...) up to its first stage request;
+3. stops running jobs that were cancelled or expired (a step boundary);
+4. picks ONE batch (server/scheduler.py: least recently served first, the group of the
+   longest-waiting track filled with its compatible tracks up to `max_batch`), runs ONE
+   batched `Stage.step` and advances each of its tracks one step;
+5. resumes every job whose stage request is complete to its next request or its result.
+
+Jobs join and leave at every step. A job's output depends only on its inputs and seed:
+each track draws noise from its own CPU generator and the stage computes every row with
+its own timestep, sampler, guidance and eta.
+
+Failures stay with their job: an op that raises fails its job; when a batched step raises,
+every track is restored (latent, step, RNG state) and the step is retried job by job, so
+only the culprit fails; on CUDA out-of-memory the batch is split in halves and retried
+(a single track that still does not fit fails its job). If the loop itself dies, `alive`
+turns False and every held job fails with EngineCrashed.
+
+Admission control: at most `queue_size` jobs wait; beyond that `submit` raises QueueFull
+at once with a Retry-After estimate (queue position x mean run time / max_running).
+Deadlines default to `default_deadline_s` and are capped at `max_deadline_s`. `drain()`
+refuses new work while queued and running jobs finish; `stop()` ends the loop and fails
+what is left with EngineStopped. Stats go to an `EngineStats` (server/stats.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from pipelines.sampling import Stage, Track
+from pipelines.unclip import Operation, UnCLIP
+
+from . import scheduler
+from .jobs import EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
+from .scheduler import Entry
+from .stats import EngineStats, NullStats
+
+__all__ = ["Engine", "EngineCrashed", "EngineStats", "EngineStopped", "Job", "JobCancelled", "JobExpired",
+           "Progress", "QueueFull"]
+
+log = logging.getLogger(__name__)
+
+STOP_ERRORS = {"cancelled": JobCancelled, "expired": JobExpired}
+
+
+class Engine:
+    """Runs jobs' stage requests in shared batches on one thread. Thread-safe API."""
+
+    def __init__(self, pipe: UnCLIP, *, max_batch: int = 8, queue_size: int = 32,
+                 default_deadline_s: float = 600.0, max_deadline_s: float = 1800.0,
+                 stats: Optional[EngineStats] = None, max_running: Optional[int] = None):
+        if max_batch < 1 or queue_size < 1 or (max_running is not None and max_running < 1):
+            raise ValueError("max_batch, queue_size and max_running must be at least 1")
+        if not 0 < default_deadline_s <= max_deadline_s:
+            raise ValueError("need 0 < default_deadline_s <= max_deadline_s")
+        self.pipe = pipe
+        self.max_batch, self.queue_size = max_batch, queue_size
+        self.max_running = max_running or 2 * max_batch
+        self.default_deadline_s, self.max_deadline_s = default_deadline_s, max_deadline_s
+        self.stats: EngineStats = stats if stats is not None else NullStats()
+        self._cv = threading.Condition()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: list[Job] = []
+        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._thread: Optional[threading.Thread] = None
+        self._draining = self._stopping = False
+        self._crash: Optional[BaseException] = None
+        self._tick = 0
+        self._run_s: Optional[float] = None  # moving average of finished jobs' run time
+        self._gpu_at = 0.0
+
+    # ---- public API ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the daemon engine thread."""
+        with self._cv:
+            if self._thread is not None:
+                raise RuntimeError("the engine was already started")
+            self._thread = threading.Thread(target=self._main, name="unclip-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: Operation, *, kind: str, deadline_s: Optional[float] = None,
+               on_progress: Optional[Callable[[Progress], None]] = None, images: int = 1) -> Job:
+        """Queue an operation. Raises QueueFull (queue at capacity), EngineStopped (draining
+        or stopped) or EngineCrashed at once; never blocks on the engine."""
+        budget = self._deadline(deadline_s)
+        with self._cv:
+            reason = self._refusal()
+            if reason is None:
+                job = Job(op, kind, budget, on_progress, images, self._cancel)
+                self._queue.append(job)
+                self._remember(job)
+                self._cv.notify_all()
+            depth = len(self._queue)
+        if reason is not None:
+            self._emit("rejected", reason)
+            raise self._refusal_error(reason, depth)
+        self._report_load()
+        return job
+
+    def get(self, job_id: str) -> Optional[Job]:
+        """A live or recently finished job by id."""
+        with self._cv:
+            return self._jobs.get(job_id)
+
+    def drain(self) -> None:
+        """Refuse new work; queued and running jobs go on to finish."""
+        with self._cv:
+            self._draining = True
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job is queued or running (True) or `timeout` seconds pass (False)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._running, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the loop after the current step; jobs still held fail with EngineStopped."""
+        with self._cv:
+            self._stopping = self._draining = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is None:
+            self._abandon(EngineStopped("the engine stopped"))
+        elif thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs and has not crashed."""
+        return self._thread is not None and self._thread.is_alive() and self._crash is None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ---- submission helpers ----------------------------------------------------------
+
+    def _deadline(self, deadline_s: Optional[float]) -> float:
+        seconds = self.default_deadline_s if deadline_s is None else float(deadline_s)
+        if not seconds > 0:
+            raise ValueError(f"deadline_s must be positive, got {deadline_s}")
+        return min(seconds, self.max_deadline_s)
+
+    def _refusal(self) -> Optional[str]:
+        """Why a submission is refused now (lock held), or None."""
+        if self._crash is not None or self._stopping:
+            return "stopped"
+        if self._draining:
+            return "draining"
+        if len(self._queue) >= self.queue_size:
+            return "queue_full"
+        return None
+
+    def _refusal_error(self, reason: str, depth: int) -> Exception:
+        if reason == "queue_full":
+            return QueueFull(self._retry_after(depth), depth)
+        if self._crash is not None:
+            return EngineCrashed("the engine thread died")
+        return EngineStopped("the server is draining or stopped and accepts no new work")
+
+    def _retry_after(self, depth: int) -> float:
+        """Seconds until a queue slot is likely free: position x run time / parallel jobs."""
+        run_s = self._run_s if self._run_s is not None else 5.0
+        return min(300.0, max(1.0, run_s * depth / self.max_running))
+
+    def _remember(self, job: Job) -> None:
+        """Index the job; forget the oldest finished ones beyond a bound (lock held)."""
+        self._jobs[job.id] = job
+        extra = len(self._jobs) - (self.queue_size + self.max_running + 1024)
+        for old in [j for j in self._jobs.values() if j.finished][:max(extra, 0)]:
+            del self._jobs[old.id]
+
+    def _cancel(self, job: Job) -> None:
+        """Job.cancel(): a queued job ends now; a running one at the next step boundary."""
+        with self._cv:
+            queued = job.state == "queued" and job in self._queue
+            if queued:
+                self._queue.remove(job)
+            self._cv.notify_all()
+        if queued:
+            self._end(job, "cancelled")
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        torch.set_grad_enabled(False)
+        error: BaseException = EngineStopped("the engine stopped")
+        try:
+            while self._turn():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - recorded; health turns false
+            self._crash = exc
+            error = EngineCrashed(f"the engine thread died: {exc!r}")
+            log.critical("engine thread crashed", exc_info=True)
+        finally:
+            self._abandon(error)
+
+    def _turn(self) -> bool:
+        """One turn of the loop; False once stopping."""
+        if self._stopping:
+            return False
+        self._end_queued()
+        self._admit()
+        self._end_running()
+        batch = scheduler.pick([e for job in self._running for e in job.entries], self.max_batch)
+        if batch:
+            self._run(batch)
+        else:
+            self._idle()
+        return True
+
+    def _end_queued(self) -> None:
+        """Queued jobs that were cancelled or expired end without running."""
+        now = time.monotonic()
+        with self._cv:
+            ended = [(j, j.stop_reason(now)) for j in self._queue]
+            ended = [(j, r) for j, r in ended if r is not None]
+            for job, _ in ended:
+                self._queue.remove(job)
+        for job, reason in ended:
+            self._end(job, reason)
+
+    def _admit(self) -> None:
+        """Start queued jobs while there is room: run each op to its first stage request."""
+        while len(self._running) < self.max_running and not self._stopping:
+            with self._cv:
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+                job.state, job.started = "running", time.monotonic()
+                self._running.append(job)
+            self._emit("job_started", job.kind, job.started - job.submitted)
+            self._report_load()
+            self._advance(job)
+
+    def _end_running(self) -> None:
+        """Running jobs that were cancelled or expired stop here, between steps."""
+        now = time.monotonic()
+        for job in list(self._running):
+            reason = job.stop_reason(now)
+            if reason is not None:
+                self._end(job, reason)
+
+    def _idle(self) -> None:
+        """Nothing to run: sleep until new work, a cancel or the nearest queued deadline."""
+        with self._cv:
+            if self._stopping or (self._queue and len(self._running) < self.max_running):
+                return
+            wake = min((j.deadline for j in self._queue), default=time.monotonic() + 1.0)
+            self._cv.wait(max(0.0, min(wake - time.monotonic(), 1.0)))
+
+    def _abandon(self, error: BaseException) -> None:
+        """Fail every job still held (the loop ended)."""
+        with self._cv:
+            jobs = list(self._queue) + list(self._running)
+            self._queue.clear()
+        for job in jobs:
+            self._end(job, "failed", error=error)
+
+    # ---- running a batch -------------------------------------------------------------
+
+    def _run(self, batch: list[Entry]) -> None:
+        """One batched model call; then advance, finish or fail each job in it."""
+        name = batch[0].stage
+        started = time.perf_counter()
+        failures = self._step(self.pipe.stages[name], batch)
+        seconds = time.perf_counter() - started
+        self._tick += 1
+        for entry in batch:
+            entry.tick = self._tick
+        self._emit("batch", name, [e.job.kind for e in batch], seconds, [e.job.id for e in batch])
+        for job in _unique(e.job for e in batch):
+            if job in failures:
+                self._end(job, "failed", error=failures[job])
+            elif job.stepped():
+                self._advance(job)
+        self._gpu_memory()
+
+    def _step(self, stage: Stage, batch: list[Entry]) -> dict[Job, BaseException]:
+        """Step the batch's tracks; on failure retry so that only the culprit jobs fail.
+        Returns the failed jobs and their errors."""
+        saved = _snapshot([e.track for e in batch])
+        try:
+            stage.step([e.track for e in batch])
+            return {}
+        except torch.cuda.OutOfMemoryError as exc:
+            _restore(saved)
+            _free_cuda()
+            if len(batch) == 1:
+                return {batch[0].job: exc}
+            log.warning("out of memory in a %s batch of %d: splitting", stage.key, len(batch))
+            half = len(batch) // 2
+            return {**self._step(stage, batch[:half]), **self._step(stage, batch[half:])}
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            _restore(saved)
+            jobs = _unique(e.job for e in batch)
+            if len(jobs) == 1:
+                log.warning("a %s step failed for job %s", stage.key, jobs[0].id, exc_info=True)
+                return {jobs[0]: exc}
+            failures: dict[Job, BaseException] = {}
+            for job in jobs:
+                failures.update(self._step(stage, [e for e in batch if e.job is job]))
+            return failures
+
+    def _advance(self, job: Job) -> None:
+        """Resume the job's op to its next stage request, or end it."""
+        if job.advance(self._tick) and job.request.stage not in self.pipe.stages:
+            job.finish("failed", error=ValueError(f"unknown stage {job.request.stage!r}"))
+        if job.finished:
+            self._retire(job)
+
+    # ---- ending jobs -------------------------------------------------------------------
+
+    def _end(self, job: Job, outcome: str, error: Optional[BaseException] = None) -> None:
+        """End a job that did not complete: cancelled, expired or failed."""
+        if error is None:
+            error = STOP_ERRORS[outcome](f"job {job.id} {outcome}")
+        if job.finish(outcome, error=error):
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        """Bookkeeping once a job is final: out of the running set, stats, waiters woken."""
+        with self._cv:
+            if job in self._running:
+                self._running.remove(job)
+            self._cv.notify_all()
+        seconds = (job.ended or time.monotonic()) - job.submitted
+        images = _image_count(job)
+        if job.state == "done" and job.started is not None:
+            run_s = job.ended - job.started
+            self._run_s = run_s if self._run_s is None else 0.8 * self._run_s + 0.2 * run_s
+        self._emit("job_finished", job.kind, job.state, seconds, images)
+        self._report_load()
+
+    # ---- stats ---------------------------------------------------------------------------
+
+    def _emit(self, name: str, *args) -> None:
+        try:
+            getattr(self.stats, name)(*args)
+        except Exception:  # noqa: BLE001 - stats never break the engine
+            log.warning("stats.%s failed", name, exc_info=True)
+
+    def _report_load(self) -> None:
+        self._emit("load", len(self._queue), len(self._running))
+
+    def _gpu_memory(self) -> None:
+        """CUDA memory, at most once a second."""
+        device = self.pipe.stack.device
+        now = time.monotonic()
+        if torch.device(device).type != "cuda" or now - self._gpu_at < 1.0:
+            return
+        self._gpu_at = now
+        self._emit("gpu_memory", torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+
+
+def _unique(jobs: Iterable[Job]) -> list[Job]:
+    return list(dict.fromkeys(jobs))
+
+
+def _image_count(job: Job) -> int:
+    """Images a finished job produced (0 unless it is done)."""
+    if job.state != "done":
+        return 0
+    images = getattr(job.future.result(), "images", None) if not job.future.cancelled() else None
+    return int(images.shape[0]) if images is not None else job.images
+
+
+def _snapshot(tracks: list[Track]) -> tuple[list, list]:
+    """What a step changes: each track's latent, position and anchor, and its RNG state."""
+    gens = {id(tr.generator): tr.generator for tr in tracks if tr.generator is not None}
+    states = [(tr, tr.x, tr.index, tr.repeat, tr.anchor) for tr in tracks]
+    return states, [(g, g.get_state()) for g in gens.values()]
+
+
+def _restore(saved: tuple[list, list]) -> None:
+    states, gens = saved
+    for tr, x, index, repeat, anchor in states:
+        tr.x, tr.index, tr.repeat, tr.anchor = x, index, repeat, anchor
+    for gen, state in gens:
+        gen.set_state(state)
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,114 @@
+"""Prometheus metrics after real engine work, parsed with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines import operations as ops
+from pipelines.unclip import Sampling, UnCLIP
+from server.engine import Engine, QueueFull
+from server.metrics import Metrics
+from server.stats import EngineStats
+
+FAST = Sampling(prior_steps=2, decoder_steps=2, upsampler_steps=1, best_of=1)
+
+EXPECTED = {  # family (as the parser names it) -> type
+    "unclip_requests": "counter",
+    "unclip_request_duration_seconds": "histogram",
+    "unclip_requests_rejected": "counter",
+    "unclip_jobs": "counter",
+    "unclip_job_duration_seconds": "histogram",
+    "unclip_queue_wait_seconds": "histogram",
+    "unclip_step_duration_seconds": "histogram",
+    "unclip_batch_size": "histogram",
+    "unclip_batch_mixed": "counter",
+    "unclip_queue_depth": "gauge",
+    "unclip_running_jobs": "gauge",
+    "unclip_images_generated": "counter",
+    "unclip_model_info": "gauge",
+    "unclip_ready": "gauge",
+    "unclip_gpu_memory_bytes": "gauge",
+    "unclip_gpu_memory_reserved_bytes": "gauge",
+}
+
+
+@pytest.fixture(scope="module")
+def scraped(tiny_pipe: UnCLIP) -> tuple[dict, dict, str]:
+    """Run jobs (3 images done, 1 failed, 1 rejected) and parse one scrape:
+    (family -> type, (sample name, labels) -> value, content type)."""
+    metrics = Metrics("tiny", [32, 64])
+    engine = Engine(tiny_pipe, stats=metrics, queue_size=4)
+    jobs = [engine.submit(ops.generate(tiny_pipe, "a", n=2, seed=1, opts=FAST), kind="generation"),
+            engine.submit(ops.variations(tiny_pipe, torch.rand(1, 3, 32, 32) * 2 - 1, seed=2, opts=FAST),
+                          kind="variation"),
+            engine.submit(ops.generate(tiny_pipe, "a", size=999, opts=FAST), kind="generation"),
+            engine.submit(ops.generate(tiny_pipe, "b", seed=3, opts=FAST), kind="generation")]
+    with pytest.raises(QueueFull):
+        engine.submit(ops.generate(tiny_pipe, "c", opts=FAST), kind="generation")
+    engine.start()
+    try:
+        assert engine.wait_idle(120)
+    finally:
+        engine.stop()
+    assert [j.state for j in jobs] == ["done", "done", "failed", "done"]
+    metrics.observe_request("/v1/images/generations", "200", 0.5)
+    metrics.observe_request("/v1/images/generations", "429", 0.001)
+    metrics.set_ready(True)
+    body, content_type = metrics.render()
+    types, values = {}, {}
+    for family in text_string_to_metric_families(body.decode()):
+        types[family.name] = family.type
+        for s in family.samples:
+            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return types, values, content_type
+
+
+def value(values: dict, name: str, **labels: str) -> float:
+    return values[(name, tuple(sorted(labels.items())))]
+
+
+def test_names_and_types(scraped) -> None:
+    types, _, content_type = scraped
+    assert {name: types.get(name) for name in EXPECTED} == EXPECTED
+    assert all(name.startswith("unclip_") for name in types), sorted(types)
+    assert content_type.startswith("text/plain")
+
+
+def test_values_after_jobs(scraped) -> None:
+    _, values, _ = scraped
+    assert value(values, "unclip_jobs_total", kind="generation", outcome="done") == 2
+    assert value(values, "unclip_jobs_total", kind="generation", outcome="failed") == 1
+    assert value(values, "unclip_jobs_total", kind="variation", outcome="done") == 1
+    assert value(values, "unclip_images_generated_total", kind="generation") == 3
+    assert value(values, "unclip_requests_rejected_total", reason="queue_full") == 1
+    assert value(values, "unclip_requests_rejected_total", reason="draining") == 0
+    assert value(values, "unclip_requests_total", route="/v1/images/generations", outcome="429") == 1
+    assert value(values, "unclip_request_duration_seconds_count", route="/v1/images/generations") == 2
+    assert value(values, "unclip_queue_depth") == 0 and value(values, "unclip_running_jobs") == 0
+    assert value(values, "unclip_ready") == 1
+    assert value(values, "unclip_model_info", model="tiny", sizes="32,64") == 1
+    assert value(values, "unclip_queue_wait_seconds_count", kind="generation") == 3  # the failed one started too
+    for stage in ("prior", "decoder", "upsampler.0"):
+        count = value(values, "unclip_step_duration_seconds_count", stage=stage)
+        assert count == value(values, "unclip_batch_size_count", stage=stage) > 0
+    # the generations' three prior tracks started together: batched
+    prior_calls = value(values, "unclip_batch_size_count", stage="prior")
+    assert value(values, "unclip_batch_size_sum", stage="prior") > prior_calls
+    assert value(values, "unclip_batch_size_bucket", stage="prior", le="+Inf") == \
+        value(values, "unclip_batch_size_count", stage="prior")
+
+
+def test_no_high_cardinality_labels(scraped) -> None:
+    _, values, _ = scraped
+    allowed = {"route", "outcome", "reason", "kind", "stage", "le", "model", "sizes"}
+    used = {k for _, labels in values for k, _ in labels}
+    assert used <= allowed, used - allowed
+
+
+def test_metrics_instances_are_independent() -> None:
+    a, b = Metrics("m", [32]), Metrics("m", [32])  # own registries: no duplicate-name error
+    a.set_ready(True)
+    assert b"unclip_ready 0.0" in b.render()[0] and b"unclip_ready 1.0" in a.render()[0]
+    assert isinstance(a, EngineStats)
