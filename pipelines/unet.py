@@ -76,25 +76,31 @@ class AttentionBlock(nn.Module):
         self.encoder_kv = nn.Conv1d(cfg.xf_width, ch * 2, 1) if cfg.is_decoder else None
         self.proj_out = nn.Conv1d(ch, ch, 1)
 
-    def _heads(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
-        """[B, heads*parts*D, L] laid out per head -> `parts` tensors [B, heads, L, D]."""
-        b, _, length = x.shape
-        x = x.reshape(b, self.heads, parts, -1, length).permute(2, 0, 1, 4, 3)
-        return list(x.unbind(0))
+    def _heads(self, x: torch.Tensor, conv: nn.Conv1d, parts: int) -> list[torch.Tensor]:
+        """x: [B, L, C_in] tokens-last -> `parts` tensors [B, heads, L, D].
+
+        The 1x1 conv runs as a linear layer on the tokens-last layout, whose output channels
+        are laid out per head ([heads, parts, D], Karlo's order); the per-head views then keep
+        D contiguous, which SDPA's fast CPU path needs."""
+        b, length, _ = x.shape
+        y = F.linear(x, conv.weight.squeeze(-1), conv.bias)  # [B, L, heads*parts*D]
+        y = y.view(b, length, self.heads, parts, -1).permute(3, 0, 2, 1, 4)
+        return list(y.unbind(0))
 
     def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
         """x: [B, C, H, W] -> [B, C, H, W]."""
         b, c, hgt, wid = x.shape
-        q, k, v = self._heads(self.qkv(self.norm(x).view(b, c, -1)), 3)
+        tokens = self.norm(x).view(b, c, -1).transpose(1, 2)  # [B, L, C]
+        q, k, v = self._heads(tokens, self.qkv, 3)
         bias = None
         if self.encoder_kv is not None and cond.tokens is not None:
-            ek, ev = self._heads(self.encoder_kv(cond.tokens.to(x.dtype)), 2)
+            ek, ev = self._heads(cond.tokens.to(x.dtype).transpose(1, 2), self.encoder_kv, 2)
             k, v = torch.cat([ek, k], dim=2), torch.cat([ev, v], dim=2)
             if cond.bias is not None:
                 bias = F.pad(cond.bias, (0, hgt * wid), value=0.0)
-        h = attention(q, k, v, bias)  # [B, H, L, D]
-        h = h.permute(0, 1, 3, 2).reshape(b, c, -1)
-        return x + self.proj_out(h).view(b, c, hgt, wid)
+        h = attention(q, k, v, bias).transpose(1, 2).reshape(b, hgt * wid, c)  # [B, L, C]
+        out = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)
 
 
 class Sequential(nn.ModuleList):
