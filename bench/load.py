@@ -12,7 +12,8 @@ Prints per run: images/s, request p50/p99 latency, mean batch size (samples per 
 from the server's /metrics) and the ratios throughput(max c)/throughput(1) and HTTP
 latency / direct latency at concurrency 1 (medians of the same generation sent over HTTP
 and run by `run_direct`, alternated one at a time, and the c=1 run's p50 / that direct
-median). Writes bench/results/load-<model>-<time>.json.
+median), and the ceiling of the throughput ratio on this device: run_direct's images/s with
+--max-batch images in one batch over its images/s with one. Writes bench/results/load-<model>-<time>.json.
 
     PYTHONPATH=. .venv/bin/python bench/load.py [--duration 20] [--concurrency 1,4,16]
         [--steps 25,8,4] [--size 64] [--max-batch 8] [--device cpu]
@@ -33,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -286,36 +286,44 @@ class Direct:
         self.opts = Sampling(prior_steps=steps.prior, decoder_steps=steps.decoder, upsampler_steps=steps.upsampler)
         self.size = args.size
 
-    def generation(self, i: int) -> float:
-        """Seconds of one generation, as the HTTP generation sender asks for it."""
+    def generation(self, i: int, n: int = 1) -> float:
+        """Seconds of one generation of n images, as the HTTP generation sender asks for it."""
         import torch
 
         from pipelines.operations import generate
         from pipelines.unclip import run_direct
 
         t0 = time.perf_counter()
-        run_direct(self.pipe, generate(self.pipe, PROMPTS[i % len(PROMPTS)], seed=i, size=self.size, opts=self.opts))
+        op = generate(self.pipe, PROMPTS[i % len(PROMPTS)], n=n, seed=i, size=self.size, opts=self.opts)
+        run_direct(self.pipe, op, max_batch=n)
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
 
 def paired_latency(server: Server, direct: Direct, send: Send, repeats: int) -> dict[str, float]:
-    """Median seconds of the same generation over HTTP and by run_direct, alternated one by
-    one (never at the same time) so that drifting machine load hits both alike. First with
-    run_direct on this main thread, then on a long-lived worker thread, as the engine runs
-    it (with PyTorch's OpenMP backend small ops run slower once a second thread runs them,
-    on the main thread too, hence that order)."""
+    """Median seconds of the same generation over HTTP and by run_direct on this thread,
+    alternated one by one (never at the same time) so that drifting machine load hits both
+    alike. All of this process's torch work stays on this one thread (see server/engine.py
+    on OpenMP pools per thread)."""
     times: dict[str, list[float]] = defaultdict(list)
-    with httpx.Client(base_url=server.base, timeout=600) as c, ThreadPoolExecutor(1) as worker:
-        for name, run in (("direct", direct.generation),
-                          ("direct_worker_thread", lambda i: worker.submit(direct.generation, i).result())):
-            for i in range(repeats + 1):
-                times[name].append(run(i))
-                t0 = time.perf_counter()
-                send(c, i).raise_for_status()
-                times[f"http_vs_{name}"].append(time.perf_counter() - t0)
+    with httpx.Client(base_url=server.base, timeout=600) as c:
+        for i in range(repeats + 1):
+            times["direct"].append(direct.generation(i))
+            t0 = time.perf_counter()
+            send(c, i).raise_for_status()
+            times["http_vs_direct"].append(time.perf_counter() - t0)
     return {k: statistics.median(v[1:]) for k, v in times.items()}  # the first of each warms up
+
+
+def batching_ceiling(direct: Direct, n: int, repeats: int = 3) -> float:
+    """What batching alone can buy on this device: images/s of run_direct with n images in
+    one batch over images/s with one (best of `repeats` each, alternated)."""
+    one, many = [], []
+    for i in range(repeats):
+        one.append(direct.generation(i))
+        many.append(direct.generation(i, n) / n)
+    return min(one) / min(many)
 
 
 # ---- main ----------------------------------------------------------------------------
@@ -381,6 +389,7 @@ def main() -> int:
                 print(f"  c={c}: {runs[-1].images_per_s:.2f} images/s", flush=True)
             if args.mixed_concurrency:
                 runs.append(run_level(server, "mixed", args.mixed_concurrency, args.duration, list(senders.items())))
+        ceiling = batching_ceiling(direct, args.max_batch)
     gen = {r.concurrency: r for r in runs if r.name == "generation"}
     ratios = {}
     if 1 in gen and len(gen) > 1:
@@ -388,8 +397,7 @@ def main() -> int:
         ratios[f"throughput({top})/throughput(1)"] = gen[top].images_per_s / gen[1].images_per_s
     direct_s = paired["direct"]
     ratios["http latency / direct latency (alternated)"] = paired["http_vs_direct"] / direct_s
-    ratios["http latency / direct-on-a-worker-thread latency (alternated)"] = (
-        paired["http_vs_direct_worker_thread"] / paired["direct_worker_thread"])
+    ratios[f"ceiling: direct images/s at batch {args.max_batch} / at batch 1"] = ceiling
     if 1 in gen:
         ratios["http p50 latency at c=1 / direct latency"] = gen[1].p50_s / direct_s
     report(runs, ratios, direct_s)

@@ -38,9 +38,13 @@ def open_image(data: bytes, param: str = "image", max_pixels: int = MAX_PIXELS) 
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image -> RGB tensor [1, 3, H, W] in [-1, 1] (alpha dropped)."""
+    """PIL image -> RGB tensor [1, 3, H, W] in [-1, 1] (alpha dropped).
+
+    The arithmetic is numpy's, as in `to_uint8`: the server calls these on request threads,
+    and a torch op there would give that thread an OpenMP pool of its own, which slows the
+    engine thread's steps about 2x on a 2-core host (see server/engine.py)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))[None])
 
 
 def alpha_of(img: Image.Image) -> Optional[np.ndarray]:
@@ -66,8 +70,9 @@ def keep_mask(image: Image.Image, mask: Optional[Image.Image], param: str = "mas
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    x = images.detach().cpu().numpy().astype(np.float32)  # numpy arithmetic: see to_tensor
+    x = np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def png_bytes(pixels: np.ndarray, text: Optional[dict[str, str]] = None) -> bytes:

@@ -73,12 +73,12 @@ class Runtime:
     async def start(self) -> None:
         """Load the model, start the engine, warm up; then ready."""
         s = self.settings
-        stack = await asyncio.to_thread(load_model_dir, s.model_dir, s.torch_device(), s.torch_dtype())
-        self.pipe = UnCLIP(stack)
-        self.engine = Engine(self.pipe, max_batch=s.max_batch, queue_size=s.queue_size,
+        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())),
+                             max_batch=s.max_batch, queue_size=s.queue_size,
                              default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
                              stats=self.metrics)
         self.engine.start()
+        self.pipe = await asyncio.wrap_future(self.engine.loaded)
         if s.warmup:
             await self.warm_up()
         if self.state == "loading":

@@ -451,3 +451,44 @@ def test_scheduler_serves_the_longest_waiting_group_first() -> None:
     assert scheduler.pick(prior + upsampler, 4) == upsampler  # waited longest, though alone
     assert scheduler.pick(prior, 4) == prior[:4]  # filled in age order, up to max_batch
     assert scheduler.pick([], 4) == []
+
+
+def test_loader_runs_on_the_engine_thread_before_any_job(tiny_pipe: UnCLIP) -> None:
+    """A loader given instead of a pipeline runs on the engine thread (so torch has one
+    thread for the load and every step); `loaded` resolves to what it returned, and jobs
+    submitted meanwhile wait for it."""
+    threads: list[str] = []
+
+    def load() -> UnCLIP:
+        time.sleep(0.2)
+        threads.append(threading.current_thread().name)
+        return tiny_pipe
+
+    engine = Engine(load)
+    engine.start()
+    try:
+        job = engine.submit(ops.generate(tiny_pipe, "a red circle", seed=1, opts=ONE), kind="generation")
+        assert engine.loaded.result(timeout=30) is tiny_pipe
+        assert job.future.result(timeout=60).images.shape[0] == 1
+        assert threads == ["unclip-engine"]
+    finally:
+        engine.stop(timeout=30)
+
+
+def test_a_failing_loader_fails_loaded_and_the_engine() -> None:
+    """The loader's exception reaches `loaded`; the engine is then not alive and queued
+    jobs fail with EngineCrashed instead of hanging."""
+
+    def load() -> UnCLIP:
+        raise FileNotFoundError("weights/missing/decoder.safetensors")
+
+    engine = Engine(load)
+    engine.start()
+    with pytest.raises(FileNotFoundError, match="decoder.safetensors"):
+        engine.loaded.result(timeout=30)
+    deadline = time.monotonic() + 10
+    while engine.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine.alive
+    with pytest.raises(EngineCrashed):
+        engine.submit(iter(()), kind="generation")
