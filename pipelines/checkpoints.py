@@ -16,6 +16,7 @@ so a multi-billion-parameter stack is never held twice in host memory.
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
@@ -61,10 +62,17 @@ def save_model_dir(stack: UnCLIPStack, path: Path, dtype: Optional[torch.dtype] 
     path.mkdir(parents=True, exist_ok=True)
     stack.cfg.save(path / CONFIG_FILE)
     for name, fname in module_files(stack.cfg).items():
-        save_file(_cast(stack.get_submodule(name).state_dict(), dtype), str(path / fname))
+        _save(_cast(stack.get_submodule(name).state_dict(), dtype), path / fname)
     if stack.cfg.clip.stats:
         stats = {"mean": stack.clip_mean, "std": stack.clip_std}
-        save_file(_cast(stats, torch.float32), str(path / stack.cfg.clip.stats))
+        _save(_cast(stats, torch.float32), path / stack.cfg.clip.stats)
+
+
+def _save(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """save_file, then world-readable (0644): safetensors writes 0600, which a server
+    running as another user (a container's non-root user) could not read."""
+    save_file(tensors, str(file))
+    os.chmod(file, 0o644)
 
 
 def _cast(sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:

@@ -63,6 +63,14 @@ def test_round_trip_identical(tiny: UnCLIPStack, tmp_path: Path) -> None:
     assert_same_outputs(tiny, loaded)
 
 
+def test_weight_files_are_world_readable(tiny: UnCLIPStack, tmp_path: Path) -> None:
+    """A container's non-root server must be able to read a directory that root wrote."""
+    save_model_dir(tiny, tmp_path)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert files
+    assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o644 for f in files}
+
+
 def test_fp16_storage_loads_fp32_on_cpu(tiny: UnCLIPStack, tmp_path: Path) -> None:
     save_model_dir(tiny, tmp_path, dtype=torch.float16)
     with safe_open(str(tmp_path / "decoder.safetensors"), "pt") as f:
