@@ -163,3 +163,42 @@ def test_targets_invert_through_the_sampler_conversion(prediction: str) -> None:
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     got, _ = to_x0_eps(s, x_t, t, diffusion_target(s, x0, noise, t, prediction), prediction)
     np.testing.assert_allclose(got[:3].numpy(), x0[:3].numpy(), atol=1e-3)  # eps at t=999 divides by ~0.006
+
+
+def test_snapshot_keeps_what_resuming_needs_and_restore_resumes(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A snapshot of a run whose decoder is unfinished: finished stages keep fp16 EMA only,
+    the unfinished one model + EMA + rng without AdamW state; restored into an empty run,
+    the decoder trains on from its step (fresh optimizer) and the export still works."""
+    run, snap, again = tmp_path / "r", tmp_path / "snap", tmp_path / "again"
+    for command in ("clip", "prior"):
+        assert cli(command, "--run", str(run), "--preset", "smoke") == 0
+    assert cli("decoder", "--run", str(run), "--preset", "smoke", "--steps", "2") == 0
+    assert cli("snapshot", "--run", str(run), "--snapshot", str(snap)) == 0
+    clip_snap, dec_snap = checkpoint.load(snap / "clip"), checkpoint.load(snap / "decoder")
+    assert set(clip_snap) == {"step", "meta", "elapsed_s", "ema"}
+    assert {v.dtype for v in clip_snap["ema"].values() if v.is_floating_point()} == {torch.float16}
+    assert set(dec_snap) == {"step", "meta", "elapsed_s", "model", "ema", "rng"} and dec_snap["step"] == 2
+    full = sum(f.stat().st_size for f in run.rglob("checkpoint.pt"))
+    assert sum(f.stat().st_size for f in snap.rglob("checkpoint.pt")) < full / 2
+
+    assert cli("restore", "--run", str(again), "--snapshot", str(snap)) == 0
+    assert checkpoint.step_of(again / "decoder") == 2 and (again / "clip_stats.safetensors").is_file()
+    assert cli("decoder", "--run", str(again)) == 0  # resumes at 2 with a fresh optimizer, to 3
+    resumed = checkpoint.load(again / "decoder")
+    assert resumed["step"] == 3 and "optimizer" in resumed
+    assert not _same(resumed["model"], dec_snap["model"])
+    assert cli("clip", "--run", str(again)) == 0  # a finished stage from a snapshot stays finished
+    assert checkpoint.step_of(again / "clip") == 3
+
+
+def test_restore_keeps_stages_that_trained_further(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    snap = tmp_path / "snap"
+    assert cli("snapshot", "--run", str(runs[1]), "--snapshot", str(snap)) == 0
+    run = tmp_path / "r"
+    assert cli("clip", "--run", str(run), "--preset", "smoke", "--steps", "2") == 0
+    assert cli("restore", "--run", str(run), "--snapshot", str(snap)) == 0
+    assert checkpoint.step_of(run / "clip") == 3  # the snapshot's 3 replaced the run's 2
+    before = checkpoint.load(run / "clip")
+    assert cli("restore", "--run", str(run), "--snapshot", str(snap)) == 0  # nothing newer: kept
+    assert _same(checkpoint.load(run / "clip")["ema"], before["ema"])
+    assert cli("restore", "--run", str(tmp_path / "x"), "--snapshot", str(tmp_path / "none")) == 2

@@ -1,12 +1,14 @@
 """Train the shapes-world default model, stage by stage, resumably.
 
-    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time} \\
+    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time,snapshot,restore} \\
         --run runs/default [--device auto] [--minutes N] [--steps N] [--batch N]
 
 Every stage resumes from its last checkpoint in the run directory, checkpoints every few
 minutes and stops cleanly (checkpoint written) before the --minutes budget runs out or on
 SIGTERM / Ctrl-C. `all` trains clip -> prior -> decoder -> upsamplers until the budget is
-spent and exports once every stage is done. With CUDA (--device auto picks it) stages run
+spent and exports once every stage is done. `snapshot` / `restore` write / read a compact
+copy of the run that can be committed (tools/train/snapshot.py), so that a training spans
+sessions on machines that keep nothing else. With CUDA (--device auto picks it) stages run
 in bf16 autocast with `gpu_batch_mult` times larger batches.
 """
 
@@ -26,10 +28,12 @@ from .checkpoint import load as load_checkpoint, step_of
 from .export import dir_size, export
 from .loop import LoopOptions, LoopResult, StopFlag, batch_size, train
 from .run import Run, TrainError, open_run
+from .snapshot import restore, size_mib, snapshot
 from .stages import make_task, parameters
 from .timing import table, time_stages
 
-STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time")
+STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore")
+SNAPSHOT = Path("weights/training/default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp16", choices=("fp16", "fp32", "bf16"), help="export: storage dtype")
     p.add_argument("--allow-partial", action="store_true", help="export: untrained stages keep random weights")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE", help="export: override sampling defaults")
+    p.add_argument("--snapshot", type=Path, default=SNAPSHOT, help=f"snapshot / restore: folder (default {SNAPSHOT})")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -132,8 +137,13 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
     if args.stage == "time":
         print(table(time_stages(args.preset or "default", opts)))
         return 0
+    if args.stage == "restore":
+        print("\n".join(restore(args.snapshot, args.run)))
+        return 0
     run = open_run(args.run, args.preset, args.seed)
-    if args.stage == "status":
+    if args.stage == "snapshot":
+        print("\n".join(snapshot(run, args.snapshot)) + f"\n{size_mib(args.snapshot):.1f} MiB in {args.snapshot}")
+    elif args.stage == "status":
         print(status(run))
     elif args.stage == "export":
         do_export(run, args)

@@ -134,10 +134,11 @@ def autocast(opts: LoopOptions) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def train_step(task: Task, opt: torch.optim.Optimizer, step: int, batch: int, opts: LoopOptions) -> float:
-    """One optimizer step at the scheduled learning rate; returns the loss."""
+def train_step(task: Task, opt: torch.optim.Optimizer, step: int, batch: int, opts: LoopOptions,
+               lr_scale: float = 1.0) -> float:
+    """One optimizer step at the scheduled learning rate (times lr_scale); returns the loss."""
     for group in opt.param_groups:
-        group["lr"] = lr_at(step, task.hp)
+        group["lr"] = lr_at(step, task.hp) * lr_scale
     rng = step_rng(task.seed, task.name, step)
     with autocast(opts):
         loss = task.loss(rng, torch_generator(rng), batch)
@@ -148,17 +149,22 @@ def train_step(task: Task, opt: torch.optim.Optimizer, step: int, batch: int, op
     return float(loss.detach())
 
 
-def resume(task: Task, stage_dir: Path, opt: torch.optim.Optimizer, ema: EMA) -> tuple[int, float]:
-    """Load the stage's checkpoint if any; returns (step, elapsed seconds)."""
+def resume(task: Task, stage_dir: Path, opt: torch.optim.Optimizer, ema: EMA) -> tuple[int, float, bool]:
+    """Load the stage's checkpoint if any; returns (step, elapsed seconds, whether the
+    optimizer starts afresh: a snapshot (tools/train/snapshot.py) keeps no AdamW state)."""
     ckpt = checkpoint.load(stage_dir, task.device)
     if ckpt is None:
-        return 0, 0.0
+        return 0, 0.0, False
     task.check_meta(ckpt.get("meta", {}))
-    task.module.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
+    task.module.load_state_dict(ckpt.get("model", ckpt["ema"]))  # a finished stage's snapshot: EMA only
     ema.load_state_dict(ckpt["ema"])
-    checkpoint.set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v]) for k, v in ckpt["rng"].items()})
-    return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+    fresh = "optimizer" not in ckpt
+    if not fresh:
+        opt.load_state_dict(ckpt["optimizer"])
+    if "rng" in ckpt:
+        checkpoint.set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v])
+                                  for k, v in ckpt["rng"].items()})
+    return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0)), fresh
 
 
 def save(task: Task, stage_dir: Path, opt, ema: EMA, step: int, elapsed: float, batch: int) -> None:
@@ -207,7 +213,8 @@ def train(task: Task, stage_dir: Path, opts: LoopOptions) -> LoopResult:
     signal; checkpoints by the stage's save policy and before returning."""
     hp = task.hp
     opt, ema = make_optimizer(task.module, hp), EMA(task.module, hp.ema_decay)
-    step, elapsed = resume(task, stage_dir, opt, ema)
+    step, elapsed, fresh = resume(task, stage_dir, opt, ema)
+    rewarm_from = step if fresh else None  # fresh AdamW moments: warm the learning rate up again
     target, batch = opts.until or hp.steps, batch_size(hp, opts)
     policy = checkpoint.SavePolicy(hp.save_every, hp.save_minutes, last_step=step)
     log, times = Logger(stage_dir, task.name, hp.log_every, opts.verbose), []
@@ -218,7 +225,8 @@ def train(task: Task, stage_dir: Path, opts: LoopOptions) -> LoopResult:
             reason = "stopped" if opts.stop.requested else "out of time"
             break
         t0 = time.monotonic()
-        loss = train_step(task, opt, step, batch, opts)
+        scale = 1.0 if rewarm_from is None else min(1.0, (step - rewarm_from + 1) / max(1, hp.warmup))
+        loss = train_step(task, opt, step, batch, opts, scale)
         ema.update(task.module, step)
         step += 1
         times.append(time.monotonic() - t0)
