@@ -70,7 +70,7 @@ def keep_mask(image: Image.Image, mask: Optional[Image.Image], param: str = "mas
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
-    x = images.detach().cpu().numpy().astype(np.float32)  # numpy arithmetic: see to_tensor
+    x = images.detach().cpu().numpy().astype(np.float32, copy=False)  # numpy arithmetic: see to_tensor
     x = np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 

@@ -479,13 +479,20 @@ def test_a_failing_loader_fails_loaded_and_the_engine() -> None:
     """The loader's exception reaches `loaded`; the engine is then not alive and queued
     jobs fail with EngineCrashed instead of hanging."""
 
+    release = threading.Event()
+
     def load() -> UnCLIP:
+        release.wait(10)
         raise FileNotFoundError("weights/missing/decoder.safetensors")
 
     engine = Engine(load)
     engine.start()
+    queued = engine.submit(iter(()), kind="generation")  # waits for the load
+    release.set()
     with pytest.raises(FileNotFoundError, match="decoder.safetensors"):
         engine.loaded.result(timeout=30)
+    with pytest.raises(EngineCrashed):
+        queued.future.result(timeout=30)
     deadline = time.monotonic() + 10
     while engine.alive and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -28,7 +28,7 @@ from .checkpoint import load as load_checkpoint, step_of
 from .export import dir_size, export
 from .loop import LoopOptions, LoopResult, StopFlag, batch_size, train
 from .run import Run, TrainError, open_run
-from .snapshot import restore, size_mib, snapshot
+from .snapshot import restore, snapshot
 from .stages import make_task, parameters
 from .timing import table, time_stages
 
@@ -142,7 +142,7 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
         return 0
     run = open_run(args.run, args.preset, args.seed)
     if args.stage == "snapshot":
-        print("\n".join(snapshot(run, args.snapshot)) + f"\n{size_mib(args.snapshot):.1f} MiB in {args.snapshot}")
+        print("\n".join(snapshot(run, args.snapshot)) + f"\n{dir_size(args.snapshot) / 2**20:.1f} MiB in {args.snapshot}")
     elif args.stage == "status":
         print(status(run))
     elif args.stage == "export":

@@ -149,5 +149,5 @@ def export(run: Run, out: Path, dtype: str = "fp16", allow_partial: bool = False
 
 
 def dir_size(path: Path) -> int:
-    """Bytes of the files in a directory."""
-    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    """Bytes of the files under a directory (its subdirectories included)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

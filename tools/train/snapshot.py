@@ -46,7 +46,7 @@ def snapshot(run: Run, out: Path) -> list[str]:
             shutil.copy2(run.path / name, out / name)
     lines = []
     for stage in run.stages():
-        ckpt = checkpoint.load(run.path / stage) if (run.path / stage).is_dir() else None
+        ckpt = checkpoint.load(run.path / stage)
         if ckpt is None:
             continue
         finished = int(ckpt["step"]) >= run.config.stage(stage).steps
@@ -81,9 +81,3 @@ def restore(snap: Path, run_path: Path) -> list[str]:
                 shutil.copy2(snap / stage / name, run.stage_dir(stage) / name)
         lines.append(f"{stage}: restored step {got}")
     return lines
-
-
-def size_mib(path: Path) -> float:
-    """Total size of the files under `path`, MiB."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
