@@ -301,6 +301,13 @@ def upsample_for(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(image.clamp(-1, 1), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
+def group_key(stage: str, track: Track) -> tuple:
+    """Tracks batch together only with equal keys: stage, latent shape, conditioning shapes
+    (the stage handles each row's sampler, timestep, guidance and eta)."""
+    cond = tuple(sorted((k, tuple(v.shape[1:])) for k, v in track.cond.items()))
+    return stage, tuple(track.x.shape[1:]), track.x.dtype, cond
+
+
 def run_to_end(stage: Stage, tracks: list[Track], max_batch: int = 64) -> list[Track]:
     """The direct path: step all tracks together until each is done."""
     while True:

@@ -10,15 +10,15 @@ inversion) are shared by all operations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator, Optional
+from typing import Any, Generator, Optional, Sequence
 
 import torch
 
 from .clip import TextEncoding
 from .errors import InvalidInput
 from .sampling import (
-    DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, inversion_pairs, run_to_end,
-    sampling_pairs, upsample_for,
+    DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, group_key, inversion_pairs,
+    run_to_end, sampling_pairs, upsample_for,
 )
 from .stack import UnCLIPStack
 
@@ -240,10 +240,38 @@ def _known_at(known: tuple[torch.Tensor, torch.Tensor, int], size: int) -> Known
 
 def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:
     """Drive one operation to its result, running each stage request to completion."""
+    return run_many(pipe, [op], max_batch)[0]
+
+
+def _advance(op: Operation, first: bool) -> tuple[Optional[StageRequest], Any]:
+    """(next stage request, None) or (None, the operation's result)."""
     try:
-        request = next(op)
-        while True:
-            run_to_end(pipe.stages[request.stage], request.tracks, max_batch)
-            request = op.send(None)
+        return (next(op) if first else op.send(None)), None
     except StopIteration as stop:
-        return stop.value
+        return None, stop.value
+
+
+def run_many(pipe: UnCLIP, ops: Sequence[Operation], max_batch: int = 64) -> list[Any]:
+    """Drive several operations together (offline evaluation, no server): each round, the
+    pending requests' tracks run to completion grouped by `group_key`, so tracks of
+    different operations share batches. Results in the order of `ops`."""
+    results: list[Any] = [None] * len(ops)
+    pending: dict[int, StageRequest] = {}
+    for i, op in enumerate(ops):
+        request, results[i] = _advance(op, first=True)
+        if request is not None:
+            pending[i] = request
+    while pending:
+        groups: dict[tuple, list[Track]] = {}
+        for request in pending.values():
+            for track in request.tracks:
+                groups.setdefault(group_key(request.stage, track), []).append(track)
+        for key, tracks in groups.items():
+            run_to_end(pipe.stages[key[0]], tracks, max_batch)
+        for i in list(pending):
+            request, results[i] = _advance(ops[i], first=False)
+            if request is None:
+                del pending[i]
+            else:
+                pending[i] = request
+    return results

@@ -15,9 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from pipelines.sampling import group_key
 from pipelines.unclip import Operation, StageRequest
 
-from .scheduler import Entry, group_key
+from .scheduler import Entry
 
 log = logging.getLogger(__name__)
 

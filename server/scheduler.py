@@ -40,12 +40,6 @@ class Entry:
     pos: int  # index of the track in its stage request
 
 
-def group_key(stage: str, track: Track) -> tuple:
-    """Entries batch together only with equal keys: stage, latent shape, conditioning shapes."""
-    cond = tuple(sorted((k, tuple(v.shape[1:])) for k, v in track.cond.items()))
-    return stage, tuple(track.x.shape[1:]), track.x.dtype, cond
-
-
 def waited(entry: Entry) -> tuple[int, int, int]:
     """Sort key: longest waiting first, then the older job, then request order."""
     return entry.tick, entry.job.seq, entry.pos

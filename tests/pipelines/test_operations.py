@@ -20,7 +20,7 @@ from pipelines import imageio, operations as O
 from pipelines.checkpoints import random_stack
 from pipelines.config import StackConfig
 from pipelines.errors import InvalidInput
-from pipelines.unclip import Sampling, UnCLIP, run_direct
+from pipelines.unclip import Sampling, UnCLIP, run_direct, run_many
 
 RECON = Sampling(decoder_steps=20, decoder_guidance=1.0)
 FAST = Sampling(prior_steps=4, decoder_steps=4, upsampler_steps=2)
@@ -156,6 +156,25 @@ def test_seeds(pipe: UnCLIP, name: str) -> None:
     a, b, c = (run_direct(pipe, ops[name](s)).images for s in (3, 3, 4))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_run_many_batches_operations_and_matches_run_direct(pipe: UnCLIP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three different operations driven together: each result is what it is alone
+    (to float tolerance), and the decoder steps of all three share model calls."""
+    img = smooth_image(12, 64)
+    ops = [
+        lambda: O.generate(pipe, "a red circle", seed=1, size=64, opts=FAST),
+        lambda: O.variations(pipe, img, seed=2, size=64, opts=FAST),
+        lambda: O.inpaint(pipe, img, _square_mask(64), "a dot", seed=3, size=64, opts=FAST),
+    ]
+    alone = [run_direct(pipe, op()).images for op in ops]
+    decoder, sizes = pipe.stages["decoder"], []
+    step = decoder.step
+    monkeypatch.setattr(decoder, "step", lambda tracks: (sizes.append(len(tracks)), step(tracks))[1])
+    together = [r.images for r in run_many(pipe, [op() for op in ops])]
+    for a, b in zip(alone, together):
+        assert (a - b).abs().max() < 1e-2 and (a - b).abs().mean() < 1e-5
+    assert max(sizes) == 3  # the three decoder tracks (after the inversion) in one call
 
 
 def _png(mode: str, size: tuple[int, int], alpha: int | None = None) -> bytes:

@@ -20,6 +20,7 @@ from pipelines import operations as O
 from pipelines.checkpoints import load_model_dir
 from pipelines.diffusion import Schedule, to_x0_eps
 from pipelines.unclip import UnCLIP, run_direct
+from tools.evaluation import write_card
 from tools.shapes import Scene
 from tools.train import checkpoint
 from tools.train.__main__ import main
@@ -135,14 +136,27 @@ def test_eval_command_prints_the_table(exported: Path, tmp_path: Path, capsys: p
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "eval.json"
-    assert module.main(["--model-dir", str(exported), "-n", "2", "--variety-seeds", "2", "--out", str(out)]) == 0
+    argv = ["--model-dir", str(exported), "-n", "3", "--cases", "2", "--variety-seeds", "2", "--out", str(out), "--write-card"]
+    head = (exported / "MODEL_CARD.md").read_text()
+    assert module.main(argv) == 0
     text = capsys.readouterr().out
     for word in ("shape", "colour", "background", "size", "position", "all five", "variety", "variations",
-                 "text diff", "inpaint", "one generation"):
+                 "text diff", "inpaint", "one generation", "captions.accuracy.all", "inpaint.rate"):
         assert word in text
     res = json.loads(out.read_text())
-    assert res["captions"]["accuracy"]["n"] == 2 and len(res["captions"]["samples"]) == 2
+    assert res["captions"]["accuracy"]["n"] == 3 and len(res["captions"]["samples"]) == 3
+    assert res["variations"]["n"] == res["text_diff"]["n"] == res["inpaint"]["n"] == 2
     assert res["inpaint"]["kept_max_abs_diff"] == 0.0
+    card = (exported / "MODEL_CARD.md").read_text()
+    assert card.startswith(head.rstrip("\n")) and card.count("## Evaluation") == 1 and "captions.accuracy.all" in card
+
+
+def test_write_card_replaces_the_evaluation_section(tmp_path: Path) -> None:
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# model\n\nfacts\n")
+    write_card(card, "## Evaluation\n\nfirst\n")
+    write_card(card, "## Evaluation\n\nsecond\n")
+    assert card.read_text() == "# model\n\nfacts\n\n## Evaluation\n\nsecond\n"
 
 
 def test_partial_captions_have_several_positives() -> None:

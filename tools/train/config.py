@@ -160,10 +160,10 @@ class TrainConfig:
     stack: StackConfig = field(default_factory=default_stack)
     clip: ClipTrain = field(default_factory=lambda: ClipTrain(steps=5000, batch=256, lr=5e-4, weight_decay=0.1))
     prior: PriorTrain = field(default_factory=lambda: PriorTrain(steps=3000, batch=256, lr=3e-4, weight_decay=0.01))
-    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=10000, batch=64, lr=2e-4, save_every=100))
+    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=7000, batch=64, lr=2e-4, save_every=100))
     upsamplers: tuple[UpsamplerTrain, ...] = (
-        UpsamplerTrain(steps=4000, batch=32, lr=2e-4, save_every=100),
-        UpsamplerTrain(steps=3000, batch=32, lr=2e-4, save_every=200),
+        UpsamplerTrain(steps=2500, batch=32, lr=2e-4, save_every=100),
+        UpsamplerTrain(steps=2000, batch=32, lr=2e-4, save_every=200),
     )
     stats_images: int = 4096  # rendered scenes whose CLIP embeddings give clip_mean / clip_std
 

@@ -114,6 +114,11 @@ def model_card(run: Run, stack: UnCLIPStack, facts: dict, dtype: str) -> str:
         f"Trained from scratch with `python -m tools.train all --run {run.path}` (preset `{cfg.name}`, "
         f"seed {cfg.seed}); exported {time.strftime('%Y-%m-%d')} in {dtype}. See weights/README.md.",
         "",
+        "Data: scenes of `../shared/SHAPES_WORLD.md` rendered on the fly by `tools.shapes` (jittered centre, "
+        "radius and colour, anti-aliased), each with its canonical caption or a random partial caption; nothing "
+        "downloaded. Each stage trained on the finished CLIP before it; batch sizes and learning rates are in the "
+        "run's train.json (`tools/train/config.py`).",
+        "",
         "| stage | parameters | steps (done / planned) | training hours |",
         "| --- | --- | --- | --- |",
         *rows,
