@@ -31,10 +31,12 @@ import torch
 
 from pipelines import operations as O
 from pipelines.imageio import to_uint8
+from pipelines.sampling import upsample_for
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct, run_many
 from tools.shapes import ATTRIBUTES, COLOURS, Judgement, Scene, canonical_caption, judge_batch, random_scenes, render, score
 
 CHUNK = 8  # operations driven together
+JUDGE_MIN = 128  # smaller images (e.g. the decoder's, in sampling sweeps) are resized to this
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 INPAINT_BOX = (0.3, 0.7)  # the edited square, fractions of the side
 VARIETY_PROMPT = "a red circle"
@@ -54,7 +56,10 @@ def scene_images(scenes: Sequence[Scene], size: int) -> torch.Tensor:
 
 
 def judged(images: torch.Tensor) -> list[Judgement]:
-    """Judge images [B, 3, S, S] in [-1, 1]."""
+    """Judge images [B, 3, S, S] in [-1, 1]; below JUDGE_MIN px they are first resized
+    (bicubic) to it, as the upsamplers would (renders of the world judged so: 100%)."""
+    if images.shape[-1] < JUDGE_MIN:
+        images = upsample_for(images, JUDGE_MIN).clamp(-1, 1)
     return judge_batch(to_uint8(images))
 
 
@@ -78,11 +83,12 @@ def kept(js: Sequence[Judgement], scenes: Sequence[Scene], attributes: Sequence[
     return res | {"all": float(np.mean([all(r) for r in rows])), "n": len(rows)}
 
 
-def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) -> dict[str, Any]:
-    """Accuracy over n random canonical captions (one image each, seed + i)."""
+def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None, size: Optional[int] = None) -> dict[str, Any]:
+    """Accuracy over n random canonical captions (one image each, seed + i) at `size`
+    (default: the final size)."""
     scenes = random_scenes(n, np.random.default_rng(seed))
     texts = [canonical_caption(s) for s in scenes]
-    results = run_chunked(pipe, lambda i: O.generate(pipe, texts[i], seed=seed + i, opts=opts), n)
+    results = run_chunked(pipe, lambda i: O.generate(pipe, texts[i], seed=seed + i, size=size, opts=opts), n)
     js = judged(images_of(results))
     rows = [{"caption": t, "judged": j.attributes()} for t, j in zip(texts, js)]
     return {"accuracy": score(js, scenes), "samples": rows}

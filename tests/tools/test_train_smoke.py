@@ -151,6 +151,22 @@ def test_eval_command_prints_the_table(exported: Path, tmp_path: Path, capsys: p
     assert card.startswith(head.rstrip("\n")) and card.count("## Evaluation") == 1 and "captions.accuracy.all" in card
 
 
+def test_sweep_command_measures_each_combination(exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("sweep_sampling", ROOT / "bench" / "sweep_sampling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sweep.json"
+    argv = ["--model-dir", str(exported), "-n", "2", "--size", "32", "--grid", "decoder_guidance=1,3", "decoder_steps=2",
+            "--out", str(out)]
+    assert module.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["settings"] for r in rows] == [{"decoder_guidance": 1.0, "decoder_steps": 2}, {"decoder_guidance": 3.0, "decoder_steps": 2}]
+    assert all(r["accuracy"]["n"] == 2 and r["s_per_image"] > 0 for r in rows)
+    assert "decoder_guidance=3.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.parse_axis("guidance=2")
+
+
 def test_write_card_replaces_the_evaluation_section(tmp_path: Path) -> None:
     card = tmp_path / "MODEL_CARD.md"
     card.write_text("# model\n\nfacts\n")
