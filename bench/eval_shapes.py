@@ -61,8 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     pipe = UnCLIP(load_model_dir(args.model_dir, device))
     t0 = time.perf_counter()
-    res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, sampling(args))
-    res |= {"model_dir": str(args.model_dir), "wall_s": time.perf_counter() - t0, "sampling": vars(sampling(args))}
+    opts = sampling(args)
+    res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts)
+    res |= {"model_dir": str(args.model_dir), "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
     print(table(res))
     out = args.out or ROOT / "bench" / "results" / f"eval_shapes_{pipe.cfg.name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

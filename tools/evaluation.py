@@ -34,6 +34,7 @@ from pipelines.imageio import to_uint8
 from pipelines.sampling import upsample_for
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct, run_many
 from tools.shapes import ATTRIBUTES, COLOURS, Judgement, Scene, canonical_caption, judge_batch, random_scenes, render, score
+from tools.train.data import images_to_tensor
 
 CHUNK = 8  # operations driven together
 JUDGE_MIN = 128  # smaller images (e.g. the decoder's, in sampling sweeps) are resized to this
@@ -52,7 +53,7 @@ THRESHOLDS: dict[str, float] = {
 
 def scene_images(scenes: Sequence[Scene], size: int) -> torch.Tensor:
     """Scenes rendered without jitter: [n, 3, size, size] in [-1, 1]."""
-    return torch.from_numpy(render(list(scenes), size)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images_to_tensor(render(list(scenes), size))
 
 
 def judged(images: torch.Tensor) -> list[Judgement]:
@@ -160,8 +161,7 @@ def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) ->
     square judged in the box; `kept_max_abs_diff` the largest change outside it."""
     scenes, size = inpaint_bases(n, seed), pipe.sizes[-1]
     images, (keep, box) = scene_images(scenes, size), box_mask(size)
-    prompts = [f"a large green square in the center on {'an' if s.background == 'orange' else 'a'} {s.background} background"
-               for s in scenes]
+    prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center")) for s in scenes]
     results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i, opts=opts), n)
     out = images_of(results)
     js = judged(out[..., box, box])
