@@ -42,7 +42,10 @@ def parse_axis(item: str) -> tuple[str, list[Any]]:
     if name not in KINDS or not values:
         raise SystemExit(f"--grid {item!r}: expected FIELD=V1,V2 with FIELD one of {sorted(KINDS)}")
     cast = str if "str" in str(KINDS[name]) else (int if "int" in str(KINDS[name]) else float)
-    return name, [cast(v) for v in values.split(",")]
+    try:
+        return name, [cast(v) for v in values.split(",")]
+    except ValueError:
+        raise SystemExit(f"--grid {item!r}: {name} takes {cast.__name__} values") from None
 
 
 def combinations(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:

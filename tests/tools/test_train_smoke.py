@@ -165,6 +165,8 @@ def test_sweep_command_measures_each_combination(exported: Path, tmp_path: Path,
     assert "decoder_guidance=3.0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         module.parse_axis("guidance=2")
+    with pytest.raises(SystemExit, match="decoder_steps takes int values"):
+        module.parse_axis("decoder_steps=abc")
 
 
 def test_write_card_replaces_the_evaluation_section(tmp_path: Path) -> None:
