@@ -20,13 +20,14 @@ from pipelines import operations as O
 from pipelines.checkpoints import load_model_dir
 from pipelines.diffusion import Schedule, to_x0_eps
 from pipelines.unclip import UnCLIP, run_direct
-from tools.evaluation import write_card
+from tools.evaluation import judged, scene_images, write_card
 from tools.shapes import Scene
 from tools.train import checkpoint
 from tools.train.__main__ import main
 from tools.train.data import Batch, compatibility
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
 from tools.train.objectives import diffusion_target
+from tools.train.upsampler_stage import blur_lowres
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("clip", "prior", "decoder", "upsampler")
@@ -234,3 +235,17 @@ def test_restore_keeps_stages_that_trained_further(runs: tuple[Path, Path], tmp_
     assert cli("restore", "--run", str(run), "--snapshot", str(snap)) == 0  # nothing newer: kept
     assert _same(checkpoint.load(run / "clip")["ema"], before["ema"])
     assert cli("restore", "--run", str(tmp_path / "x"), "--snapshot", str(tmp_path / "none")) == 2
+
+
+def test_lowres_blur_softens_square_corners_of_chosen_rows_only() -> None:
+    """The upsampler's blur degradation: blurred small squares lose their sharp corners (the
+    judged fill drops towards the decoder's rounded squares'), rows not drawn for it stay
+    bit-identical, and p = 0 is the identity."""
+    low = scene_images([Scene("square", "red", "blue", "small", "center")] * 8, 32)
+    assert blur_lowres(low, np.random.default_rng(0), 0.0, 1.5) is low
+    some = blur_lowres(low, np.random.default_rng(3), 0.5, 1.5)
+    changed = [not torch.equal(some[i], low[i]) for i in range(8)]
+    assert 0 < sum(changed) < 8 and some.shape == low.shape
+    sharp = np.mean([j.fill for j in judged(low)])
+    soft = np.mean([j.fill for j in judged(blur_lowres(low, np.random.default_rng(4), 1.0, 1.5))])
+    assert soft < sharp - 0.03, (soft, sharp)

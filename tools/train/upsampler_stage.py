@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from torchvision.transforms.functional import gaussian_blur
 
 from pipelines.diffusion import Schedule
 from pipelines.sampling import upsample_for
@@ -31,6 +32,18 @@ def random_crops(images: list[torch.Tensor], crop: int, rng: np.random.Generator
         return images
     ys, xs = rng.integers(0, size - crop + 1, b), rng.integers(0, size - crop + 1, b)
     return [torch.stack([x[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(b)]) for x in images]
+
+
+def blur_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_sigma: float) -> torch.Tensor:
+    """With probability p per sample, a Gaussian blur of sigma U(0, max_sigma) pixels:
+    [B, 3, s, s] -> [B, 3, s, s]."""
+    if p <= 0 or max_sigma <= 0:
+        return low
+    b, kernel = low.shape[0], 2 * math.ceil(3 * max_sigma) + 1
+    sigma = np.where(rng.random(b) < p, rng.uniform(0, max_sigma, b), 0.0)
+    rows = [gaussian_blur(low[i:i + 1], [kernel, kernel], [float(s), float(s)]) if s > 1e-3 else low[i:i + 1]
+            for i, s in enumerate(sigma)]
+    return torch.cat(rows)
 
 
 def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std: float) -> torch.Tensor:
@@ -58,7 +71,8 @@ class UpsamplerTask(Task):
     def pair(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(target crops, low-res condition crops), each [B, 3, crop, crop] on the device."""
         b = sample_batch(rng, batch, 1.0)
-        low = noise_lowres(b.images(self.in_size), rng, self.hp.p_lowres_noise, self.hp.lowres_noise)
+        low = blur_lowres(b.images(self.in_size), rng, self.hp.p_lowres_blur, self.hp.lowres_blur)
+        low = noise_lowres(low, rng, self.hp.p_lowres_noise, self.hp.lowres_noise)
         high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
         return high.to(self.device), low.to(self.device)
 
