@@ -23,13 +23,18 @@ Series:
   unclip_ready                                  gauge     1 when accepting work
   unclip_gpu_memory_bytes                       gauge     CUDA memory allocated (0 without CUDA)
   unclip_gpu_memory_reserved_bytes              gauge     CUDA memory reserved by the caching allocator
+  unclip_process_resident_memory_bytes          gauge     the server process's RSS (and the other
+                                                          process_* series of prometheus_client's
+                                                          ProcessCollector: CPU seconds, open fds, ...)
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest,
+)
 
 from .stats import REJECTIONS
 
@@ -46,6 +51,7 @@ class Metrics:
         self._requests(self.registry)
         self._jobs(self.registry)
         self._engine(self.registry)
+        ProcessCollector(namespace="unclip", registry=self.registry)
         info = Info("unclip_model", "The served model", registry=self.registry)
         info.info({"model": str(model_name), "sizes": ",".join(str(s) for s in sizes)})
 

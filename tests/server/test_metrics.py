@@ -31,6 +31,8 @@ EXPECTED = {  # family (as the parser names it) -> type
     "unclip_ready": "gauge",
     "unclip_gpu_memory_bytes": "gauge",
     "unclip_gpu_memory_reserved_bytes": "gauge",
+    "unclip_process_resident_memory_bytes": "gauge",
+    "unclip_process_cpu_seconds": "counter",
 }
 
 
@@ -88,6 +90,7 @@ def test_values_after_jobs(scraped) -> None:
     assert value(values, "unclip_request_duration_seconds_count", route="/v1/images/generations") == 2
     assert value(values, "unclip_queue_depth") == 0 and value(values, "unclip_running_jobs") == 0
     assert value(values, "unclip_ready") == 1
+    assert 50 * 2**20 < value(values, "unclip_process_resident_memory_bytes") < 64 * 2**30
     assert value(values, "unclip_model_info", model="tiny", sizes="32,64") == 1
     assert value(values, "unclip_queue_wait_seconds_count", kind="generation") == 3  # the failed one started too
     for stage in ("prior", "decoder", "upsampler.0"):
