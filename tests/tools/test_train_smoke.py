@@ -27,7 +27,7 @@ from tools.train.__main__ import main
 from tools.train.data import Batch, compatibility
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
 from tools.train.objectives import diffusion_target
-from tools.train.upsampler_stage import blur_lowres
+from tools.train.upsampler_stage import blur_lowres, warp_lowres
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("clip", "prior", "decoder", "upsampler")
@@ -249,3 +249,21 @@ def test_lowres_blur_softens_square_corners_of_chosen_rows_only() -> None:
     sharp = np.mean([j.fill for j in judged(low)])
     soft = np.mean([j.fill for j in judged(blur_lowres(low, np.random.default_rng(4), 1.0, 1.5))])
     assert soft < sharp - 0.03, (soft, sharp)
+
+
+def test_lowres_warp_makes_square_edges_wavy_of_chosen_rows_only() -> None:
+    """The upsampler's warp degradation: warped large squares fill less of their box (wavy
+    sides, as the decoder draws them) while circles keep their fill; rows not drawn for it
+    stay bit-identical, the border keeps the background, and p = 0 is the identity."""
+    squares = scene_images([Scene("square", "red", "blue", "large", "center")] * 8, 32)
+    circles = scene_images([Scene("circle", "red", "blue", "large", "center")] * 8, 32)
+    assert warp_lowres(squares, np.random.default_rng(0), 0.0, 1.5) is squares
+    some = warp_lowres(squares, np.random.default_rng(3), 0.5, 1.5)
+    changed = [not torch.equal(some[i], squares[i]) for i in range(8)]
+    assert 0 < sum(changed) < 8 and some.shape == squares.shape
+    assert all(j.background == "blue" for j in judged(some))
+    fill = {name: np.mean([j.fill for j in judged(x)]) for name, x in
+            (("square", squares), ("square_warped", warp_lowres(squares, np.random.default_rng(4), 1.0, 1.5)),
+             ("circle", circles), ("circle_warped", warp_lowres(circles, np.random.default_rng(4), 1.0, 1.5)))}
+    assert fill["square_warped"] < fill["square"] - 0.02, fill
+    assert abs(fill["circle_warped"] - fill["circle"]) < 0.02, fill

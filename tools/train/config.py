@@ -143,9 +143,10 @@ class DecoderTrain(StageTrain):
 @dataclass(frozen=True)
 class UpsamplerTrain(StageTrain):
     """Upsampler on `crop`-pixel crops of the output size. The low-res condition is degraded
-    as the paper's first upsampler's is: a Gaussian blur of sigma U(0, lowres_blur) low-res
-    pixels with `p_lowres_blur` (the previous stage draws edges and corners softer than the
-    renders), then Gaussian noise of std U(0, lowres_noise) (in [-1, 1] units) with
+    so that the upsampler learns to draw clean shapes from what the previous stage draws
+    (wavy edges, soft corners): a smooth random warp of up to U(0, lowres_warp) low-res
+    pixels with `p_lowres_warp`; a Gaussian blur of sigma U(0, lowres_blur) pixels with
+    `p_lowres_blur`, as the paper's first upsampler's condition; then Gaussian noise of std U(0, lowres_noise) (in [-1, 1] units) with
     `p_lowres_noise`."""
 
     crop: int = 64
@@ -153,6 +154,8 @@ class UpsamplerTrain(StageTrain):
     p_lowres_noise: float = 0.5
     lowres_blur: float = 0.0
     p_lowres_blur: float = 0.0
+    lowres_warp: float = 0.0
+    p_lowres_warp: float = 0.0
     last_step_fraction: float = 0.125  # rows trained at t = 0 when a last-step network exists
 
 
@@ -167,7 +170,8 @@ class TrainConfig:
     prior: PriorTrain = field(default_factory=lambda: PriorTrain(steps=3000, batch=256, lr=3e-4, weight_decay=0.01))
     decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=7000, batch=64, lr=2e-4, save_every=100))
     upsamplers: tuple[UpsamplerTrain, ...] = (
-        UpsamplerTrain(steps=2500, batch=32, lr=2e-4, save_every=100, lowres_blur=1.5, p_lowres_blur=0.5),
+        UpsamplerTrain(steps=3300, batch=32, lr=2e-4, save_every=100, lowres_blur=1.5, p_lowres_blur=0.5,
+                       lowres_warp=1.5, p_lowres_warp=0.5),
         UpsamplerTrain(steps=2000, batch=32, lr=2e-4, save_every=200, lowres_blur=2.0, p_lowres_blur=0.5),
     )
     stats_images: int = 4096  # rendered scenes whose CLIP embeddings give clip_mean / clip_std
@@ -194,7 +198,8 @@ def smoke_config() -> TrainConfig:
         clip=ClipTrain(batch=8, lr=1e-3, probe_every=0, probe_images=4, **common),
         prior=PriorTrain(batch=8, lr=1e-3, **common),
         decoder=DecoderTrain(batch=4, lr=1e-3, **common),
-        upsamplers=tuple(UpsamplerTrain(batch=2, lr=1e-3, crop=16, **common) for _ in range(2)),
+        upsamplers=tuple(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
+                                        p_lowres_warp=0.5, **common) for _ in range(2)),
         stats_images=32,
     )
 

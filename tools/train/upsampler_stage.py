@@ -13,7 +13,9 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
+from torchvision.transforms.v2.functional import elastic
 
 from pipelines.diffusion import Schedule
 from pipelines.sampling import upsample_for
@@ -46,6 +48,28 @@ def blur_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_sigma
     return torch.cat(rows)
 
 
+def warp_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_px: float, grid: int = 10) -> torch.Tensor:
+    """With probability p per sample, a smooth random warp that moves pixels by up to
+    U(0, max_px) pixels (a `grid` x `grid` random field, bicubic-interpolated): straight
+    edges come out wavy, as the decoder draws them. [B, 3, s, s] -> [B, 3, s, s]."""
+    if p <= 0 or max_px <= 0:
+        return low
+    b, s = low.shape[0], low.shape[-1]
+    amp = np.where(rng.random(b) < p, rng.uniform(0, max_px, b), 0.0)
+    pad = math.ceil(max_px) + 1  # replicate the border instead of warping in a fill colour
+    big, size = F.pad(low, (pad,) * 4, mode="replicate"), s + 2 * pad
+    rows = []
+    for i, a in enumerate(amp):
+        if a <= 1e-3:
+            rows.append(low[i:i + 1])
+            continue
+        field = F.interpolate(torch.from_numpy(rng.standard_normal((1, 2, grid, grid), dtype=np.float32)),
+                              size=(size, size), mode="bicubic", align_corners=True)
+        field = field / field.abs().amax().clamp(min=1e-6) * (a * 2 / size)  # normalized units, max a px
+        rows.append(elastic(big[i:i + 1], field.permute(0, 2, 3, 1))[..., pad:pad + s, pad:pad + s])
+    return torch.cat(rows)
+
+
 def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std: float) -> torch.Tensor:
     """With probability p per sample, add Gaussian noise of std U(0, max_std): [B, 3, s, s]."""
     if p <= 0 or max_std <= 0:
@@ -71,7 +95,8 @@ class UpsamplerTask(Task):
     def pair(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(target crops, low-res condition crops), each [B, 3, crop, crop] on the device."""
         b = sample_batch(rng, batch, 1.0)
-        low = blur_lowres(b.images(self.in_size), rng, self.hp.p_lowres_blur, self.hp.lowres_blur)
+        low = warp_lowres(b.images(self.in_size), rng, self.hp.p_lowres_warp, self.hp.lowres_warp)
+        low = blur_lowres(low, rng, self.hp.p_lowres_blur, self.hp.lowres_blur)
         low = noise_lowres(low, rng, self.hp.p_lowres_noise, self.hp.lowres_noise)
         high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
         return high.to(self.device), low.to(self.device)
