@@ -20,7 +20,7 @@ from pipelines import operations as O
 from pipelines.checkpoints import load_model_dir
 from pipelines.diffusion import Schedule, to_x0_eps
 from pipelines.unclip import UnCLIP, run_direct
-from tools.evaluation import judged, scene_images, write_card
+from tools.evaluation import box_mask, inpaint_scores, judged, scene_images, write_card
 from tools.shapes import Scene
 from tools.train import checkpoint
 from tools.train.__main__ import main
@@ -267,3 +267,18 @@ def test_lowres_warp_makes_square_edges_wavy_of_chosen_rows_only() -> None:
              ("circle", circles), ("circle_warped", warp_lowres(circles, np.random.default_rng(4), 1.0, 1.5)))}
     assert fill["square_warped"] < fill["square"] - 0.02, fill
     assert abs(fill["circle_warped"] - fill["circle"]) < 0.02, fill
+
+
+def test_inpaint_scores_accept_a_right_edit_and_refuse_a_wrong_one() -> None:
+    """The evaluation's inpainting check on renders: a base scene with a small corner shape
+    whose central box is replaced by a large green square counts; the base alone, or a
+    green circle there, does not."""
+    base = Scene("circle", "red", "blue", "small", "top left")
+    keep = box_mask(128)
+
+    def edited(shape: str) -> torch.Tensor:
+        target = scene_images([Scene(shape, "green", "blue", "large", "center")], 128)
+        return keep * scene_images([base], 128) + (1 - keep) * target
+    assert inpaint_scores(edited("square"))["rate"] == 1.0
+    assert inpaint_scores(edited("circle"))["rate"] == 0.0
+    assert inpaint_scores(scene_images([base], 128)) == {"rate": 0.0, "green": 0.0, "square": 0.0, "center": 0.0}
