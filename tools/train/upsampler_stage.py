@@ -36,13 +36,18 @@ def random_crops(images: list[torch.Tensor], crop: int, rng: np.random.Generator
     return [torch.stack([x[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(b)]) for x in images]
 
 
+def strengths(rng: np.random.Generator, b: int, p: float, top: float) -> np.ndarray:
+    """Per-sample degradation strengths [b]: U(0, top) with probability p, else 0."""
+    return np.where(rng.random(b) < p, rng.uniform(0, top, b), 0.0)
+
+
 def blur_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_sigma: float) -> torch.Tensor:
     """With probability p per sample, a Gaussian blur of sigma U(0, max_sigma) pixels:
     [B, 3, s, s] -> [B, 3, s, s]."""
     if p <= 0 or max_sigma <= 0:
         return low
     b, kernel = low.shape[0], 2 * math.ceil(3 * max_sigma) + 1
-    sigma = np.where(rng.random(b) < p, rng.uniform(0, max_sigma, b), 0.0)
+    sigma = strengths(rng, b, p, max_sigma)
     rows = [gaussian_blur(low[i:i + 1], [kernel, kernel], [float(s), float(s)]) if s > 1e-3 else low[i:i + 1]
             for i, s in enumerate(sigma)]
     return torch.cat(rows)
@@ -55,7 +60,7 @@ def warp_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_px: f
     if p <= 0 or max_px <= 0:
         return low
     b, s = low.shape[0], low.shape[-1]
-    amp = np.where(rng.random(b) < p, rng.uniform(0, max_px, b), 0.0)
+    amp = strengths(rng, b, p, max_px)
     pad = math.ceil(max_px) + 1  # replicate the border instead of warping in a fill colour
     big, size = F.pad(low, (pad,) * 4, mode="replicate"), s + 2 * pad
     rows = []
@@ -75,7 +80,7 @@ def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std:
     if p <= 0 or max_std <= 0:
         return low
     b = low.shape[0]
-    std = np.where(rng.random(b) < p, rng.uniform(0, max_std, b), 0.0).astype(np.float32)
+    std = strengths(rng, b, p, max_std).astype(np.float32)
     noise = torch.from_numpy(rng.standard_normal(low.shape, dtype=np.float32))
     return (low + torch.from_numpy(std)[:, None, None, None] * noise).clamp(-1, 1)
 
