@@ -63,9 +63,10 @@ def main() -> int:
         out["rest_mib"] = resident_bytes(server) / MIB
         generate(server, "a small red circle at the top left on a blue background")
         out["after_one_mib"] = resident_bytes(server) / MIB
+        prompts = [f"a large blue square in the center on a {'white' if i % 2 else 'black'} background"
+                   for i in range(args.concurrency)]
         with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(lambda i: generate(server, f"a large blue square in the center on a {'white' if i % 2 else 'black'} background"),
-                          range(args.concurrency)))
+            list(pool.map(lambda prompt: generate(server, prompt), prompts))
         out[f"after_{args.concurrency}_concurrent_mib"] = resident_bytes(server) / MIB
     for key, value in out.items():
         print(f"{key:28s} {value:.1f}" if isinstance(value, float) else f"{key:28s} {value}")

@@ -164,7 +164,8 @@ def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) ->
     the box."""
     scenes, size = inpaint_bases(n, seed), pipe.sizes[-1]
     images, keep = scene_images(scenes, size), box_mask(size)
-    prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center")) for s in scenes]
+    prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center"))
+               for s in scenes]
     results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i, opts=opts), n)
     out = images_of(results)
     return {**inpaint_scores(out), "n": n, "kept_max_abs_diff": float(((out - images).abs() * keep).max())}
@@ -231,7 +232,8 @@ def table(res: dict[str, Any]) -> str:
     lines.append(f"text diff red->blue at theta 0.5 (n={td['n']}): blue with background kept {td['rate']:.2f} "
                  f"(blue {td['blue']:.2f}, background {td['background']:.2f}, shape {td['shape']:.2f})")
     lines.append(f"inpaint green square (n={ip['n']}): {ip['rate']:.2f} (green {ip['green']:.2f}, square "
-                 f"{ip['square']:.2f}, center {ip['center']:.2f}), kept region max |diff| {ip['kept_max_abs_diff']:.3g}")
+                 f"{ip['square']:.2f}, center {ip['center']:.2f}), "
+                 f"kept region max |diff| {ip['kept_max_abs_diff']:.3g}")
     lines.append(f"one generation at {res['size']} px: {res['generation_s']:.2f} s (median of 3)")
     lines += ["", f"{'target':<32} {'measured':>9} {'minimum':>8}  met"]
     lines += [f"{p:<32} {v:9.3f} {m:8.3f}  {'yes' if ok else 'NO'}" for p, (v, m, ok) in verdicts(res).items()]

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines import operations as O
 from pipelines.checkpoints import load_model_dir
@@ -36,9 +35,13 @@ SMALL = {  # path -> minimum at this N; N = 200 figures in the comments
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, Any]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    pipe = UnCLIP(load_model_dir(MODEL, "cpu"))
+def pipe() -> UnCLIP:
+    """The shipped model, loaded once for every test here."""
+    return UnCLIP(load_model_dir(MODEL, "cpu"))
+
+
+@pytest.fixture(scope="module")
+def results(pipe: UnCLIP) -> dict[str, Any]:
     assert pipe.sizes[-1] >= 256, "the default model's final size must be at least 256 px"
     return E.evaluate(pipe, n=16, seed=1, cases=8, seeds=16)
 
@@ -58,11 +61,10 @@ def test_generation_is_the_final_size(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("steps", "min_db"), [(None, 24.0), (16, 38.0)])
-def test_eta0_variation_reconstructs_rendered_scenes(steps: int | None, min_db: float) -> None:
+def test_eta0_variation_reconstructs_rendered_scenes(pipe: UnCLIP, steps: int | None, min_db: float) -> None:
     """DDIM inversion under the image's own z_i, then decoding at eta = 0, gives the scene
     back at the decoder's size: measured 25-27 dB PSNR at the default 4 decoder steps, 41-42
     dB at 16 (the more steps, the finer the inversion), on scenes of the world."""
-    pipe = UnCLIP(load_model_dir(MODEL, "cpu"))
     size = pipe.sizes[0]
     scenes = E.random_scenes(4, np.random.default_rng(5))
     images = E.scene_images(scenes, size)

@@ -146,8 +146,8 @@ class UpsamplerTrain(StageTrain):
     so that the upsampler learns to draw clean shapes from what the previous stage draws
     (wavy edges, soft corners): a smooth random warp of up to U(0, lowres_warp) low-res
     pixels with `p_lowres_warp`; a Gaussian blur of sigma U(0, lowres_blur) pixels with
-    `p_lowres_blur`, as the paper's first upsampler's condition; then Gaussian noise of std U(0, lowres_noise) (in [-1, 1] units) with
-    `p_lowres_noise`."""
+    `p_lowres_blur`, as the paper's first upsampler's condition; then Gaussian noise of std
+    U(0, lowres_noise) (in [-1, 1] units) with `p_lowres_noise`."""
 
     crop: int = 64
     lowres_noise: float = 0.05

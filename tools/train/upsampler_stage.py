@@ -10,6 +10,7 @@ attention, so what they learn on crops applies to the whole image at inference.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,16 +42,21 @@ def strengths(rng: np.random.Generator, b: int, p: float, top: float) -> np.ndar
     return np.where(rng.random(b) < p, rng.uniform(0, top, b), 0.0)
 
 
+def per_row(low: torch.Tensor, amounts: np.ndarray, degrade: Callable[[int, float], torch.Tensor]) -> torch.Tensor:
+    """degrade(i, amount) -> [1, C, s, s] for each row i of low [B, C, s, s] whose amount
+    exceeds 1e-3 (in row order, so random draws inside `degrade` stay reproducible); the
+    other rows are returned untouched."""
+    return torch.cat([degrade(i, float(a)) if a > 1e-3 else low[i:i + 1] for i, a in enumerate(amounts)])
+
+
 def blur_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_sigma: float) -> torch.Tensor:
     """With probability p per sample, a Gaussian blur of sigma U(0, max_sigma) pixels:
     [B, 3, s, s] -> [B, 3, s, s]."""
     if p <= 0 or max_sigma <= 0:
         return low
-    b, kernel = low.shape[0], 2 * math.ceil(3 * max_sigma) + 1
-    sigma = strengths(rng, b, p, max_sigma)
-    rows = [gaussian_blur(low[i:i + 1], [kernel, kernel], [float(s), float(s)]) if s > 1e-3 else low[i:i + 1]
-            for i, s in enumerate(sigma)]
-    return torch.cat(rows)
+    kernel = 2 * math.ceil(3 * max_sigma) + 1
+    return per_row(low, strengths(rng, low.shape[0], p, max_sigma),
+                   lambda i, s: gaussian_blur(low[i:i + 1], [kernel, kernel], [s, s]))
 
 
 def warp_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_px: float, grid: int = 10) -> torch.Tensor:
@@ -63,16 +69,14 @@ def warp_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_px: f
     amp = strengths(rng, b, p, max_px)
     pad = math.ceil(max_px) + 1  # replicate the border instead of warping in a fill colour
     big, size = F.pad(low, (pad,) * 4, mode="replicate"), s + 2 * pad
-    rows = []
-    for i, a in enumerate(amp):
-        if a <= 1e-3:
-            rows.append(low[i:i + 1])
-            continue
+
+    def warp(i: int, a: float) -> torch.Tensor:
         field = F.interpolate(torch.from_numpy(rng.standard_normal((1, 2, grid, grid), dtype=np.float32)),
                               size=(size, size), mode="bicubic", align_corners=True)
         field = field / field.abs().amax().clamp(min=1e-6) * (a * 2 / size)  # normalized units, max a px
-        rows.append(elastic(big[i:i + 1], field.permute(0, 2, 3, 1))[..., pad:pad + s, pad:pad + s])
-    return torch.cat(rows)
+        return elastic(big[i:i + 1], field.permute(0, 2, 3, 1))[..., pad:pad + s, pad:pad + s]
+
+    return per_row(low, amp, warp)
 
 
 def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std: float) -> torch.Tensor:
