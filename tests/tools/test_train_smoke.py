@@ -26,7 +26,7 @@ from tools.train import checkpoint
 from tools.train.__main__ import main
 from tools.train.data import Batch, compatibility
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
-from tools.train.objectives import diffusion_target
+from tools.train.objectives import diffusion_loss, diffusion_target
 from tools.train.upsampler_stage import blur_lowres, warp_lowres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,6 +196,22 @@ def test_targets_invert_through_the_sampler_conversion(prediction: str) -> None:
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     got, _ = to_x0_eps(s, x_t, t, diffusion_target(s, x0, noise, t, prediction), prediction)
     np.testing.assert_allclose(got[:3].numpy(), x0[:3].numpy(), atol=1e-3)  # eps at t=999 divides by ~0.006
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3])
+def test_input_perturbation_noises_the_input_but_not_the_target(gamma: float) -> None:
+    """An eps model that reads the noise back from x_t exactly (it knows x0) scores 0 without
+    perturbation; with it, it reads noise + gamma xi against the target noise: MSE ~ gamma^2."""
+    s = Schedule.make("squaredcos_cap_v2")
+    x0 = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def read_noise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = s.abar(t).float().view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    t = torch.full((64,), 500)
+    loss = diffusion_loss(read_noise, x0, s, "eps", torch.Generator().manual_seed(0), t=t, perturb=gamma)
+    assert loss.item() == pytest.approx(gamma**2, rel=0.05, abs=1e-8)
 
 
 def test_snapshot_keeps_what_resuming_needs_and_restore_resumes(runs: tuple[Path, Path], tmp_path: Path) -> None:

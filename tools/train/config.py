@@ -133,11 +133,13 @@ class PriorTrain(StageTrain):
 class DecoderTrain(StageTrain):
     """Decoder; per sample, exclusive draws: both z_i -> cf_param and text -> "" (the
     unconditional branch of guidance), text alone -> "" (what variations, interpolations
-    and text diffs decode with), z_i alone -> cf_param."""
+    and text diffs decode with), z_i alone -> cf_param. `input_perturbation`: the DDPM-IP
+    gamma (tools.train.objectives.diffusion_loss); 0 trains without it."""
 
     p_drop_both: float = 0.1
     p_drop_text: float = 0.3
     p_drop_image: float = 0.05
+    input_perturbation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def smoke_config() -> TrainConfig:
         name="smoke", seed=0, stack=smoke_stack(),
         clip=ClipTrain(batch=8, lr=1e-3, probe_every=0, probe_images=4, **common),
         prior=PriorTrain(batch=8, lr=1e-3, **common),
-        decoder=DecoderTrain(batch=4, lr=1e-3, **common),
+        decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, **common),
         upsamplers=tuple(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
                                         p_lowres_warp=0.5, **common) for _ in range(2)),
         stats_images=32,

@@ -53,7 +53,7 @@ class DecoderTask(Task):
         def predict(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.module(x_t, t, z, text.pooled, text.states, text.mask)
 
-        return diffusion_loss(predict, x0, self.schedule, self.prediction, gen)
+        return diffusion_loss(predict, x0, self.schedule, self.prediction, gen, perturb=self.hp.input_perturbation)
 
     def meta(self) -> dict[str, Any]:
         return {"clip_step": self.clip_step}

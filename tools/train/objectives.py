@@ -44,14 +44,20 @@ def timesteps(n: int, num_timesteps: int, gen: torch.Generator, zero_rows: int =
 
 def diffusion_loss(
     model_fn: ModelFn, x0: torch.Tensor, s: Schedule, prediction: str, gen: torch.Generator,
-    t: Optional[torch.Tensor] = None,
+    t: Optional[torch.Tensor] = None, perturb: float = 0.0,
 ) -> torch.Tensor:
     """x0: clean samples [B, ...] on the training device; model_fn(x_t [B, ...], t [B]) ->
-    prediction [B, ...]. Noise and t come from the CPU generator gen (device independent)."""
+    prediction [B, ...]. Noise and t come from the CPU generator gen (device independent).
+
+    perturb > 0: input perturbation against exposure bias (Ning et al. 2023, DDPM-IP): the
+    network sees x_t noised with noise + perturb * xi (xi ~ N(0, I)) but regresses the target
+    of the unperturbed noise, so it learns to correct the drift of its own sampling
+    trajectory. perturb = 0 draws no xi (the same random stream as before)."""
     if t is None:
         t = timesteps(x0.shape[0], s.num_timesteps, gen)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     t = t.to(x0.device)
-    x_t = q_sample(s, x0, t, noise)
+    seen = noise + perturb * torch.randn(x0.shape, generator=gen).to(x0.device) if perturb > 0 else noise
+    x_t = q_sample(s, x0, t, seen)
     target = diffusion_target(s, x0, noise, t, prediction)
     return F.mse_loss(model_fn(x_t, t).float(), target.float())
