@@ -36,12 +36,13 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample as MetricSample
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -108,17 +109,20 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
+    def samples(self) -> Iterator[MetricSample]:
+        """Every sample of the server's /metrics, as prometheus_client parses them."""
+        for family in text_string_to_metric_families(httpx.get(self.base + "/metrics", timeout=10).text):
+            yield from family.samples
+
     def batch_totals(self) -> dict[str, float]:
         """Cumulative engine counters from /metrics: samples and calls per stage, mixed calls."""
-        text = httpx.get(self.base + "/metrics", timeout=10).text
         out: dict[str, float] = defaultdict(float)
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in ("unclip_batch_size_sum", "unclip_batch_size_count"):
-                    out[s.name.rsplit("_", 1)[1]] += s.value
-                    out[f"{s.labels['stage']}.{s.name.rsplit('_', 1)[1]}"] += s.value
-                elif s.name == "unclip_batch_mixed_total":
-                    out["mixed"] += s.value
+        for s in self.samples():
+            if s.name in ("unclip_batch_size_sum", "unclip_batch_size_count"):
+                out[s.name.rsplit("_", 1)[1]] += s.value
+                out[f"{s.labels['stage']}.{s.name.rsplit('_', 1)[1]}"] += s.value
+            elif s.name == "unclip_batch_mixed_total":
+                out["mixed"] += s.value
         return out
 
 

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -32,10 +31,9 @@ MIB = 2**20
 
 def resident_bytes(server: Server) -> float:
     """The server process's RSS as its /metrics reports it."""
-    for family in text_string_to_metric_families(httpx.get(server.base + "/metrics", timeout=10).text):
-        for s in family.samples:
-            if s.name == "unclip_process_resident_memory_bytes":
-                return s.value
+    for s in server.samples():
+        if s.name == "unclip_process_resident_memory_bytes":
+            return s.value
     raise RuntimeError("/metrics has no unclip_process_resident_memory_bytes")
 
 
