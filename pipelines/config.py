@@ -70,10 +70,18 @@ class UNetConfig:
     clip_tokens: int = 4
     # upsamplers: channels of the low-resolution image concatenated to x_t
     low_res_channels: int = 0
+    # inpainting decoders (GLIDE-style): the masked image and the keep mask concatenated to
+    # x_t (4 channels; in_channels counts them); 0 for a plain decoder such as Karlo's
+    inpaint_channels: int = 0
 
     @property
     def is_decoder(self) -> bool:
         return self.clip_dim is not None
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of x_t itself (in_channels less the concatenated conditions)."""
+        return self.in_channels - self.low_res_channels - self.inpaint_channels
 
     @property
     def attention_ds(self) -> tuple[int, ...]:

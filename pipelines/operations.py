@@ -166,8 +166,9 @@ def inpaint(
     size: Optional[int] = None, resample: int = 1, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Text-guided inpainting: keep [1, 1, H, W] is 1 where the original stays. At every
-    step of every stage the kept region is replaced by the forward-noised original; the
-    final image keeps the original's pixels (resized to the output size) exactly."""
+    step of every stage the kept region is replaced by the forward-noised original (and an
+    inpainting decoder is also given the kept pixels and the mask as input); the final
+    image keeps the original's pixels (resized to the output size) exactly."""
     check_square(image)
     if keep.shape[-2:] != image.shape[-2:]:
         raise InvalidInput("mask", "the mask must have the image's size")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from . import diffusion as D
 from .config import DiffusionConfig
 from .stack import UnCLIPStack
+from .unet import inpaint_condition
 
 SAMPLERS = ("ddpm", "ddim", "invert")
 
@@ -257,10 +258,23 @@ class DecoderStage(Stage):
     def predict(self, x, t, tracks):
         null = dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
         xb, t, cond, g = guided_batch(x, t, tracks, null)
-        out = self.stack.decoder(xb, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"])
+        inpaint = self._inpaint(x, tracks)
+        if inpaint is not None:
+            inpaint = torch.cat([inpaint, inpaint[g]])  # unconditional rows see the same pixels
+        out = self.stack.decoder(xb, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"],
+                                 inpaint=inpaint)
         pred, var = D.split_output(out, x.shape[1])
         n = len(tracks)
         return _apply_guidance(pred, tracks, g), (None if var is None else var[:n])
+
+    def _inpaint(self, x: torch.Tensor, tracks: list[Track]) -> Optional[torch.Tensor]:
+        """An inpainting decoder's extra input [B, 4, S, S] from each track's constraint
+        (zeros for tracks without one); None for a plain decoder or when no track has one."""
+        if not self.stack.cfg.decoder.model.inpaint_channels or all(tr.known is None for tr in tracks):
+            return None
+        none = x.new_zeros((1, x.shape[1] + 1) + tuple(x.shape[2:]))
+        return torch.cat([none if tr.known is None else inpaint_condition(tr.known.x0.to(x), tr.known.keep.to(x))
+                          for tr in tracks])
 
 
 class UpsamplerStage(Stage):

@@ -112,6 +112,12 @@ class Sequential(nn.ModuleList):
         return x
 
 
+def inpaint_condition(x0: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """An inpainting decoder's extra input (GLIDE): x0 [B, 3, H, W] in [-1, 1] and keep
+    [B, 1, H, W] (1 = known pixel) -> [B, 4, H, W], the known pixels (0 elsewhere) and keep."""
+    return torch.cat([x0 * keep, keep], dim=1)
+
+
 class UNet(nn.Module):
     """GLIDE-style UNet. Decoder: conditioned on CLIP image embedding and text; upsampler:
     conditioned on the upsampled low-resolution image concatenated to x_t."""
@@ -212,11 +218,18 @@ class UNet(nn.Module):
         text_enc: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
         low_res: Optional[torch.Tensor] = None,
+        inpaint: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x: [B, C, H, W] noised image; low_res (upsamplers): [B, C_lr, H, W], already
-        resized to H x W. Returns the model output [B, out_channels, H, W] in fp32."""
+        resized to H x W; inpaint (inpainting decoders): [B, 4, H, W], the kept pixels and
+        the keep mask (`inpaint_condition`), None = nothing kept. Returns the model output
+        [B, out_channels, H, W] in fp32."""
         cond = self.conditioning(timesteps, image_emb, text_emb, text_enc, mask)
         h = x if low_res is None else torch.cat([x, low_res.to(x.dtype)], dim=1)
+        if self.cfg.inpaint_channels:
+            if inpaint is None:  # nothing kept
+                inpaint = x.new_zeros((x.shape[0], self.cfg.inpaint_channels) + tuple(x.shape[2:]))
+            h = torch.cat([h, inpaint.to(x.dtype)], dim=1)
         h = h.to(self.time_embed[0].weight.dtype)
         skips = []
         for block in self.input_blocks:

@@ -24,10 +24,11 @@ from tools.evaluation import box_mask, inpaint_scores, judged, scene_images, wri
 from tools.shapes import Scene
 from tools.train import checkpoint
 from tools.train.__main__ import main
-from tools.train.data import Batch, compatibility
+from tools.train.data import INPAINT_BOX_SIDE, Batch, box_masks, compatibility
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
 from tools.train.objectives import diffusion_loss, diffusion_target
 from tools.train.upsampler_stage import blur_lowres, warp_lowres
+from tools.train.widen import FIRST_CONV
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("clip", "prior", "decoder", "upsampler")
@@ -298,3 +299,51 @@ def test_inpaint_scores_accept_a_right_edit_and_refuse_a_wrong_one() -> None:
     assert inpaint_scores(edited("square"))["rate"] == 1.0
     assert inpaint_scores(edited("circle"))["rate"] == 0.0
     assert inpaint_scores(scene_images([base], 128)) == {"rate": 0.0, "green": 0.0, "square": 0.0, "center": 0.0}
+
+
+def test_box_masks_hide_one_box_in_the_chosen_rows() -> None:
+    """p = 1: every row keeps all but one box with sides in INPAINT_BOX_SIDE of the image;
+    p = 0: nothing kept and no random draw (existing runs resume identically)."""
+    rng = np.random.default_rng(0)
+    keep = box_masks(rng, 64, 32, 1.0)
+    lo, hi = (round(f * 32) for f in INPAINT_BOX_SIDE)
+    for row in keep[:, 0]:
+        hidden = (row == 0).nonzero()
+        (top, left), (bottom, right) = hidden.min(0).values, hidden.max(0).values
+        h, w = int(bottom - top + 1), int(right - left + 1)
+        assert lo <= h <= hi and lo <= w <= hi
+        assert len(hidden) == h * w, "the hidden pixels form one box"
+    assert len({tuple(r.nonzero().min(0).values.tolist()) for r in (keep[:, 0] == 0)}) > 16, "boxes move"
+    state = rng.bit_generator.state
+    assert not box_masks(rng, 8, 32, 0.0).any() and rng.bit_generator.state == state
+    half = box_masks(np.random.default_rng(1), 400, 32, 0.5)
+    assert 0.4 < (half.flatten(1).max(1).values > 0).float().mean() < 0.6
+
+
+def test_widen_gives_a_trained_decoder_inpainting_inputs_it_first_ignores(tmp_path: Path) -> None:
+    """A plain smoke decoder trained 2 steps, widened: config +4 input channels, the first
+    conv's old weights kept and the new ones zero, AdamW state dropped; training goes on with
+    p_inpaint, and widening twice is refused."""
+    run = tmp_path / "r"
+    assert cli("clip", "--run", str(run), "--preset", "smoke") == 0
+    cfg = json.loads((run / "train.json").read_text())
+    cfg["stack"]["decoder"]["model"].update(in_channels=3, inpaint_channels=0)
+    cfg["decoder"]["p_inpaint"] = 0.0
+    (run / "train.json").write_text(json.dumps(cfg))
+    assert cli("decoder", "--run", str(run), "--steps", "2") == 0
+    before = checkpoint.load(run / "decoder")
+    assert cli("widen", "--run", str(run)) == 0
+    after = checkpoint.load(run / "decoder")
+    model = json.loads((run / "train.json").read_text())["stack"]["decoder"]["model"]
+    assert (model["in_channels"], model["inpaint_channels"]) == (7, 4)
+    for part in ("model", "ema"):
+        old, new = before[part][FIRST_CONV], after[part][FIRST_CONV]
+        assert new.shape[1] == 7 and torch.equal(new[:, :3], old) and not new[:, 3:].any()
+    assert "optimizer" not in after and after["step"] == 2
+    cfg = json.loads((run / "train.json").read_text())
+    cfg["decoder"]["p_inpaint"] = 0.5
+    (run / "train.json").write_text(json.dumps(cfg))
+    assert cli("decoder", "--run", str(run), "--batch", "16") == 0  # surely some rows with a box
+    trained = checkpoint.load(run / "decoder")
+    assert trained["step"] == 3 and trained["model"][FIRST_CONV][:, 3:].abs().sum() > 0, "the new inputs are learnt"
+    assert cli("widen", "--run", str(run)) == 2

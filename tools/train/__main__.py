@@ -1,6 +1,6 @@
 """Train the shapes-world default model, stage by stage, resumably.
 
-    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time,snapshot,restore} \\
+    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time,snapshot,restore,widen} \\
         --run runs/default [--device auto] [--minutes N] [--steps N] [--batch N]
 
 Every stage resumes from its last checkpoint in the run directory, checkpoints every few
@@ -8,7 +8,8 @@ minutes and stops cleanly (checkpoint written) before the --minutes budget runs 
 SIGTERM / Ctrl-C. `all` trains clip -> prior -> decoder -> upsamplers until the budget is
 spent and exports once every stage is done. `snapshot` / `restore` write / read a compact
 copy of the run that can be committed (tools/train/snapshot.py), so that a training spans
-sessions on machines that keep nothing else. With CUDA (--device auto picks it) stages run
+sessions on machines that keep nothing else. `widen` gives a trained decoder the inputs of an
+inpainting decoder (tools/train/widen.py). With CUDA (--device auto picks it) stages run
 in bf16 autocast with `gpu_batch_mult` times larger batches.
 """
 
@@ -31,8 +32,9 @@ from .run import Run, TrainError, open_run
 from .snapshot import restore, snapshot
 from .stages import make_task, parameters
 from .timing import table, time_stages
+from .widen import widen
 
-STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore")
+STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore", "widen")
 SNAPSHOT = Path("weights/training/default")
 
 
@@ -145,6 +147,8 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
         print("\n".join(snapshot(run, args.snapshot)) + f"\n{dir_size(args.snapshot) / 2**20:.1f} MiB in {args.snapshot}")
     elif args.stage == "status":
         print(status(run))
+    elif args.stage == "widen":
+        print(widen(run))
     elif args.stage == "export":
         do_export(run, args)
     elif args.stage == "all":

@@ -2,8 +2,9 @@
 
 `default_stack()` is the embedded default model, sized after SHAPES_WORLD.md's measured
 costs on a 2-core CPU: CLIP ViT 64 px / patch 16 / text context 24 (8.0 M, of which 6.3 M
-are the token embedding), a width-256 prior, a 32 px v-prediction decoder and two conv-only
-upsamplers 32 -> 128 -> 256 trained on 64 px crops (~19 M parameters, ~38 MB in fp16).
+are the token embedding), a width-256 prior, a 32 px v-prediction decoder with inpainting
+inputs (the kept pixels and the mask, GLIDE-style) and two conv-only upsamplers 32 -> 128
+-> 256 trained on 64 px crops (~19 M parameters, ~38 MB in fp16).
 Its sampling defaults (steps, guidance, sampler) are stored in the StackConfig and so in
 the exported `stack.json`.
 
@@ -66,9 +67,9 @@ def default_stack() -> StackConfig:
         diffusion=DiffusionConfig(prediction="x0", clip_x0=10.0, steps=25, guidance=2.0),
         best_of=2,
     )
-    dec = UNetConfig(image_size=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 3),
-                     num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, norm_groups=8,
-                     clip_dim=128, text_ctx=24, xf_width=128)
+    dec = UNetConfig(image_size=32, in_channels=7, inpaint_channels=4, out_channels=3, model_channels=32,
+                     channel_mult=(1, 2, 3), num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32,
+                     norm_groups=8, clip_dim=128, text_ctx=24, xf_width=128)
     ups = (upsampler(32, 128, 32, (1, 2, 2, 4), 8), upsampler(128, 256, 16, (1, 2, 2, 4), 5))
     return StackConfig(name="shapes-default", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(32, 3.0, "ddim")),
@@ -81,9 +82,9 @@ def smoke_stack() -> StackConfig:
     clip = clip_config(32, 8, 32, 1, 24, "shapes-smoke")
     prior = PriorStageConfig(model=PriorConfig(clip_dim=32, text_ctx=24, width=32, layers=1, heads=2),
                              diffusion=DiffusionConfig(prediction="x0", clip_x0=10.0, steps=3, guidance=2.0))
-    dec = UNetConfig(image_size=16, in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2),
-                     num_res_blocks=1, attention_resolutions=(8,), num_head_channels=16, norm_groups=8,
-                     clip_dim=32, text_ctx=24, xf_width=32)
+    dec = UNetConfig(image_size=16, in_channels=7, inpaint_channels=4, out_channels=3, model_channels=16,
+                     channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), num_head_channels=16,
+                     norm_groups=8, clip_dim=32, text_ctx=24, xf_width=32)
     ups = (upsampler(16, 32, 8, (1, 2), 2), upsampler(32, 64, 8, (1, 2), 2, last_step=True))
     return StackConfig(name="shapes-smoke", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(3, 2.0, "ddim")),
@@ -134,12 +135,15 @@ class DecoderTrain(StageTrain):
     """Decoder; per sample, exclusive draws: both z_i -> cf_param and text -> "" (the
     unconditional branch of guidance), text alone -> "" (what variations, interpolations
     and text diffs decode with), z_i alone -> cf_param. `input_perturbation`: the DDPM-IP
-    gamma (tools.train.objectives.diffusion_loss); 0 trains without it."""
+    gamma (tools.train.objectives.diffusion_loss); 0 trains without it. `p_inpaint`: the
+    fraction of samples trained as inpainting (GLIDE): a random box is to be drawn, the
+    pixels around it are given (needs a decoder with inpaint_channels; see data.box_masks)."""
 
     p_drop_both: float = 0.1
     p_drop_text: float = 0.3
     p_drop_image: float = 0.05
     input_perturbation: float = 0.0
+    p_inpaint: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,8 @@ class TrainConfig:
     stack: StackConfig = field(default_factory=default_stack)
     clip: ClipTrain = field(default_factory=lambda: ClipTrain(steps=5000, batch=256, lr=5e-4, weight_decay=0.1))
     prior: PriorTrain = field(default_factory=lambda: PriorTrain(steps=3000, batch=256, lr=3e-4, weight_decay=0.01))
-    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=9500, batch=64, lr=2e-4, save_every=100,
-                                                                       input_perturbation=0.1))
+    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=12400, batch=64, lr=2e-4, save_every=100,
+                                                                       input_perturbation=0.1, p_inpaint=0.5))
     upsamplers: tuple[UpsamplerTrain, ...] = (
         UpsamplerTrain(steps=3300, batch=32, lr=2e-4, save_every=100, lowres_blur=1.5, p_lowres_blur=0.5,
                        lowres_warp=1.5, p_lowres_warp=0.5),
@@ -200,7 +204,7 @@ def smoke_config() -> TrainConfig:
         name="smoke", seed=0, stack=smoke_stack(),
         clip=ClipTrain(batch=8, lr=1e-3, probe_every=0, probe_images=4, **common),
         prior=PriorTrain(batch=8, lr=1e-3, **common),
-        decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, **common),
+        decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, p_inpaint=0.5, **common),
         upsamplers=tuple(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
                                         p_lowres_warp=0.5, **common) for _ in range(2)),
         stats_images=32,

@@ -72,6 +72,27 @@ def sample_batch(rng: np.random.Generator, n: int, p_canonical: float) -> Batch:
     return Batch(scenes, captions, named, int(rng.integers(2**62)))
 
 
+INPAINT_BOX_SIDE = (0.25, 0.75)  # box sides of the inpainting masks, fractions of the image side
+
+
+def box_masks(rng: np.random.Generator, n: int, size: int, p: float) -> torch.Tensor:
+    """Keep masks [n, 1, size, size] (1 = pixel given): with probability p a row keeps all
+    but one box (sides U(INPAINT_BOX_SIDE) of the image, anywhere inside it), else nothing
+    (plain generation). Draws nothing when p = 0."""
+    keep = torch.zeros(n, 1, size, size)
+    if p <= 0:
+        return keep
+    picked = rng.random(n) < p
+    sides = np.rint(rng.uniform(*INPAINT_BOX_SIDE, size=(n, 2)) * size).astype(int)
+    corners = rng.random((n, 2))
+    for i in np.flatnonzero(picked):
+        h, w = sides[i]
+        top, left = (int(c * (size - s + 1)) for c, s in zip(corners[i], (h, w)))
+        keep[i] = 1.0
+        keep[i, :, top:top + h, left:left + w] = 0.0
+    return keep
+
+
 def compatibility(batch: Batch) -> torch.Tensor:
     """[B, B] bool: entry (i, j) is True when caption i describes image j (scene j agrees on
     every attribute caption i names). The diagonal is True; partial captions and repeated

@@ -95,7 +95,7 @@ class UpsamplerTask(Task):
     def __init__(self, run: Run, index: int, device: torch.device):
         self.name, self.hp, self.seed, self.device = f"upsampler_{index}", run.config.upsamplers[index], run.config.seed, device
         cfg = run.config.stack.upsamplers[index]
-        check_trainable(cfg.diffusion, 3, cfg.model.out_channels)
+        check_trainable(cfg.diffusion, cfg.model.latent_channels, cfg.model.out_channels)
         self.in_size, self.out_size = run.config.stack.sizes[index], cfg.out_size
         self.schedule, self.prediction = Schedule.from_config(cfg.diffusion), cfg.diffusion.prediction
         seed_modules(self.seed, self.name)
