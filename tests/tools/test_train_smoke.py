@@ -321,13 +321,15 @@ def test_box_masks_hide_one_box_in_the_chosen_rows() -> None:
 
 
 def test_widen_gives_a_trained_decoder_inpainting_inputs_it_first_ignores(tmp_path: Path) -> None:
-    """A plain smoke decoder trained 2 steps, widened: config +4 input channels, the first
-    conv's old weights kept and the new ones zero, AdamW state dropped; training goes on with
-    p_inpaint, and widening twice is refused."""
+    """A plain smoke decoder refuses p_inpaint > 0; trained 2 steps without, widened: config
+    +4 input channels, the first conv's old weights kept and the new ones zero, AdamW state
+    dropped; training goes on with p_inpaint, and widening twice is refused."""
     run = tmp_path / "r"
     assert cli("clip", "--run", str(run), "--preset", "smoke") == 0
     cfg = json.loads((run / "train.json").read_text())
     cfg["stack"]["decoder"]["model"].update(in_channels=3, inpaint_channels=0)
+    (run / "train.json").write_text(json.dumps(cfg))
+    assert cli("decoder", "--run", str(run), "--steps", "2") == 2  # p_inpaint 0.5 needs the inputs
     cfg["decoder"]["p_inpaint"] = 0.0
     (run / "train.json").write_text(json.dumps(cfg))
     assert cli("decoder", "--run", str(run), "--steps", "2") == 0
