@@ -2,6 +2,7 @@
 
     runs/default/
       train.json                 TrainConfig, written when the run is created, then only read
+                                 (`widen` rewrites its decoder architecture)
       clip_stats.safetensors     clip_mean / clip_std of the trained CLIP (see frozen_clip.py)
       clip/checkpoint.pt         one resumable checkpoint per stage (see checkpoint.py)
       clip/log.jsonl             one JSON line per logged step
@@ -68,7 +69,13 @@ def open_run(path: Path, preset_name: Optional[str] = None, seed: Optional[int] 
     if seed is not None:
         cfg = replace(cfg, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
+    write_config(path, cfg)
+    return Run(path, cfg)
+
+
+def write_config(path: Path, cfg: TrainConfig) -> None:
+    """Write the run's train.json atomically (a new run; `widen` also rewrites it)."""
+    cfg_file = Path(path) / CONFIG_FILE
     tmp = cfg_file.with_suffix(".tmp")
     tmp.write_text(cfg.to_json())
     tmp.replace(cfg_file)
-    return Run(path, cfg)

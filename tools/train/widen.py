@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from . import checkpoint
-from .run import CONFIG_FILE, Run, TrainError
+from .run import Run, TrainError, write_config
 
 INPAINT_CHANNELS = 4
 FIRST_CONV = "input_blocks.0.0.weight"  # [C, in_channels, 3, 3]
@@ -46,7 +46,5 @@ def widen(run: Run, channels: int = INPAINT_CHANNELS) -> str:
             ckpt[key] = widen_weights(ckpt[key], channels)
     ckpt.pop("optimizer", None)
     checkpoint.save(stage_dir, ckpt)
-    tmp = run.path / (CONFIG_FILE + ".tmp")
-    tmp.write_text(replace(run.config, stack=stack).to_json())
-    tmp.replace(run.path / CONFIG_FILE)
+    write_config(run.path, replace(run.config, stack=stack))
     return f"decoder: step {ckpt['step']}, input channels {model.in_channels} -> {wide.in_channels}"
