@@ -174,7 +174,7 @@ class TrainConfig:
     stack: StackConfig = field(default_factory=default_stack)
     clip: ClipTrain = field(default_factory=lambda: ClipTrain(steps=5000, batch=256, lr=5e-4, weight_decay=0.1))
     prior: PriorTrain = field(default_factory=lambda: PriorTrain(steps=3000, batch=256, lr=3e-4, weight_decay=0.01))
-    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=12400, batch=64, lr=2e-4, save_every=100,
+    decoder: DecoderTrain = field(default_factory=lambda: DecoderTrain(steps=14000, batch=64, lr=2e-4, save_every=100,
                                                                        input_perturbation=0.1, p_inpaint=0.5))
     upsamplers: tuple[UpsamplerTrain, ...] = (
         UpsamplerTrain(steps=3300, batch=32, lr=2e-4, save_every=100, lowres_blur=1.5, p_lowres_blur=0.5,
