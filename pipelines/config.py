@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, get_type_hints
 
 Prediction = Literal["eps", "x0", "v"]
 Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 ScheduleName = Literal["squaredcos_cap_v2", "linear"]
+INPAINT_CHANNELS = 4  # an inpainting decoder's extra inputs: the kept pixels (3) and the keep mask
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,16 @@ class UNetConfig:
     # upsamplers: channels of the low-resolution image concatenated to x_t
     low_res_channels: int = 0
     # inpainting decoders (GLIDE-style): the masked image and the keep mask concatenated to
-    # x_t (4 channels; in_channels counts them); 0 for a plain decoder such as Karlo's
+    # x_t (INPAINT_CHANNELS; in_channels counts them); 0 for a plain decoder such as Karlo's
     inpaint_channels: int = 0
 
     @property
     def is_decoder(self) -> bool:
         return self.clip_dim is not None
+
+    def with_inpaint_inputs(self) -> "UNetConfig":
+        """This decoder with the INPAINT_CHANNELS inputs of an inpainting decoder added."""
+        return replace(self, in_channels=self.in_channels + INPAINT_CHANNELS, inpaint_channels=INPAINT_CHANNELS)
 
     @property
     def latent_channels(self) -> int:

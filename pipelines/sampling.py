@@ -270,9 +270,10 @@ class DecoderStage(Stage):
     def _inpaint(self, x: torch.Tensor, tracks: list[Track]) -> Optional[torch.Tensor]:
         """An inpainting decoder's extra input [B, 4, S, S] from each track's constraint
         (zeros for tracks without one); None for a plain decoder or when no track has one."""
-        if not self.stack.cfg.decoder.model.inpaint_channels or all(tr.known is None for tr in tracks):
+        channels = self.stack.cfg.decoder.model.inpaint_channels
+        if not channels or all(tr.known is None for tr in tracks):
             return None
-        none = x.new_zeros((1, x.shape[1] + 1) + tuple(x.shape[2:]))
+        none = x.new_zeros((1, channels) + tuple(x.shape[2:]))
         return torch.cat([none if tr.known is None else inpaint_condition(tr.known.x0.to(x), tr.known.keep.to(x))
                           for tr in tracks])
 

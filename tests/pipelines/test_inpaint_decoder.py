@@ -11,28 +11,27 @@ import torch
 
 from pipelines import operations as O
 from pipelines.checkpoints import random_stack
-from pipelines.config import StackConfig, UNetConfig
+from pipelines.config import INPAINT_CHANNELS, StackConfig, UNetConfig
 from pipelines.sampling import Known, Track, sampling_pairs
 from pipelines.unclip import Sampling, UnCLIP, run_direct
 from pipelines.unet import UNet, inpaint_condition
-from tools.train.widen import INPAINT_CHANNELS, widen_weights
+from tools.train.widen import widen_weights
 
 FAST = Sampling(prior_steps=3, decoder_steps=3, upsampler_steps=2)
 
 
 def inpainting(cfg: StackConfig) -> StackConfig:
-    """cfg with its decoder given the 4 inpainting input channels."""
-    m = cfg.decoder.model
-    wide = replace(m, in_channels=m.in_channels + INPAINT_CHANNELS, inpaint_channels=INPAINT_CHANNELS)
-    return replace(cfg, decoder=replace(cfg.decoder, model=wide))
+    """cfg with its decoder given the inpainting inputs."""
+    return replace(cfg, decoder=replace(cfg.decoder, model=cfg.decoder.model.with_inpaint_inputs()))
 
 
 def decoder_inputs(cfg: UNetConfig, b: int, seed: int = 0) -> tuple:
     """Random (x, t, image_emb, text_emb, text_enc, mask) for a decoder of cfg."""
     g = torch.Generator().manual_seed(seed)
     s, d = cfg.image_size, cfg.clip_dim
-    return (torch.randn(b, 3, s, s, generator=g), torch.randint(0, 1000, (b,), generator=g), torch.randn(b, d, generator=g),
-            torch.randn(b, d, generator=g), torch.randn(b, cfg.text_ctx, d, generator=g), torch.ones(b, cfg.text_ctx, dtype=torch.bool))
+    return (torch.randn(b, 3, s, s, generator=g), torch.randint(0, 1000, (b,), generator=g),
+            torch.randn(b, d, generator=g), torch.randn(b, d, generator=g),
+            torch.randn(b, cfg.text_ctx, d, generator=g), torch.ones(b, cfg.text_ctx, dtype=torch.bool))
 
 
 def test_unet_without_inpaint_input_is_given_nothing_kept() -> None:
@@ -97,7 +96,9 @@ def test_decoder_stage_feeds_each_tracks_kept_pixels(pipe: UnCLIP, monkeypatch: 
     assert not got[1].any() and not got[3].any()
 
 
-def test_inpaint_with_an_inpainting_decoder_keeps_pixels_outside_the_mask(pipe: UnCLIP, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inpaint_with_an_inpainting_decoder_keeps_pixels_outside_the_mask(
+    pipe: UnCLIP, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = capture_inpaint(pipe, monkeypatch)
     img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 64, 64) * 1.6 - 0.8, 3, 1, 1)
     keep = torch.ones(1, 1, 64, 64)
@@ -105,4 +106,4 @@ def test_inpaint_with_an_inpainting_decoder_keeps_pixels_outside_the_mask(pipe: 
     out = run_direct(pipe, O.inpaint(pipe, img, keep, "a green square", seed=1, size=64, opts=FAST))
     k = keep[0, 0].bool()
     assert torch.allclose(out.images[0][:, k], img[0][:, k], atol=1e-6)
-    assert seen and all(s is not None and s[:, 3].sum() > 0 for s in seen), "every decoder step is given the kept pixels"
+    assert seen and all(s is not None and s[:, 3].sum() > 0 for s in seen), "every decoder step sees the kept pixels"

@@ -67,9 +67,9 @@ def default_stack() -> StackConfig:
         diffusion=DiffusionConfig(prediction="x0", clip_x0=10.0, steps=25, guidance=2.0),
         best_of=2,
     )
-    dec = UNetConfig(image_size=32, in_channels=7, inpaint_channels=4, out_channels=3, model_channels=32,
-                     channel_mult=(1, 2, 3), num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32,
-                     norm_groups=8, clip_dim=128, text_ctx=24, xf_width=128)
+    dec = UNetConfig(image_size=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 3),
+                     num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, norm_groups=8,
+                     clip_dim=128, text_ctx=24, xf_width=128).with_inpaint_inputs()
     ups = (upsampler(32, 128, 32, (1, 2, 2, 4), 8), upsampler(128, 256, 16, (1, 2, 2, 4), 5))
     return StackConfig(name="shapes-default", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(32, 3.0, "ddim")),
@@ -82,9 +82,9 @@ def smoke_stack() -> StackConfig:
     clip = clip_config(32, 8, 32, 1, 24, "shapes-smoke")
     prior = PriorStageConfig(model=PriorConfig(clip_dim=32, text_ctx=24, width=32, layers=1, heads=2),
                              diffusion=DiffusionConfig(prediction="x0", clip_x0=10.0, steps=3, guidance=2.0))
-    dec = UNetConfig(image_size=16, in_channels=7, inpaint_channels=4, out_channels=3, model_channels=16,
-                     channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), num_head_channels=16,
-                     norm_groups=8, clip_dim=32, text_ctx=24, xf_width=32)
+    dec = UNetConfig(image_size=16, in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2),
+                     num_res_blocks=1, attention_resolutions=(8,), num_head_channels=16, norm_groups=8,
+                     clip_dim=32, text_ctx=24, xf_width=32).with_inpaint_inputs()
     ups = (upsampler(16, 32, 8, (1, 2), 2), upsampler(32, 64, 8, (1, 2), 2, last_step=True))
     return StackConfig(name="shapes-smoke", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(3, 2.0, "ddim")),

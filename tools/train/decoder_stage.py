@@ -33,7 +33,7 @@ class DecoderTask(Task):
         self.clip, self.clip_step = load_clip(run, device, force)
         cfg = run.config.stack.decoder
         check_trainable(cfg.diffusion, cfg.model.latent_channels, cfg.model.out_channels)
-        if run.config.decoder.p_inpaint > 0 and not cfg.model.inpaint_channels:
+        if self.hp.p_inpaint > 0 and not cfg.model.inpaint_channels:
             raise TrainError("p_inpaint > 0 needs a decoder with inpaint_channels (python -m tools.train widen)")
         self.size = cfg.model.image_size
         self.schedule, self.prediction = Schedule.from_config(cfg.diffusion), cfg.diffusion.prediction

@@ -16,10 +16,11 @@ from dataclasses import replace
 
 import torch
 
+from pipelines.config import INPAINT_CHANNELS
+
 from . import checkpoint
 from .run import Run, TrainError, write_config
 
-INPAINT_CHANNELS = 4
 FIRST_CONV = "input_blocks.0.0.weight"  # [C, in_channels, 3, 3]
 
 
@@ -30,7 +31,7 @@ def widen_weights(state: dict[str, torch.Tensor], channels: int) -> dict[str, to
     return dict(state, **{FIRST_CONV: torch.cat([w, pad], dim=1)})
 
 
-def widen(run: Run, channels: int = INPAINT_CHANNELS) -> str:
+def widen(run: Run) -> str:
     """Widen the run's decoder (config and checkpoint) in place; returns a one-line report."""
     model = run.config.stack.decoder.model
     if model.inpaint_channels:
@@ -39,11 +40,11 @@ def widen(run: Run, channels: int = INPAINT_CHANNELS) -> str:
     ckpt = checkpoint.load(stage_dir)
     if ckpt is None:
         raise TrainError(f"no decoder checkpoint in {stage_dir} to widen")
-    wide = replace(model, in_channels=model.in_channels + channels, inpaint_channels=channels)
+    wide = model.with_inpaint_inputs()
     stack = replace(run.config.stack, decoder=replace(run.config.stack.decoder, model=wide))
     for key in ("model", "ema"):
         if key in ckpt:
-            ckpt[key] = widen_weights(ckpt[key], channels)
+            ckpt[key] = widen_weights(ckpt[key], INPAINT_CHANNELS)
     ckpt.pop("optimizer", None)
     checkpoint.save(stage_dir, ckpt)
     write_config(run.path, replace(run.config, stack=stack))
