@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,17 @@ def test_judge_tolerates_pixel_noise() -> None:
     images = render(scenes, 64, rng=rng, jitter=True) + rng.normal(0, 10, (200, 64, 64, 3))
     result = score(judge_batch(np.clip(images, 0, 255).astype(np.uint8)), scenes)
     assert result["all"] >= 0.95, result  # measured: 100% at sigma 10, ~99% at sigma 20
+
+
+def test_judge_reads_a_noisy_shape_on_a_flat_background() -> None:
+    """An inpainted image keeps a flat border around a grainy new shape: the fill must be
+    measured as on a noisy image (the border-only noise estimate read 0.405 of the shapes)."""
+    rng = np.random.default_rng(10)
+    scenes = [replace(s, position="center") for s in random_scenes(200, rng)]
+    images = render(scenes, 64, rng=rng, jitter=True).astype(np.float64)
+    images[:, 16:48, 16:48] += rng.normal(0, 20, (200, 32, 32, 3))
+    result = score(judge_batch(np.clip(images, 0, 255).astype(np.uint8)), scenes)
+    assert result["all"] >= 0.95, result  # measured: 0.985
 
 
 def test_judge_any_size_and_aspect() -> None:
