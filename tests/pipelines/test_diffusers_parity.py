@@ -22,25 +22,35 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from pipelines import diffusion as D  # noqa: E402
 from pipelines.checkpoints import build_on_meta  # noqa: E402
 from pipelines.config import StackConfig  # noqa: E402
 from pipelines.diffusers_layout import (  # noqa: E402
-    diffusers_model_configs, diffusers_to_ours, key_maps, load_diffusers_dir, ours_to_diffusers,
-    stack_config_from_diffusers, stack_state_dicts,
+    diffusers_model_configs,
+    diffusers_to_ours,
+    key_maps,
+    load_diffusers_dir,
+    ours_to_diffusers,
+    stack_config_from_diffusers,
+    stack_state_dicts,
 )
 from pipelines.diffusion import respace  # noqa: E402
 from pipelines.operations import generate  # noqa: E402
+from pipelines.sampling import sampling_pairs  # noqa: E402
 from pipelines.stack import UnCLIPStack  # noqa: E402
 from pipelines.unclip import Sampling, UnCLIP, make_generator, run_direct  # noqa: E402
-from pipelines import diffusion as D  # noqa: E402
-from pipelines.sampling import sampling_pairs  # noqa: E402
 from tests.pipelines._diffusers_ref import (  # noqa: E402
-    Latents, build_models, build_pipeline, build_schedulers, parity_config, random_parity_stack, run_reference,
+    Latents,
+    build_models,
+    build_pipeline,
+    build_schedulers,
+    parity_config,
+    random_parity_stack,
+    run_reference,
     use_float64_tables,
 )
 
-KEY_MAP = Path(__file__).parents[2].parent / "shared" / "karlo" / "diffusers_key_map.tsv"
-needs_key_map = pytest.mark.skipif(not KEY_MAP.is_file(), reason=f"diffusers key map not found at {KEY_MAP}")
+KEY_MAP = Path(__file__).parents[2] / "tests" / "data" / "karlo" / "diffusers_key_map.tsv"
 # Karlo checkpoint prefix -> (our group, our key prefix)
 KARLO_PREFIXES = {
     "model_first_steps.": ("upsamplers.0", "model."), "model_last_step.": ("upsamplers.0", "last_step_model."),
@@ -70,7 +80,6 @@ def karlo_meta_state() -> dict[str, dict[str, torch.Tensor]]:
     return stack_state_dicts(build_on_meta(StackConfig.karlo()))
 
 
-@needs_key_map
 def test_rules_give_the_karlo_key_map(karlo_meta_state: dict) -> None:
     """Converting every Karlo-sized tensor of ours gives exactly the diffusers keys and shapes."""
     want = {(r[0], r[1]): tuple(int(x) for x in r[2].split("x")) for r in read_key_map()}
@@ -96,7 +105,6 @@ def karlo_source(row: list[str]) -> tuple[str, str, int, int]:
     return group, key.removeprefix("model."), part, parts
 
 
-@needs_key_map
 def test_rules_name_the_karlo_source() -> None:
     """Each diffusers key comes from the Karlo tensor (and per-head chunk) the key map names."""
     ours = {}

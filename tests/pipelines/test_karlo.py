@@ -14,27 +14,37 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from pipelines.checkpoints import MissingWeightsError, UnsafeCheckpointError, build_on_meta, load_model_dir, random_stack
+from pipelines.checkpoints import (
+    MissingWeightsError,
+    UnsafeCheckpointError,
+    build_on_meta,
+    load_model_dir,
+    random_stack,
+)
 from pipelines.config import StackConfig
 from pipelines.karlo import (
-    DECODER_PREFIXES, PRIOR_PREFIXES, SR_PREFIXES, CheckpointMismatchError, import_karlo, read_clip_weights,
+    DECODER_PREFIXES,
+    PRIOR_PREFIXES,
+    SR_PREFIXES,
+    CheckpointMismatchError,
+    import_karlo,
+    read_clip_weights,
     to_karlo,
 )
-from pipelines.stack import UnCLIPStack
 from pipelines.operations import generate
+from pipelines.stack import UnCLIPStack
 from pipelines.unclip import Sampling, UnCLIP, run_direct
 from tests.pipelines.test_checkpoints import assert_same_outputs
 from tools.convert import main as convert_main
 
 REPO = Path(__file__).parents[2]
-KARLO_DIR = REPO.parent / "shared" / "karlo"
+KARLO_DIR = REPO / "tests" / "data" / "karlo"
 # manifest name -> (file, our submodule of UnCLIPStack, Karlo prefixes)
 MANIFESTS = {
     "prior": ("prior.tsv", "prior", PRIOR_PREFIXES),
     "decoder": ("decoder.tsv", "decoder", DECODER_PREFIXES),
     "sr_64_256": ("sr_64_256.tsv", "upsamplers.0", SR_PREFIXES),
 }
-needs_manifests = pytest.mark.skipif(not KARLO_DIR.is_dir(), reason=f"Karlo manifests not found at {KARLO_DIR}")
 
 
 # ---- (a) Karlo-sized modules vs the manifests -----------------------------------------------
@@ -53,7 +63,6 @@ def karlo_meta() -> UnCLIPStack:
     return build_on_meta(StackConfig.karlo())
 
 
-@needs_manifests
 @pytest.mark.parametrize("name", list(MANIFESTS))
 def test_karlo_sized_module_matches_manifest(karlo_meta: UnCLIPStack, name: str) -> None:
     fname, sub, prefixes = MANIFESTS[name]
@@ -75,7 +84,6 @@ def test_karlo_clip_is_openai_vit_l14(karlo_meta: UnCLIPStack) -> None:
     assert type(model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
 
 
-@needs_manifests
 def test_non_persistent_buffers_stay_out_of_state_dicts(karlo_meta: UnCLIPStack) -> None:
     prior = karlo_meta.prior
     assert "causal_mask" in dict(prior.named_buffers())

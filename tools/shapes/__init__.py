@@ -1,4 +1,4 @@
-"""The procedurally drawn shapes world of /work/shared/SHAPES_WORLD.md.
+"""The procedurally drawn shapes world specified in docs/shapes-world.md.
 
 `world` (vocabularies, palette, `Scene`, sampling), `render` (vectorised anti-aliased
 renderer), `captions` (canonical / partial captions and parsing), `judge` (model-free judge
@@ -9,7 +9,15 @@ from .captions import canonical_caption, caption_for, parse_caption, partial_cap
 from .judge import Judgement, check_caption, judge, judge_batch, judge_many, score, score_captions
 from .render import render
 from .world import (
-    ATTRIBUTES, COLOURS, PALETTE, POSITIONS, SHAPES, SIZES, Scene, all_scenes, random_scene,
+    ATTRIBUTES,
+    COLOURS,
+    PALETTE,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    all_scenes,
+    random_scene,
     random_scenes,
 )
 

@@ -1,4 +1,4 @@
-"""The model-free judge of SHAPES_WORLD.md: reads the five attributes back from an image.
+"""The model-free judge of the shapes world (docs/shapes-world.md): reads the five attributes back from an image.
 
 For each RGB image:
 
@@ -34,11 +34,18 @@ import numpy as np
 
 from .captions import parse_caption
 from .world import (
-    ATTRIBUTES, COLOURS, GRID, POSITIONS, RADIUS_JITTER, SHAPE_AREA_FACTOR, SIZE_RADIUS, Scene,
+    ATTRIBUTES,
+    COLOURS,
+    GRID,
+    POSITIONS,
+    RADIUS_JITTER,
+    SHAPE_AREA_FACTOR,
+    SIZE_RADIUS,
+    Scene,
     nearest_colour,
 )
 
-FAR_FROM_BACKGROUND = 48.0  # RGB distance (0..255 scale); closest palette pair is ~103 apart
+FAR_FROM_BACKGROUND = 48.0  # RGB distance (0..255 scale); closest palette pair (yellow, orange) is ~81 apart
 FLAT_TOLERANCE = 40.0  # RGB distance from the background -> shape colour segment
 MIN_FLAT_FRACTION = 0.5  # below this the component is noise, not a flat shape
 CORE_DISTANCE = 0.8  # fraction of the 90th-percentile distance from the background

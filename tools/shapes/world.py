@@ -1,4 +1,4 @@
-"""The shapes world of /work/shared/SHAPES_WORLD.md: vocabularies, palette, geometry, scenes.
+"""The shapes world of docs/shapes-world.md: vocabularies, palette, geometry, scenes.
 
 A scene is one flat-coloured shape on a flat-coloured background. Coordinates are fractions
 of the canvas side, x to the right and y downwards (image convention), so `top` is y = 0.2.

@@ -1,5 +1,5 @@
 """The training recipe of the embedded default model: a small unCLIP trained from scratch on
-the shapes world (see /work/shared/SHAPES_WORLD.md and weights/README.md).
+the shapes world (see docs/shapes-world.md and weights/README.md).
 
     python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time} --run runs/default
 

@@ -1,6 +1,6 @@
 """The default model of the shapes world and its training hyperparameters.
 
-`default_stack()` is the embedded default model, sized after SHAPES_WORLD.md's measured
+`default_stack()` is the embedded default model, sized after measured training
 costs on a 2-core CPU: CLIP ViT 64 px / patch 16 / text context 24 (8.0 M, of which 6.3 M
 are the token embedding), a width-256 prior, a 32 px v-prediction decoder with inpainting
 inputs (the kept pixels and the mask, GLIDE-style) and two conv-only upsamplers 32 -> 128
@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import (
-    ClipConfig, DecoderStageConfig, DiffusionConfig, PriorConfig, PriorStageConfig, StackConfig,
-    UNetConfig, UpsamplerStageConfig, _build,
+    ClipConfig,
+    DecoderStageConfig,
+    DiffusionConfig,
+    PriorConfig,
+    PriorStageConfig,
+    StackConfig,
+    UNetConfig,
+    UpsamplerStageConfig,
+    _build,
 )
+from pipelines.stage_keys import upsampler_index
 
 VOCAB = 49408  # open_clip's BPE vocabulary (the tokenizer the pipeline uses)
 
@@ -37,8 +45,10 @@ def clip_config(image_size: int, patch: int, width: int, layers: int, context: i
     """A custom open_clip ViT CLIP; text width = embed_dim, as the decoder's text projection needs."""
     model_cfg = {
         "embed_dim": width,
-        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "head_width": 32, "patch_size": patch},
-        "text_cfg": {"context_length": context, "vocab_size": VOCAB, "width": width, "heads": max(1, width // 32), "layers": layers},
+        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "head_width": 32,
+                       "patch_size": patch},
+        "text_cfg": {"context_length": context, "vocab_size": VOCAB, "width": width, "heads": max(1, width // 32),
+                     "layers": layers},
     }
     return ClipConfig(arch=name, model_cfg=model_cfg, quick_gelu=False, embed_dim=width, text_width=width,
                       context_length=context, image_size=image_size)
@@ -46,7 +56,8 @@ def clip_config(image_size: int, patch: int, width: int, layers: int, context: i
 
 def image_diffusion(steps: int, guidance: float = 1.0, sampler: str = "ddpm") -> DiffusionConfig:
     """v-prediction, fixed small variance, cosine schedule (decoder and upsamplers)."""
-    return DiffusionConfig(prediction="v", variance="fixed_small", clip_x0=1.0, steps=steps, guidance=guidance, sampler=sampler)
+    return DiffusionConfig(prediction="v", variance="fixed_small", clip_x0=1.0, steps=steps, guidance=guidance,
+                           sampler=sampler)
 
 
 def upsampler(in_size: int, out_size: int, channels: int, mult: tuple[int, ...], steps: int,
@@ -184,10 +195,9 @@ class TrainConfig:
     stats_images: int = 4096  # rendered scenes whose CLIP embeddings give clip_mean / clip_std
 
     def stage(self, name: str) -> StageTrain:
-        """Hyperparameters of "clip", "prior", "decoder" or "upsampler_{i}"."""
-        if name.startswith("upsampler_"):
-            return self.upsamplers[int(name.split("_")[1])]
-        return getattr(self, name)
+        """Hyperparameters of "clip", "prior", "decoder" or an upsampler ("upsampler_{i}")."""
+        index = upsampler_index(name)
+        return self.upsamplers[index] if index is not None else getattr(self, name)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from pipelines.checkpoints import CONFIG_FILE, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.stack import UnCLIPStack
+from pipelines.stage_keys import upsampler_index
 from tools.convert import DTYPES
 
 from .checkpoint import load_trained
@@ -31,8 +32,9 @@ SAMPLING_FIELDS = ("steps", "guidance", "sampler", "clip_x0", "best_of")
 
 def module_of(stage: str) -> str:
     """Stage name -> submodule of UnCLIPStack ("upsampler_1" -> "upsamplers.1")."""
-    if stage.startswith("upsampler_"):
-        return "upsamplers." + stage.split("_")[1]
+    index = upsampler_index(stage)
+    if index is not None:
+        return f"upsamplers.{index}"
     return "clip.model" if stage == "clip" else stage
 
 
@@ -106,7 +108,8 @@ def model_card(run: Run, stack: UnCLIPStack, facts: dict, dtype: str) -> str:
     cfg, rows = run.config, []
     for stage, f in facts.items():
         params = parameters(stack.get_submodule(module_of(stage))) / 1e6
-        rows.append(f"| {stage} | {params:.2f} M | {f['step']} / {cfg.stage(stage).steps} | {f.get('elapsed_s', 0) / 3600:.2f} |")
+        rows.append(f"| {stage} | {params:.2f} M | {f['step']} / {cfg.stage(stage).steps} "
+                    f"| {f.get('elapsed_s', 0) / 3600:.2f} |")
     d, p = stack.cfg.decoder.diffusion, stack.cfg.prior
     return "\n".join([
         f"# {stack.cfg.name}: unCLIP trained on the shapes world",
@@ -114,7 +117,7 @@ def model_card(run: Run, stack: UnCLIPStack, facts: dict, dtype: str) -> str:
         f"Trained from scratch with `python -m tools.train all --run {run.path}` (preset `{cfg.name}`, "
         f"seed {cfg.seed}); exported {time.strftime('%Y-%m-%d')} in {dtype}. See weights/README.md.",
         "",
-        "Data: scenes of `../shared/SHAPES_WORLD.md` rendered on the fly by `tools.shapes` (jittered centre, "
+        "Data: scenes of `docs/shapes-world.md` rendered on the fly by `tools.shapes` (jittered centre, "
         "radius and colour, anti-aliased), each with its canonical caption or a random partial caption; nothing "
         "downloaded. Each stage trained on the finished CLIP before it; batch sizes and learning rates are in the "
         "run's train.json (`tools/train/config.py`).",
@@ -124,10 +127,11 @@ def model_card(run: Run, stack: UnCLIPStack, facts: dict, dtype: str) -> str:
         *rows,
         "",
         f"Sizes {list(stack.cfg.sizes)} px. Sampling defaults: prior {p.diffusion.steps} steps, guidance "
-        f"{p.diffusion.guidance}, best of {p.best_of}; decoder {d.sampler} {d.steps} steps ({d.prediction}-prediction), "
+        f"{p.diffusion.guidance}, best of {p.best_of}; decoder {d.sampler} {d.steps} steps "
+        f"({d.prediction}-prediction), "
         f"guidance {d.guidance}; upsamplers {[u.diffusion.steps for u in stack.cfg.upsamplers]} steps.",
         "",
-        "Evaluate: `python bench/eval_shapes.py --model-dir <this directory>`.",
+        "Evaluate: `python -m bench.eval_shapes --model-dir <this directory>`.",
         "",
     ])
 
@@ -141,7 +145,8 @@ def replace_dir(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def export(run: Run, out: Path, dtype: str = "fp16", allow_partial: bool = False, overrides: Sequence[str] = ()) -> Path:
+def export(run: Run, out: Path, dtype: str = "fp16", allow_partial: bool = False,
+           overrides: Sequence[str] = ()) -> Path:
     """Write the run's model directory to `out` (built beside it, then moved into place)."""
     stack, facts = assemble(run, allow_partial, overrides)
     out = Path(out)
