@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import StackConfig
 from .stack import UnCLIPStack
+from .stage_keys import file_name, upsampler_key
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def module_files(cfg: StackConfig) -> dict[str, str]:
     """Submodule name of UnCLIPStack -> file name in the model directory."""
     files = {"clip.model": cfg.clip.weights, "prior": "prior.safetensors", "decoder": "decoder.safetensors"}
     for i in range(len(cfg.upsamplers)):
-        files[f"upsamplers.{i}"] = f"upsampler_{i}.safetensors"
+        files[f"upsamplers.{i}"] = f"{file_name(upsampler_key(i))}.safetensors"
     return files
 
 
@@ -167,7 +168,3 @@ def torch_load_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, t
         obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     return obj
 
-
-def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keys starting with prefix, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -186,9 +186,11 @@ class StackConfig:
         up = UNetConfig(image_size=64, in_channels=6, out_channels=3, model_channels=16, channel_mult=(1, 2),
                         num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=False, norm_groups=8,
                         clip_dim=None, low_res_channels=3)
-        ups = (UpsamplerStageConfig(model=up, diffusion=DiffusionConfig(steps=4), has_last_step_model=True, name="sr_32_64"),)
+        ups = (UpsamplerStageConfig(model=up, diffusion=DiffusionConfig(steps=4), has_last_step_model=True,
+                                    name="sr_32_64"),)
         return cls(name="tiny", clip=clip, prior=prior,
-                   decoder=DecoderStageConfig(model=dec, diffusion=DiffusionConfig(variance="learned_range", steps=8, guidance=3.0)),
+                   decoder=DecoderStageConfig(model=dec, diffusion=DiffusionConfig(variance="learned_range", steps=8,
+                                                                                   guidance=3.0)),
                    upsamplers=ups)
 
 
@@ -197,7 +199,8 @@ def tiny_clip_cfg(embed_dim: int, context_length: int) -> dict:
     return {
         "embed_dim": embed_dim,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": embed_dim, "heads": 2, "layers": 2},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": embed_dim, "heads": 2,
+                     "layers": 2},
     }
 
 

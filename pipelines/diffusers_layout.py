@@ -29,7 +29,13 @@ import torch.nn as nn
 
 from .clip import ClipEncoder
 from .config import (
-    ClipConfig, DecoderStageConfig, DiffusionConfig, PriorConfig, PriorStageConfig, StackConfig, UNetConfig,
+    ClipConfig,
+    DecoderStageConfig,
+    DiffusionConfig,
+    PriorConfig,
+    PriorStageConfig,
+    StackConfig,
+    UNetConfig,
     UpsamplerStageConfig,
 )
 from .karlo import CheckpointMismatchError

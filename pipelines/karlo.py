@@ -28,7 +28,12 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from .checkpoints import (
-    MissingWeightsError, assign_state, build_on_meta, materialize_buffers, require_file, torch_load_state_dict,
+    MissingWeightsError,
+    assign_state,
+    build_on_meta,
+    materialize_buffers,
+    require_file,
+    torch_load_state_dict,
 )
 from .config import StackConfig
 from .stack import UnCLIPStack
@@ -59,7 +64,8 @@ class KarloFiles:
 
     def check(self) -> None:
         """Raise MissingWeightsError naming every file that does not exist."""
-        missing = [f"{f.name} {getattr(self, f.name)}" for f in fields(self) if not Path(getattr(self, f.name)).is_file()]
+        missing = [f"{f.name} {getattr(self, f.name)}" for f in fields(self)
+                   if not Path(getattr(self, f.name)).is_file()]
         if missing:
             raise MissingWeightsError(f"missing Karlo files: {', '.join(missing)} (weights are never downloaded)")
 
@@ -118,7 +124,8 @@ def read_stats(path: Path, dim: int, allow_pickle: bool = False) -> tuple[torch.
     """`ViT-L-14_stats.th`: (clip_mean, clip_std) -> two fp32 tensors [dim]."""
     obj = torch_load_state_dict(path, allow_pickle=allow_pickle)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2 or not all(isinstance(t, torch.Tensor) for t in obj):
-        raise CheckpointMismatchError(f"{path}: expected a (clip_mean, clip_std) pair of tensors, got {type(obj).__name__}")
+        raise CheckpointMismatchError(f"{path}: expected a (clip_mean, clip_std) pair of tensors, "
+                                      f"got {type(obj).__name__}")
     mean, std = (t.detach().float().reshape(-1).clone() for t in obj)
     if mean.numel() != dim or std.numel() != dim:
         raise CheckpointMismatchError(f"{path}: stats have {mean.numel()} and {std.numel()} values, expected {dim}")

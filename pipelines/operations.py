@@ -3,27 +3,83 @@
 Every operation returns an `OpResult`; image i of a request with seed s uses seed s + i.
 Manipulations work on the bipartite latent (z_i, x_T): z_i from CLIP, x_T from DDIM
 inversion of the decoder, decoded deterministically (DDIM) unless eta > 0.
+
+Each operation's own settings default to `DEFAULTS`, their one home: callers (the API
+included) pass None for "the default", and the result's `settings` records the values used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import torch
 
 from .errors import InvalidInput
+from .imageio import as_float
+from .sampling import Known, resize
+from .stage_keys import DECODER, PRIOR, upsampler_key
 from .unclip import Operation, Sampling, UnCLIP, make_generator
 from .vectors import normalize, slerp
+
+Mode = Literal["slerp", "fixed"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The operations' own settings when a request leaves them out."""
+
+    eta: float = 0.8  # variations: DDIM eta (0 reconstructs the image)
+    frames: int = 5  # interpolations (theta 0 .. 1) and text diffs (theta 0 .. max_theta)
+    max_theta: float = 0.5  # text diffs: the last frame's theta
+    mode: Mode = "slerp"  # interpolations: x_T slerped between the inputs, or one fixed noise
+    resample: int = 1  # inpainting: RePaint-style repeats of every step (1: none)
+
+
+DEFAULTS = Defaults()
 
 
 @dataclass
 class OpResult:
-    """images: [n, 3, S, S] in [-1, 1]; embeddings: the z_i each image was decoded from [n, D]."""
+    """images: [n, 3, S, S] in [-1, 1]; embeddings: the z_i each image was decoded from
+    [n, D]; thetas: each frame's theta (interpolations, text diffs); direction: the text
+    diff's z_d [1, D]; settings: the operation's own settings as used (defaults resolved)."""
 
     images: torch.Tensor
     embeddings: Optional[torch.Tensor] = None
-    extra: Optional[dict] = None
+    thetas: Optional[list[float]] = None
+    direction: Optional[torch.Tensor] = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def spaced(frames: int, top: float) -> list[float]:
+    """`frames` thetas evenly spaced from 0 to top ([0.0] for one frame)."""
+    return [top * k / max(frames - 1, 1) for k in range(frames)]
+
+
+def work(
+    pipe: UnCLIP, size: Optional[int], opts: Optional[Sampling], images: int, prior_samples: int = 0,
+    inversions: int = 0, resample: int = 1,
+) -> dict[str, int]:
+    """Track-steps per stage of an operation (what it will cost, before it runs): `images`
+    images at `size`, `prior_samples` embeddings drawn by the prior (each best of N), and
+    `inversions` images DDIM-inverted; `resample` repeats every step (inpainting)."""
+    opts, stages = opts or Sampling(), pipe.stages
+    best_of = opts.best_of or pipe.cfg.prior.best_of
+    decoder = stages[DECODER]
+    sampled = len(decoder.timesteps(opts.decoder_steps, invertible=inversions > 0))
+    inverted = len(decoder.timesteps(opts.decoder_steps, invertible=True)) - 1
+    out = {PRIOR: prior_samples * best_of * len(stages[PRIOR].timesteps(opts.prior_steps)),
+           DECODER: images * sampled * resample + inversions * inverted * (1 + opts.inversion_refine)}
+    for u in range(pipe.upsampler_count(size)):
+        key = upsampler_key(u)
+        out[key] = images * len(stages[key].timesteps(opts.upsampler_steps)) * resample
+    return out
 
 
 def _gens(seed: int, n: int) -> tuple[list[int], list[torch.Generator]]:
@@ -47,12 +103,13 @@ def check_thetas(thetas: Sequence[float], param: str = "thetas") -> list[float]:
 
 
 def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
-    """image [1, 3, H, W]: must be square for operations that need it."""
+    """image [1, 3, H, W], float in [-1, 1] or uint8: must be one square RGB image.
+    Returns it as float in [-1, 1] (inputs wait in the queue as uint8)."""
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise InvalidInput(param, f"'{param}' must be one RGB image")
     if image.shape[-1] != image.shape[-2]:
         raise InvalidInput(param, f"'{param}' must be square, got {image.shape[-1]}x{image.shape[-2]}")
-    return image
+    return as_float(image)
 
 
 def generate(
@@ -61,13 +118,13 @@ def generate(
 ) -> Operation:
     """Text -> CLIP -> prior (best-of-N) -> decoder (guided) -> upsamplers."""
     opts = opts or Sampling()
-    count = pipe.stages_for(size)
+    count = pipe.upsampler_count(size)
     seeds, gens = _gens(seed, n)
     text = pipe.encode_text([prompt])
     z = yield from pipe.sample_prior(text, seeds, gens, opts)
     images = yield from pipe.decode(z, text, gens, opts)
     images = yield from pipe.upsample(images, gens, opts, count)
-    return OpResult(images, z)
+    return OpResult(images, z, settings={"n": n})
 
 
 def _encode_and_invert(pipe: UnCLIP, image: torch.Tensor, opts: Sampling) -> Operation:
@@ -81,33 +138,42 @@ def _encode_and_invert(pipe: UnCLIP, image: torch.Tensor, opts: Sampling) -> Ope
 
 def variations(
     pipe: UnCLIP, image: torch.Tensor, n: int = 1, seed: int = 0, size: Optional[int] = None,
-    eta: float = 0.8, opts: Optional[Sampling] = None,
+    eta: Optional[float] = None, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Paper §3.1: invert the image under its own z_i, decode with DDIM at eta
     (0 reconstructs the input, larger varies more), then upsample."""
-    check_square(image)
+    image = check_square(image)
+    eta = float(_or(eta, DEFAULTS.eta))
     if not 0.0 <= eta <= 1.0:
         raise InvalidInput("eta", f"'eta' must lie in [0, 1], got {eta}")
-    opts, count = _ddim(opts, eta), pipe.stages_for(size)
+    opts, count = _ddim(opts, eta), pipe.upsampler_count(size)
     z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
     _, gens = _gens(seed, n)
     zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
     images = yield from pipe.decode(zs, null, gens, opts, x_t=xs)
     images = yield from pipe.upsample(images, gens, opts, count)
-    return OpResult(images, zs)
+    return OpResult(images, zs, settings={"n": n, "eta": eta})
+
+
+def interpolation_thetas(thetas: Optional[Sequence[float]], frames: Optional[int]) -> list[float]:
+    """The explicit thetas, or `frames` (default DEFAULTS.frames) evenly spaced in [0, 1]."""
+    if thetas is not None and frames is not None:
+        raise InvalidInput("thetas", "Give either 'frames' or 'thetas', not both.")
+    return check_thetas(thetas) if thetas is not None else spaced(_or(frames, DEFAULTS.frames), 1.0)
 
 
 def interpolate(
     pipe: UnCLIP, images: Optional[Sequence[torch.Tensor]] = None, prompts: Optional[Sequence[str]] = None,
-    thetas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), mode: str = "slerp", seed: int = 0,
-    size: Optional[int] = None, opts: Optional[Sampling] = None,
+    thetas: Optional[Sequence[float]] = None, mode: Optional[Mode] = None, seed: int = 0,
+    size: Optional[int] = None, opts: Optional[Sampling] = None, frames: Optional[int] = None,
 ) -> Operation:
-    """Paper §3.2: z_theta = slerp(z_1, z_2, theta); x_T slerped between the two inverted
-    latents ("slerp": the endpoints reconstruct the inputs) or one fixed noise ("fixed")."""
-    thetas = check_thetas(thetas)
-    if mode not in ("slerp", "fixed"):
-        raise InvalidInput("mode", f"'mode' must be 'slerp' or 'fixed', got {mode!r}")
-    opts, count = _ddim(opts), pipe.stages_for(size)
+    """Paper §3.2: z_theta = slerp(z_1, z_2, theta) for the given thetas (or `frames` evenly
+    spaced); x_T slerped between the two inverted latents ("slerp": the endpoints
+    reconstruct the inputs) or one fixed noise ("fixed")."""
+    thetas, mode = interpolation_thetas(thetas, frames), _or(mode, DEFAULTS.mode)
+    if mode not in MODES:
+        raise InvalidInput("mode", f"'mode' must be one of {list(MODES)}, got {mode!r}")
+    opts, count = _ddim(opts), pipe.upsampler_count(size)
     z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts)
     if mode == "fixed":
         x_t = x_t[:1].expand(2, -1, -1, -1)
@@ -116,7 +182,7 @@ def interpolate(
     _, gens = _gens(seed, len(thetas))
     frames = yield from pipe.decode(zs, pipe.null_encoding(), gens, opts, x_t=xs)
     frames = yield from pipe.upsample(frames, gens, opts, count)
-    return OpResult(frames, zs, {"thetas": thetas})
+    return OpResult(frames, zs, thetas=thetas, settings={"mode": mode, "frames": len(thetas)})
 
 
 def _endpoints(pipe: UnCLIP, images, prompts, seed: int, opts: Sampling) -> Operation:
@@ -139,48 +205,49 @@ def _endpoints(pipe: UnCLIP, images, prompts, seed: int, opts: Sampling) -> Oper
 
 
 def text_diff(
-    pipe: UnCLIP, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: int = 5,
-    max_theta: float = 0.5, seed: int = 0, size: Optional[int] = None, opts: Optional[Sampling] = None,
+    pipe: UnCLIP, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: Optional[int] = None,
+    max_theta: Optional[float] = None, seed: int = 0, size: Optional[int] = None, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Paper §3.3: z_d = normalize(z_t - z_t0); frames decode slerp(z_i, z_d, theta) for
     theta from 0 to max_theta with x_T from inverting the image, fixed across frames."""
-    check_square(image)
-    check_thetas([max_theta], "max_theta")
+    image = check_square(image)
+    frames, max_theta = _or(frames, DEFAULTS.frames), _or(max_theta, DEFAULTS.max_theta)
+    max_theta = check_thetas([max_theta], "max_theta")[0]
     if frames < 1:
         raise InvalidInput("frames", "'frames' must be at least 1")
-    opts, count = _ddim(opts), pipe.stages_for(size)
+    opts, count = _ddim(opts), pipe.upsampler_count(size)
     z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
     texts = pipe.encode_text([prompt, source_prompt])
     z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
-    thetas = [max_theta * k / max(frames - 1, 1) for k in range(frames)]
+    thetas = spaced(frames, max_theta)
     target = z_d * z.norm(dim=-1, keepdim=True)  # same norm as z_i: only the direction moves
     zs = torch.cat([slerp(z, target, th) for th in thetas])
     _, gens = _gens(seed, frames)
     out = yield from pipe.decode(zs, null, gens, opts, x_t=x_t.expand(frames, -1, -1, -1))
     out = yield from pipe.upsample(out, gens, opts, count)
-    return OpResult(out, zs, {"thetas": thetas, "z_d": z_d})
+    return OpResult(out, zs, thetas=thetas, direction=z_d, settings={"frames": frames, "max_theta": max_theta})
 
 
 def inpaint(
     pipe: UnCLIP, image: torch.Tensor, keep: torch.Tensor, prompt: str, n: int = 1, seed: int = 0,
-    size: Optional[int] = None, resample: int = 1, opts: Optional[Sampling] = None,
+    size: Optional[int] = None, resample: Optional[int] = None, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Text-guided inpainting: keep [1, 1, H, W] is 1 where the original stays. At every
     step of every stage the kept region is replaced by the forward-noised original (and an
     inpainting decoder is also given the kept pixels and the mask as input); the final
     image keeps the original's pixels (resized to the output size) exactly."""
-    check_square(image)
+    image, keep = check_square(image), keep.float()
     if keep.shape[-2:] != image.shape[-2:]:
         raise InvalidInput("mask", "the mask must have the image's size")
-    opts, count = opts or Sampling(), pipe.stages_for(size)
+    opts, count, resample = opts or Sampling(), pipe.upsampler_count(size), _or(resample, DEFAULTS.resample)
     out_size = pipe.sizes[count]
-    original = pipe.resize(image, out_size)
+    original = resize(image, out_size)
     keep_out = torch.nn.functional.interpolate(keep, size=(out_size, out_size), mode="nearest")
     seeds, gens = _gens(seed, n)
-    known = None if keep_out.sum() == 0 else [(original, keep_out, resample)] * n
+    known = None if keep_out.sum() == 0 else [Known(original, keep_out, resample)] * n
     text = pipe.encode_text([prompt])
     z = yield from pipe.sample_prior(text, seeds, gens, opts)
-    images = yield from pipe.decode(z, text, gens, opts, known=pipe.known_at(known, "decoder"))
+    images = yield from pipe.decode(z, text, gens, opts, known=known)
     images = yield from pipe.upsample(images, gens, opts, count, known=known)
     images = keep_out * original + (1 - keep_out) * images
-    return OpResult(images, z)
+    return OpResult(images, z, settings={"n": n, "resample": resample})

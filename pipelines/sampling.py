@@ -10,7 +10,7 @@ engine and the direct path both drive sampling through this function only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +18,30 @@ import torch.nn.functional as F
 from . import diffusion as D
 from .config import DiffusionConfig
 from .stack import UnCLIPStack
+from .stage_keys import DECODER, PRIOR, upsampler_key
 from .unet import inpaint_condition
 
-SAMPLERS = ("ddpm", "ddim", "invert")
+Sampler = Literal["ddpm", "ddim", "invert"]
+SAMPLERS: tuple[Sampler, ...] = get_args(Sampler)
 
 
 @dataclass
 class Known:
-    """Inpainting constraint: x0 [1, C, H, W] of the image and keep [1, 1, H, W] (1 = keep)."""
+    """Inpainting constraint: x0 [1, C, H, W] of the image and keep [1, 1, H, W] (1 = keep).
+    Operations give it at any size; each stage gets it at its own (`at`)."""
 
     x0: torch.Tensor
     keep: torch.Tensor
     resample: int = 1  # RePaint-style repeats of each step (1 = none)
+
+    def at(self, size: int) -> "Known":
+        """The constraint at size x size: the image resized (bicubic, antialiased), the keep
+        mask area-averaged when shrinking and thresholded at 0.5 (it stays binary)."""
+        keep = self.keep
+        if keep.shape[-1] != size:
+            mode = "area" if keep.shape[-1] > size else "nearest"
+            keep = (F.interpolate(keep, size=(size, size), mode=mode) > 0.5).float()
+        return Known(resize(self.x0, size), keep, self.resample)
 
 
 @dataclass
@@ -38,7 +50,7 @@ class Track:
 
     x: torch.Tensor
     pairs: list[tuple[int, int]]
-    sampler: str = "ddpm"
+    sampler: Sampler = "ddpm"
     eta: float = 0.0
     guidance: float = 1.0
     generator: Optional[torch.Generator] = None
@@ -117,7 +129,8 @@ class Stage:
         ok = (self.schedule.alphas_cumprod >= min_abar).nonzero()
         return int(ok.max()) if len(ok) else self.cfg.num_timesteps - 1
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, tracks: list[Track]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def predict(self, x: torch.Tensor, t: torch.Tensor,
+                tracks: list[Track]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Batched, guided model prediction [B, C, ...] and variance values (or None)."""
         raise NotImplementedError
 
@@ -175,7 +188,8 @@ class Stage:
         rows = []
         for tr in tracks:
             adds = tr.t_to >= 0 and (tr.sampler == "ddpm" or tr.eta > 0)
-            rows.append(tr.noise(like) if adds else torch.zeros((1,) + tuple(like.shape[1:]), device=like.device, dtype=like.dtype))
+            rows.append(tr.noise(like) if adds
+                        else torch.zeros((1,) + tuple(like.shape[1:]), device=like.device, dtype=like.dtype))
         return torch.cat(rows)
 
     def _constrain(self, tr: Track, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +247,7 @@ class PriorStage(Stage):
     """Prior: tracks hold normalized image embeddings [1, D]; cond: text_emb [1, D],
     text_enc [1, T, W], mask [1, T]; the stage's `null` holds the same for ""."""
 
-    key = "prior"
+    key = PRIOR
 
     def __init__(self, stack: UnCLIPStack, null_text: dict):
         super().__init__(stack, stack.cfg.prior.diffusion, stack.prior_schedule)
@@ -249,7 +263,7 @@ class DecoderStage(Stage):
     """Decoder: tracks hold images [1, 3, S, S]; cond: image_emb [1, D] (raw CLIP space),
     text_emb, text_enc, mask. Unconditional rows use `cf_param` and the encoding of ""."""
 
-    key = "decoder"
+    key = DECODER
 
     def __init__(self, stack: UnCLIPStack, null_text: dict):
         super().__init__(stack, stack.cfg.decoder.diffusion, stack.decoder_schedule)
@@ -286,13 +300,14 @@ class UpsamplerStage(Stage):
         up = stack.upsamplers[index]
         super().__init__(stack, up.cfg.diffusion, stack.upsampler_schedules[index])
         self.index, self.up = index, up
-        self.key = f"upsampler.{index}"
+        self.key = upsampler_key(index)
 
     def predict(self, x, t, tracks):
         low = _cat(tracks, "low_res", x.device)
         out = torch.empty((x.shape[0], self.up.cfg.model.out_channels) + tuple(x.shape[2:]), device=x.device)
         for last in (False, True):
-            rows = [i for i, tr in enumerate(tracks) if (tr.model_t == 0 and self.up.last_step_model is not None) == last]
+            rows = [i for i, tr in enumerate(tracks)
+                    if (tr.model_t == 0 and self.up.last_step_model is not None) == last]
             if rows:
                 ix = torch.tensor(rows, device=x.device)
                 out[ix] = self.up.unet_for(0 if last else 1)(x[ix], t[ix], low_res=low[ix])
@@ -314,6 +329,11 @@ def _apply_guidance(out: torch.Tensor, tracks: list[Track], guided: list[int]) -
 def upsample_for(image: torch.Tensor, size: int) -> torch.Tensor:
     """Low-resolution image [B, 3, s, s] in [-1, 1] -> [B, 3, size, size], bicubic, antialiased."""
     return F.interpolate(image.clamp(-1, 1), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images [n, 3, H, W] in [-1, 1] -> [n, 3, size, size] (bicubic, antialiased; no-op at size)."""
+    return images if images.shape[-1] == size and images.shape[-2] == size else upsample_for(images, size)
 
 
 def group_key(stage: str, track: Track) -> tuple:

@@ -52,9 +52,6 @@ class UnCLIPStack(nn.Module):
         """The compute dtype of the diffusion networks."""
         return self.decoder.time_embed[0].weight.dtype
 
-    def normalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
-        """CLIP image embedding [B, D] -> the prior's normalized space."""
-        return (z - self.clip_mean) / self.clip_std
-
     def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
+        """The prior's normalized space [B, D] -> CLIP image embeddings [B, D]."""
         return z * self.clip_std + self.clip_mean

@@ -17,10 +17,22 @@ import torch
 from .clip import TextEncoding
 from .errors import InvalidInput
 from .sampling import (
-    DecoderStage, Known, PriorStage, Stage, Track, UpsamplerStage, group_key, inversion_pairs,
-    run_to_end, sampling_pairs, upsample_for,
+    DecoderStage,
+    Known,
+    PriorStage,
+    Sampler,
+    Stage,
+    Track,
+    UpsamplerStage,
+    group_key,
+    inversion_pairs,
+    resize,
+    run_to_end,
+    sampling_pairs,
+    upsample_for,
 )
 from .stack import UnCLIPStack
+from .stage_keys import DECODER, PRIOR
 
 
 @dataclass
@@ -44,7 +56,7 @@ class Sampling:
     decoder_guidance: Optional[float] = None
     upsampler_steps: Optional[int] = None
     best_of: Optional[int] = None
-    decoder_sampler: Optional[str] = None  # "ddpm" or "ddim"
+    decoder_sampler: Optional[Sampler] = None  # "ddpm" or "ddim"
     eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
     inversion_refine: int = 2  # fixed-point refinements per DDIM inversion step (0 = plain)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
@@ -68,12 +80,9 @@ class UnCLIP:
         self.cfg = stack.cfg
         null = stack.clip.encode_text([""])
         self.null_text = {"text_emb": null.pooled, "text_enc": null.states, "mask": null.mask}
-        self.stages: dict[str, Stage] = {
-            "prior": PriorStage(stack, self.null_text),
-            "decoder": DecoderStage(stack, self.null_text),
-        }
-        for i in range(len(stack.upsamplers)):
-            self.stages[f"upsampler.{i}"] = UpsamplerStage(stack, i)
+        stages = [PriorStage(stack, self.null_text), DecoderStage(stack, self.null_text)]
+        stages += [UpsamplerStage(stack, i) for i in range(len(stack.upsamplers))]
+        self.stages: dict[str, Stage] = {stage.key: stage for stage in stages}
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -94,7 +103,7 @@ class UnCLIP:
         """One image embedding per generator, each the best of N prior samples by z_i . z_t.
 
         text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
-        stage = self.stages["prior"]
+        stage = self.stages[PRIOR]
         best_of = opts.best_of or self.cfg.prior.best_of
         pairs = sampling_pairs(stage.timesteps(opts.prior_steps))
         guidance = _default(opts.prior_guidance, stage.cfg.guidance)
@@ -103,9 +112,9 @@ class UnCLIP:
         for i, (seed, gen) in enumerate(zip(seeds, gens)):
             for j in range(best_of):
                 g = gen if j == 0 else child_generator(seed, j)
-                x = self._init(opts, "prior", i * best_of + j, (1, self.cfg.prior.model.clip_dim), g)
+                x = self._init(opts, PRIOR, i * best_of + j, (1, self.cfg.prior.model.clip_dim), g)
                 tracks.append(Track(x, list(pairs), "ddpm", guidance=guidance, generator=g, cond=cond))
-        yield StageRequest("prior", tracks)
+        yield StageRequest(PRIOR, tracks)
         z = self.stack.denormalize_image_emb(torch.cat([tr.x for tr in tracks]).to(self.stack.device))
         return _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
 
@@ -120,11 +129,12 @@ class UnCLIP:
 
     def decoder_tracks(
         self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling,
-        x_t: Optional[torch.Tensor] = None, known: Optional[list[Optional[Known]]] = None,
+        x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
     ) -> list[Track]:
         """Decoder tracks for image embeddings z [n, D] (text: one row, or n rows).
-        x_t [n, 3, S, S] starts them from given latents (inversion) instead of noise."""
-        stage = self.stages["decoder"]
+        x_t [n, 3, S, S] starts them from given latents (inversion) instead of noise;
+        known[i] (inpainting, any size) constrains track i."""
+        stage = self.stages[DECODER]
         sampler = opts.decoder_sampler or stage.cfg.sampler
         pairs = sampling_pairs(stage.timesteps(opts.decoder_steps, invertible=x_t is not None))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
@@ -132,21 +142,26 @@ class UnCLIP:
         tracks = []
         for i, g in enumerate(gens):
             r = i if text.pooled.shape[0] > 1 else 0
-            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1], "mask": text.mask[r:r + 1]}
-            x = x_t[i:i + 1] if x_t is not None else self._init(opts, "decoder", i, (1, 3, size, size), g)
-            k = known[i] if known else None
+            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1],
+                    "mask": text.mask[r:r + 1]}
+            x = x_t[i:i + 1] if x_t is not None else self._init(opts, DECODER, i, (1, 3, size, size), g)
+            k = known[i].at(size) if known else None
             tracks.append(Track(x, list(pairs), sampler, opts.eta, guidance, g, cond, k))
         return tracks
 
-    def decode(self, z, text, gens, opts, x_t=None, known=None) -> Generator[StageRequest, None, torch.Tensor]:
-        """Decode image embeddings to images [n, 3, S, S] in [-1, 1]."""
+    def decode(
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling,
+        x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """Decode image embeddings z [n, D] to images [n, 3, S, S] in [-1, 1] (see
+        `decoder_tracks` for text, x_t and known)."""
         tracks = self.decoder_tracks(z, text, gens, opts, x_t, known)
-        yield StageRequest("decoder", tracks)
+        yield StageRequest(DECODER, tracks)
         return torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
 
     # ---- upsamplers ----------------------------------------------------------------------
 
-    def stages_for(self, size: Optional[int]) -> int:
+    def upsampler_count(self, size: Optional[int]) -> int:
         """How many upsamplers to run for an output size (None: all)."""
         if size is None:
             return len(self.cfg.upsamplers)
@@ -156,19 +171,19 @@ class UnCLIP:
 
     def upsample(
         self, images: torch.Tensor, gens: list[torch.Generator], opts: Sampling, count: int,
-        known: Optional[list] = None,
+        known: Optional[Sequence[Known]] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """Run the first `count` upsamplers on images [n, 3, s, s]. known[i] (inpainting):
-        (image [1, 3, H, W] in [-1, 1], keep mask [1, 1, H, W], resample) at any size."""
+        """Run the first `count` upsamplers on images [n, 3, s, s]; known[i] (inpainting, any
+        size) constrains image i at every stage."""
         for u in range(count):
             stage = self.stages[f"upsampler.{u}"]
             size = stage.up.cfg.out_size
             low = upsample_for(images, size)
             pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps))
-            tracks, ks = [], self.known_at(known, stage.key)
+            tracks = []
             for i, g in enumerate(gens):
                 x = self._init(opts, stage.key, i, (1, 3, size, size), g)
-                k = ks[i] if ks else None
+                k = known[i].at(size) if known else None
                 tracks.append(Track(x, list(pairs), "ddpm", generator=g, cond={"low_res": low[i:i + 1]}, known=k))
             yield StageRequest(stage.key, tracks)
             images = torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
@@ -182,38 +197,27 @@ class UnCLIP:
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """DDIM-invert decoder-resolution images [n, 3, S, S] conditioned on their own z_i
         [n, D] (and text, one row or n). Returns x_T [n, 3, S, S]."""
-        stage = self.stages["decoder"]
+        stage = self.stages[DECODER]
         pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps, invertible=True))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         tracks = []
         for i in range(images.shape[0]):
             r = i if text.pooled.shape[0] > 1 else 0
-            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1], "mask": text.mask[r:r + 1]}
+            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1],
+                    "mask": text.mask[r:r + 1]}
             tracks.append(Track(images[i:i + 1].float(), list(pairs), "invert", guidance=guidance, cond=cond,
                                 refine=opts.inversion_refine))
-        yield StageRequest("decoder", tracks)
+        yield StageRequest(DECODER, tracks)
         return torch.cat([tr.x for tr in tracks])
 
     def to_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
         """Any-size images [n, 3, H, W] in [-1, 1] -> decoder resolution."""
-        return self.resize(images, self.cfg.decoder.model.image_size)
-
-    @staticmethod
-    def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-        """Images [n, 3, H, W] -> [n, 3, size, size] (bicubic, antialiased; no-op at size)."""
-        return images if images.shape[-1] == size and images.shape[-2] == size else upsample_for(images, size)
+        return resize(images, self.cfg.decoder.model.image_size)
 
     def null_encoding(self) -> TextEncoding:
         """The encoding of the empty caption [1, ...]."""
         n = self.null_text
         return TextEncoding(n["text_emb"], n["text_enc"], n["mask"])
-
-    def known_at(self, known: Optional[list], stage: str) -> Optional[list[Known]]:
-        """Per-image inpainting constraints (image, keep, resample) at a stage's resolution."""
-        if not known:
-            return None
-        size = self.cfg.decoder.model.image_size if stage == "decoder" else self.stages[stage].up.cfg.out_size
-        return [_known_at(k, size) for k in known]
 
 
 def _default(value: Optional[float], default: float) -> float:
@@ -225,17 +229,6 @@ def _best_of(z: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     scores = (z * z_t[:, None]).sum(-1)
     pick = scores.argmax(dim=1)
     return z[torch.arange(z.shape[0]), pick]
-
-
-def _known_at(known: tuple[torch.Tensor, torch.Tensor, int], size: int) -> Known:
-    """(image [1, 3, H, W], keep [1, 1, H, W], resample) -> Known at size x size. The keep
-    mask is area-averaged when shrinking and thresholded at 0.5 (stays binary)."""
-    image, keep, resample = known
-    img = UnCLIP.resize(image, size)
-    if keep.shape[-1] != size:
-        mode = "area" if keep.shape[-1] > size else "nearest"
-        keep = (torch.nn.functional.interpolate(keep, size=(size, size), mode=mode) > 0.5).float()
-    return Known(img, keep, resample)
 
 
 def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:

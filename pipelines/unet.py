@@ -137,13 +137,15 @@ class UNet(nn.Module):
             middle.append(AttentionBlock(ch, cfg))
         self.middle_block = Sequential(middle + [ResBlock(ch, emb_ch, ch, cfg)])
         self.output_blocks, ch = self._build_output(cfg, emb_ch, chans)
-        self.out = nn.Sequential(GroupNorm32(cfg.norm_groups, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(cfg.norm_groups, ch), nn.SiLU(),
+                                 nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def _init_conditioning(self, cfg: UNetConfig, emb_ch: int) -> None:
         self.clip_emb = nn.Linear(cfg.clip_dim, emb_ch)
         self.text_feat_proj = nn.Linear(cfg.clip_dim, emb_ch)
         self.clip_tok_proj = nn.Linear(cfg.clip_dim, cfg.xf_width * cfg.clip_tokens)
-        self.text_seq_proj = nn.Sequential(nn.Linear(cfg.text_width or cfg.clip_dim, cfg.xf_width), LayerNorm32(cfg.xf_width))
+        self.text_seq_proj = nn.Sequential(nn.Linear(cfg.text_width or cfg.clip_dim, cfg.xf_width),
+                                           LayerNorm32(cfg.xf_width))
         self.cf_param = nn.Parameter(torch.randn(cfg.clip_dim) * 0.02)
 
     def _build_input(self, cfg: UNetConfig, emb_ch: int) -> tuple[nn.ModuleList, list[int]]:

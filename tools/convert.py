@@ -17,9 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from pipelines.checkpoints import (
-    MissingWeightsError, UnsafeCheckpointError, random_stack, require_file, save_model_dir,
-)
+from pipelines.checkpoints import MissingWeightsError, UnsafeCheckpointError, random_stack, require_file, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.karlo import CheckpointMismatchError, import_karlo
 from pipelines.stack import UnCLIPStack
@@ -31,10 +29,13 @@ DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "fp16": torch.float16,
 
 def add_output_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     """Options every subcommand shares: where to write and in which dtype."""
-    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"model directory to write (default {default_out})")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the weights (default fp32)")
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help=f"model directory to write (default {default_out})")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="storage dtype of the weights (default fp32)")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="allow full unpickling of files that weights_only loading refuses (only for files you trust)")
+                        help="allow full unpickling of files that weights_only loading refuses "
+                             "(only for files you trust)")
 
 
 def convert_karlo(args: argparse.Namespace) -> Path:

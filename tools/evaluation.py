@@ -35,7 +35,17 @@ from pipelines import operations as O
 from pipelines.imageio import to_uint8
 from pipelines.sampling import upsample_for
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct, run_many
-from tools.shapes import ATTRIBUTES, COLOURS, Judgement, Scene, canonical_caption, judge_batch, random_scenes, render, score
+from tools.shapes import (
+    ATTRIBUTES,
+    COLOURS,
+    Judgement,
+    Scene,
+    canonical_caption,
+    judge_batch,
+    random_scenes,
+    render,
+    score,
+)
 from tools.train.data import images_to_tensor
 
 CHUNK = 8  # operations driven together
@@ -86,7 +96,8 @@ def kept(js: Sequence[Judgement], scenes: Sequence[Scene], attributes: Sequence[
     return res | {"all": float(np.mean([all(r) for r in rows])), "n": len(rows)}
 
 
-def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None, size: Optional[int] = None) -> dict[str, Any]:
+def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
+             size: Optional[int] = None) -> dict[str, Any]:
     """Accuracy over n random canonical captions (one image each, seed + i) at `size`
     (default: the final size)."""
     scenes = random_scenes(n, np.random.default_rng(seed))
@@ -102,7 +113,8 @@ def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None
     js = judged(run_direct(pipe, O.generate(pipe, VARIETY_PROMPT, n=seeds, seed=seed, opts=opts)).images)
     found = [j for j in js if j.shape is not None]
     return {
-        "prompt": VARIETY_PROMPT, "n": seeds, "match": float(np.mean([j.colour == "red" and j.shape == "circle" for j in js])),
+        "prompt": VARIETY_PROMPT, "n": seeds,
+        "match": float(np.mean([j.colour == "red" and j.shape == "circle" for j in js])),
         "positions": len({j.position for j in found}), "sizes": len({j.size for j in found}),
         "backgrounds": len({j.background for j in js}), "judged": [j.attributes() for j in js],
     }
@@ -166,7 +178,8 @@ def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) ->
     images, keep = scene_images(scenes, size), box_mask(size)
     prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center"))
                for s in scenes]
-    results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i, opts=opts), n)
+    results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i,
+                                                    opts=opts), n)
     out = images_of(results)
     return {**inpaint_scores(out), "n": n, "kept_max_abs_diff": float(((out - images).abs() * keep).max())}
 
@@ -185,7 +198,8 @@ def generation_seconds(pipe: UnCLIP, seed: int, opts: Optional[Sampling] = None,
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        run_direct(pipe, O.generate(pipe, "a small blue square at the top on a yellow background", seed=seed + r, opts=opts))
+        run_direct(pipe, O.generate(pipe, "a small blue square at the top on a yellow background", seed=seed + r,
+                                    opts=opts))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -209,7 +223,8 @@ def lookup(res: dict[str, Any], path: str) -> float:
     return float(res)  # type: ignore[arg-type]
 
 
-def verdicts(res: dict[str, Any], thresholds: Optional[dict[str, float]] = None) -> dict[str, tuple[float, float, bool]]:
+def verdicts(res: dict[str, Any],
+             thresholds: Optional[dict[str, float]] = None) -> dict[str, tuple[float, float, bool]]:
     """Per threshold path: (measured, minimum, met)."""
     out = {}
     for path, minimum in (thresholds or THRESHOLDS).items():
@@ -221,7 +236,8 @@ def verdicts(res: dict[str, Any], thresholds: Optional[dict[str, float]] = None)
 def table(res: dict[str, Any]) -> str:
     """The human-readable summary with each target and whether it is met."""
     acc = res["captions"]["accuracy"]
-    lines = [f"model {res['model']}, {res['size']} px, N={int(acc['n'])}, seed {res['seed']}", f"{'attribute':<12} accuracy"]
+    lines = [f"model {res['model']}, {res['size']} px, N={int(acc['n'])}, seed {res['seed']}",
+             f"{'attribute':<12} accuracy"]
     lines += [f"{a:<12} {acc.get(a, 0.0):8.3f}" for a in ATTRIBUTES] + [f"{'all five':<12} {acc['all']:8.3f}", ""]
     v = res["variety"]
     lines.append(f"variety '{v['prompt']}' x{v['n']}: red circles {v['match']:.2f}, positions {v['positions']}, "

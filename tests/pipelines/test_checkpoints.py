@@ -10,7 +10,12 @@ import torch
 from safetensors import safe_open
 
 from pipelines.checkpoints import (
-    CONFIG_FILE, MissingWeightsError, load_model_dir, module_files, random_stack, save_model_dir,
+    CONFIG_FILE,
+    MissingWeightsError,
+    load_model_dir,
+    module_files,
+    random_stack,
+    save_model_dir,
 )
 from pipelines.config import StackConfig
 from pipelines.stack import UnCLIPStack
@@ -84,7 +89,8 @@ def test_fp16_storage_loads_fp32_on_cpu(tiny: UnCLIPStack, tmp_path: Path) -> No
         assert torch.equal(sb[key], want), key
 
 
-@pytest.mark.parametrize("fname", [CONFIG_FILE, "decoder.safetensors", "upsampler_0.safetensors", "clip_stats.safetensors"])
+@pytest.mark.parametrize("fname", [CONFIG_FILE, "decoder.safetensors", "upsampler_0.safetensors",
+                                   "clip_stats.safetensors"])
 def test_missing_file_is_named(tiny: UnCLIPStack, tmp_path: Path, fname: str) -> None:
     save_model_dir(tiny, tmp_path)
     (tmp_path / fname).unlink()

@@ -93,7 +93,8 @@ def test_q_sample_statistics() -> None:
     n, x0 = 200_000, 0.7
     t = ints(0, 250, 500, 999)
     g = torch.Generator().manual_seed(0)
-    x = D.q_sample(COSINE, torch.full((4, n), x0, dtype=torch.float64), t, torch.randn(4, n, generator=g, dtype=torch.float64))
+    x = D.q_sample(COSINE, torch.full((4, n), x0, dtype=torch.float64), t,
+                   torch.randn(4, n, generator=g, dtype=torch.float64))
     a = COSINE.abar(t)
     se_mean, se_var = ((1 - a) / n).sqrt(), (1 - a) * math.sqrt(2 / n)
     assert ((x.mean(1) - a.sqrt() * x0).abs() < 5 * se_mean).all()

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import imageio, operations as O
+from pipelines import imageio
+from pipelines import operations as O
 from pipelines.checkpoints import random_stack
 from pipelines.config import StackConfig
 from pipelines.errors import InvalidInput
@@ -66,7 +67,8 @@ def test_refined_inversion_beats_plain_inversion(pipe: UnCLIP) -> None:
 
 def test_variation_eta_varies_more(pipe: UnCLIP) -> None:
     img = smooth_image(1)
-    d = {eta: psnr(run_direct(pipe, O.variations(pipe, img, eta=eta, size=32, opts=RECON)).images, img) for eta in (0.0, 1.0)}
+    d = {eta: psnr(run_direct(pipe, O.variations(pipe, img, eta=eta, size=32, opts=RECON)).images, img)
+         for eta in (0.0, 1.0)}
     assert d[1.0] < d[0.0] - 5.0
 
 
@@ -98,16 +100,18 @@ def test_interpolation_fixed_mode_shares_latent(pipe: UnCLIP) -> None:
 
 
 def test_interpolation_between_prompts(pipe: UnCLIP) -> None:
-    out = run_direct(pipe, O.interpolate(pipe, prompts=["a red circle", "a blue square"], thetas=[0, 0.5, 1], size=64, opts=FAST))
+    out = run_direct(pipe, O.interpolate(pipe, prompts=["a red circle", "a blue square"], thetas=[0, 0.5, 1],
+                                         size=64, opts=FAST))
     assert out.images.shape == (3, 3, 64, 64)
 
 
 def test_text_diff_theta0_reproduces_and_zd_unit(pipe: UnCLIP) -> None:
     img = smooth_image(7)
-    out = run_direct(pipe, O.text_diff(pipe, img, "a blue circle", "a red circle", frames=3, max_theta=0.5, size=32, opts=RECON))
+    out = run_direct(pipe, O.text_diff(pipe, img, "a blue circle", "a red circle", frames=3, max_theta=0.5,
+                                       size=32, opts=RECON))
     assert psnr(out.images[0:1], img) >= 30.0
-    assert torch.isclose(out.extra["z_d"].norm(), torch.tensor(1.0), atol=1e-5)
-    assert out.extra["thetas"] == [0.0, 0.25, 0.5]
+    assert torch.isclose(out.direction.norm(), torch.tensor(1.0), atol=1e-5)
+    assert out.thetas == [0.0, 0.25, 0.5]
     assert not torch.allclose(out.images[0], out.images[2], atol=1e-3)
 
 

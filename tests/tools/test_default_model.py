@@ -3,7 +3,7 @@
 Through the real pipeline at the model's default sampling settings and its final size:
 N = 16 random canonical captions, 8 cases each of variations, text diffs and inpainting,
 and 16 seeds of `a red circle`, judged by the model-free judge. The thresholds sit below
-what the shipped weights measure at N = 200 (`python bench/eval_shapes.py`, model card),
+what the shipped weights measure at N = 200 (`python -m bench.eval_shapes`, model card),
 with margin for the noise of a small N, so a model that regresses falls under them. They
 are not the issue's targets (`tools.evaluation.THRESHOLDS`, all met at N = 200), which at
 N = 16 would fail on one unlucky image.

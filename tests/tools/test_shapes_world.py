@@ -11,13 +11,28 @@ import pytest
 
 from tools.shapes.captions import canonical_caption, caption_for, parse_caption, partial_caption
 from tools.shapes.judge import (
-    SIZE_AREA_THRESHOLD, Judgement, check_caption, judge, judge_batch, judge_many, score,
+    SIZE_AREA_THRESHOLD,
+    Judgement,
+    check_caption,
+    judge,
+    judge_batch,
+    judge_many,
+    score,
     score_captions,
 )
 from tools.shapes.render import render
 from tools.shapes.world import (
-    ATTRIBUTES, COLOURS, POSITION_PHRASES, SHAPE_AREA_FACTOR, SHAPES, SIZE_RADIUS, SIZES, Scene,
-    all_scenes, random_scene, random_scenes,
+    ATTRIBUTES,
+    COLOURS,
+    POSITION_PHRASES,
+    SHAPE_AREA_FACTOR,
+    SHAPES,
+    SIZE_RADIUS,
+    SIZES,
+    Scene,
+    all_scenes,
+    random_scene,
+    random_scenes,
 )
 
 ALL = all_scenes()

@@ -138,7 +138,8 @@ def test_eval_command_prints_the_table(exported: Path, tmp_path: Path, capsys: p
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "eval.json"
-    argv = ["--model-dir", str(exported), "-n", "3", "--cases", "2", "--variety-seeds", "2", "--out", str(out), "--write-card"]
+    argv = ["--model-dir", str(exported), "-n", "3", "--cases", "2", "--variety-seeds", "2", "--out", str(out),
+            "--write-card"]
     head = (exported / "MODEL_CARD.md").read_text()
     assert module.main(argv) == 0
     text = capsys.readouterr().out
@@ -158,11 +159,12 @@ def test_sweep_command_measures_each_combination(exported: Path, tmp_path: Path,
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "sweep.json"
-    argv = ["--model-dir", str(exported), "-n", "2", "--size", "32", "--grid", "decoder_guidance=1,3", "decoder_steps=2",
-            "--out", str(out)]
+    argv = ["--model-dir", str(exported), "-n", "2", "--size", "32", "--grid", "decoder_guidance=1,3",
+            "decoder_steps=2", "--out", str(out)]
     assert module.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["settings"] for r in rows] == [{"decoder_guidance": 1.0, "decoder_steps": 2}, {"decoder_guidance": 3.0, "decoder_steps": 2}]
+    assert [r["settings"] for r in rows] == [{"decoder_guidance": 1.0, "decoder_steps": 2},
+                                             {"decoder_guidance": 3.0, "decoder_steps": 2}]
     assert all(r["accuracy"]["n"] == 2 and r["s_per_image"] > 0 for r in rows)
     assert "decoder_guidance=3.0" in capsys.readouterr().out
     with pytest.raises(SystemExit):

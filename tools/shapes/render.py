@@ -15,8 +15,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .world import (
-    CENTRE_JITTER, COLOUR_JITTER, PALETTE, POSITION_CENTRES, RADIUS_JITTER, SHAPE_EXTENT,
-    SHAPES, SIZE_RADIUS, SQUARE_HALF_SIDE, TRIANGLE_HALF_SIDE, Scene,
+    CENTRE_JITTER,
+    COLOUR_JITTER,
+    PALETTE,
+    POSITION_CENTRES,
+    RADIUS_JITTER,
+    SHAPE_EXTENT,
+    SHAPES,
+    SIZE_RADIUS,
+    SQUARE_HALF_SIDE,
+    TRIANGLE_HALF_SIDE,
+    Scene,
 )
 
 _CHUNK = 256  # images rasterised together; bounds the float32 working set

@@ -25,10 +25,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from .checkpoint import load as load_checkpoint, step_of
+from .checkpoint import load as load_checkpoint
+from .checkpoint import step_of
 from .export import dir_size, export
 from .loop import LoopOptions, LoopResult, StopFlag, batch_size, train
-from .run import Run, TrainError, open_run
+from .run import Run, TrainError, open_run, stage_name
 from .snapshot import restore, snapshot
 from .stages import make_task, parameters
 from .timing import table, time_stages
@@ -45,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="configuration of a new run: default | smoke (default: default)")
     p.add_argument("--seed", type=int, default=None, help="seed of a new run (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this invocation")
     p.add_argument("--steps", type=int, default=None, help="stop each stage at this step (default: its planned steps)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the stage's, x gpu_batch_mult on CUDA)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: the stage's, x gpu_batch_mult on CUDA)")
     p.add_argument("--index", type=int, default=None, help="upsampler: train only this one (default: each in turn)")
     p.add_argument("--force", action="store_true", help="train prior/decoder on an unfinished or changed CLIP")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -144,7 +147,8 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
         return 0
     run = open_run(args.run, args.preset, args.seed)
     if args.stage == "snapshot":
-        print("\n".join(snapshot(run, args.snapshot)) + f"\n{dir_size(args.snapshot) / 2**20:.1f} MiB in {args.snapshot}")
+        print("\n".join(snapshot(run, args.snapshot))
+              + f"\n{dir_size(args.snapshot) / 2**20:.1f} MiB in {args.snapshot}")
     elif args.stage == "status":
         print(status(run))
     elif args.stage == "widen":
@@ -156,7 +160,7 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
     elif args.stage == "upsampler":
         n = len(run.config.stack.upsamplers)
         for i in ([args.index] if args.index is not None else range(n)):
-            if train_stage(run, f"upsampler_{i}", opts, args.force).reason != "done":
+            if train_stage(run, stage_name(i), opts, args.force).reason != "done":
                 break
     else:
         train_stage(run, args.stage, opts, args.force)

@@ -29,7 +29,8 @@ class DecoderTask(Task):
     """The stack's decoder UNet, conditioned on frozen-CLIP image and text encodings."""
 
     def __init__(self, run: Run, device: torch.device, force: bool = False):
-        self.name, self.hp, self.seed, self.device, self.force = "decoder", run.config.decoder, run.config.seed, device, force
+        self.name, self.hp, self.seed, self.device, self.force = (
+            "decoder", run.config.decoder, run.config.seed, device, force)
         self.clip, self.clip_step = load_clip(run, device, force)
         cfg = run.config.stack.decoder
         check_trainable(cfg.diffusion, cfg.model.latent_channels, cfg.model.out_channels)

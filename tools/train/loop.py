@@ -200,7 +200,8 @@ class Logger:
         if self.verbose:
             eta = (target - step) * dt / 60
             more = "".join(f" {k} {v:.3f}" for k, v in extra.items())
-            print(f"[{self.name}] step {step}/{target} loss {mean:.4f} lr {lr:.2e} {dt:.2f} s/step eta {eta:.0f} min{more}", flush=True)
+            print(f"[{self.name}] step {step}/{target} loss {mean:.4f} lr {lr:.2e} {dt:.2f} s/step "
+                  f"eta {eta:.0f} min{more}", flush=True)
 
 
 def out_of_time(opts: LoopOptions, est_step: float) -> bool:

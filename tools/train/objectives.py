@@ -14,7 +14,8 @@ from pipelines.diffusion import Schedule, _b, q_sample
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def diffusion_target(s: Schedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+def diffusion_target(s: Schedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                     prediction: str) -> torch.Tensor:
     """What the network should output at x_t = sqrt(abar) x0 + sqrt(1 - abar) noise:
     eps -> noise; x0 -> x0; v -> sqrt(abar) noise - sqrt(1 - abar) x0 (so that
     pipelines.diffusion.to_x0_eps recovers x0 = sqrt(abar) x_t - sqrt(1 - abar) v)."""

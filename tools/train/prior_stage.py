@@ -27,7 +27,8 @@ class PriorTask(Task):
     """PriorTransformer of the stack config, conditioned on frozen-CLIP text encodings."""
 
     def __init__(self, run: Run, device: torch.device, force: bool = False):
-        self.name, self.hp, self.seed, self.device, self.force = "prior", run.config.prior, run.config.seed, device, force
+        self.name, self.hp, self.seed, self.device, self.force = (
+            "prior", run.config.prior, run.config.seed, device, force)
         self.clip, self.clip_step = load_clip(run, device, force)
         mean, std = ensure_stats(run, self.clip, self.clip_step)
         self.mean, self.std = mean.to(device), std.to(device)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from pipelines.stage_keys import file_name, upsampler_key
+
 from .config import TrainConfig, preset
 
 CONFIG_FILE = "train.json"
@@ -24,6 +26,12 @@ class TrainError(Exception):
     """A refused command: wrong preset for a run, a prerequisite stage unfinished, ..."""
 
 STATS_FILE = "clip_stats.safetensors"
+
+
+def stage_name(index: int) -> str:
+    """The training name of upsampler `index` ("upsampler_0"): its stage key as spelled on
+    disk, which names its run folder and seeds its random streams."""
+    return file_name(upsampler_key(index))
 
 
 @dataclass
@@ -45,7 +53,7 @@ class Run:
 
     def stages(self) -> list[str]:
         """Every trainable stage, in training order."""
-        ups = [f"upsampler_{i}" for i in range(len(self.config.stack.upsamplers))]
+        ups = [stage_name(i) for i in range(len(self.config.stack.upsamplers))]
         return ["clip", "prior", "decoder"] + ups
 
 

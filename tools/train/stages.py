@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipelines.stage_keys import upsampler_index
+
 from . import clip_stage, decoder_stage, prior_stage, upsampler_stage
 from .loop import Task
 from .run import Run
@@ -11,8 +13,9 @@ from .run import Run
 
 def make_task(stage: str, run: Run, device: torch.device, force: bool = False) -> Task:
     """The Task of "clip", "prior", "decoder" or "upsampler_{i}"."""
-    if stage.startswith("upsampler_"):
-        return upsampler_stage.build(run, device, force, index=int(stage.split("_")[1]))
+    index = upsampler_index(stage)
+    if index is not None:
+        return upsampler_stage.build(run, device, force, index=index)
     builders = {"clip": clip_stage.build, "prior": prior_stage.build, "decoder": decoder_stage.build}
     if stage not in builders:
         raise ValueError(f"unknown stage {stage!r}; stages: {run.stages()}")

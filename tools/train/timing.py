@@ -34,7 +34,8 @@ def table(rows: list[dict]) -> str:
     """The rows as an aligned text table with a total line."""
     lines = [f"{'stage':<12} {'params':>8} {'batch':>6} {'s/step':>8} {'steps':>7} {'hours':>7}"]
     for r in rows:
-        lines.append(f"{r['stage']:<12} {r['params_m']:>7.2f}M {r['batch']:>6} {r['step_s']:>8.3f} {r['steps']:>7} {r['hours']:>7.2f}")
+        lines.append(f"{r['stage']:<12} {r['params_m']:>7.2f}M {r['batch']:>6} {r['step_s']:>8.3f} {r['steps']:>7} "
+                     f"{r['hours']:>7.2f}")
     total_p, total_h = sum(r["params_m"] for r in rows), sum(r["hours"] for r in rows)
     lines.append(f"{'total':<12} {total_p:>7.2f}M {'':>6} {'':>8} {'':>7} {total_h:>7.2f}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from pipelines.stack import Upsampler
 from .data import sample_batch
 from .loop import Task, seed_modules
 from .objectives import check_trainable, diffusion_loss, timesteps
-from .run import Run
+from .run import Run, stage_name
 
 
 def random_crops(images: list[torch.Tensor], crop: int, rng: np.random.Generator) -> list[torch.Tensor]:
@@ -93,7 +93,8 @@ class UpsamplerTask(Task):
     """Upsampler `index` of the stack (its every-step network and, if any, the last-step one)."""
 
     def __init__(self, run: Run, index: int, device: torch.device):
-        self.name, self.hp, self.seed, self.device = f"upsampler_{index}", run.config.upsamplers[index], run.config.seed, device
+        self.name, self.hp, self.seed, self.device = (
+            stage_name(index), run.config.upsamplers[index], run.config.seed, device)
         cfg = run.config.stack.upsamplers[index]
         check_trainable(cfg.diffusion, cfg.model.latent_channels, cfg.model.out_channels)
         self.in_size, self.out_size = run.config.stack.sizes[index], cfg.out_size
