@@ -1,9 +1,13 @@
-"""`python -m server`: serve the settings' model with uvicorn.
+"""`python -m server [--port 8080 ...]`: serve the settings' model with uvicorn.
+
+Every setting is a flag and an environment variable (`--drain-grace-s` / `UNCLIP_DRAIN_GRACE_S`;
+the flag wins), see `python -m server --help` and server/settings.py.
 
 SIGTERM (or Ctrl+C): /ready turns 503 and new work gets 503 at once, while the engine
-finishes its jobs for up to `UNCLIP_DRAIN_GRACE_S` seconds; then the server stops
-(responses still being written get a few more seconds) and the process exits 0. A second
-signal stops at once.
+finishes its jobs for up to `--drain-grace-s` seconds. When the grace runs out with jobs
+still held, or at a second signal, every one of them answers an OpenAI-shaped 503
+(`code: "shutdown"`) at that moment and the engine stops after its current step; the
+server then closes (answers still being written get `WRITE_GRACE_S`) and exits 0.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import logging
 import sys
 import threading
 from types import FrameType
-from typing import Optional
+from typing import Optional, Sequence
 
 import uvicorn
 
 from pipelines.checkpoints import MissingWeightsError
 
-from .app import Runtime, create_app
+from .app import create_app
+from .runtime import Runtime
 from .settings import Settings
 
 log = logging.getLogger("server")
+WRITE_GRACE_S = 2  # after the engine stopped: time for the last answers to be written
 
 
 class DrainingServer(uvicorn.Server):
@@ -35,7 +41,7 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
         if self.draining:
             log.warning("second signal: stopping now")
-            self.should_exit = self.force_exit = True
+            self._stop()
             return
         self.draining = True
         log.info("signal %d: draining (up to %.0f s)", sig, self.grace_s)
@@ -44,12 +50,22 @@ class DrainingServer(uvicorn.Server):
 
     def _exit_when_idle(self) -> None:
         if not self.runtime.wait_idle(self.grace_s):
-            log.warning("grace period over with jobs still running: stopping anyway")
+            log.warning("grace period over with jobs still running: they get 503 shutdown")
+        self._stop()
+
+    def _stop(self) -> None:
+        """Answer every held job with 503 now, stop the engine, close the server."""
+        self.runtime.abort()
         self.should_exit = True
 
 
-def main() -> int:
-    settings = Settings()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse the command line (default: sys.argv[1:]) and serve; returns the exit status.
+
+    `--help` exits 0 and a bad flag or value exits 2, as with argparse (SystemExit); missing weights
+    return 2.
+    """
+    settings = Settings.from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
@@ -57,7 +73,7 @@ def main() -> int:
         log.error("%s", err)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=10, lifespan="on")
+                            timeout_graceful_shutdown=WRITE_GRACE_S, lifespan="on")
     server = DrainingServer(config, app.state.runtime, settings.drain_grace_s)
     server.run()
     return 0

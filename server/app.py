@@ -1,12 +1,6 @@
-"""The application: its runtime (model, engine, metrics, URL store, lifecycle), the ASGI
-middlewares every request passes (request id and metrics, body limit, auth), and the
-app factory `create_app(settings)`.
-
-Lifecycle: the model loads in the background after startup (the port answers at once:
-/health 200 "loading", /ready 503), then one tiny generation warms it up and /ready turns
-200. `Runtime.begin_drain()` (SIGTERM, see __main__) turns /ready to 503, refuses new
-work with 503 and lets the engine finish what it holds.
-"""
+"""The application: the ASGI middlewares every request passes (request id and metrics,
+body limit, auth), the lifespan that starts the runtime (server/runtime.py) in the
+background, and the app factory `create_app(settings)`."""
 
 from __future__ import annotations
 
@@ -21,93 +15,16 @@ from typing import AsyncIterator, Optional
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipelines.checkpoints import CONFIG_FILE, load_model_dir, require_file
-from pipelines.config import StackConfig
-from pipelines.operations import generate
-from pipelines.unclip import Sampling, UnCLIP
-
 from .auth import AuthMiddleware, bearer_scheme
-from .engine import Engine
-from .errors import APIError, error_response, install_handlers, unavailable
-from .metrics import Metrics
+from .errors import APIError, error_response, install_handlers
 from .routes import edits, files, generations, health, interpolations, models, text_diffs, variations
+from .runtime import Runtime
 from .schemas import ErrorResponse
 from .settings import Settings
-from .url_store import UrlStore
 
 log = logging.getLogger(__name__)
 
 ERROR_CODES = (400, 401, 404, 413, 429, 500, 503, 504)
-
-
-class Runtime:
-    """Everything a request needs besides itself; one per app."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        cfg = StackConfig.load(require_file(settings.model_dir / CONFIG_FILE, "model config"))
-        self.model_name, self.sizes = cfg.name, list(cfg.sizes)
-        self.metrics = Metrics(self.model_name, self.sizes)
-        self.store = UrlStore(settings.url_ttl_s, settings.url_store_max_bytes)
-        self.pipe: Optional[UnCLIP] = None
-        self.engine: Optional[Engine] = None
-        self.state = "loading"  # loading -> ready -> draining; or failed
-        self.created = time.time()
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready" and self.engine is not None and self.engine.alive
-
-    @property
-    def alive(self) -> bool:
-        """Liveness: loading, or the engine thread is running."""
-        return self.state == "loading" or (self.engine is not None and self.engine.alive)
-
-    def require_ready(self) -> None:
-        """Raise 503 unless new work is accepted."""
-        if self.state == "draining":
-            raise unavailable("The server is shutting down and accepts no new work.", "draining")
-        if not self.ready:
-            raise unavailable("The model is not ready yet.", "not_ready")
-
-    async def start(self) -> None:
-        """Load the model, start the engine, warm up; then ready."""
-        s = self.settings
-        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())),
-                             max_batch=s.max_batch, queue_size=s.queue_size,
-                             default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
-                             stats=self.metrics)
-        self.engine.start()
-        self.pipe = await asyncio.wrap_future(self.engine.loaded)
-        if s.warmup:
-            await self.warm_up()
-        if self.state == "loading":
-            self.state = "ready"
-            self.metrics.set_ready(True)
-            log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
-
-    async def warm_up(self) -> None:
-        """One generation at the largest size with one step per stage."""
-        opts = Sampling(prior_steps=1, decoder_steps=1, upsampler_steps=1, best_of=1)
-        op = generate(self.pipe, "warm-up", n=1, seed=0, size=max(self.sizes), opts=opts)
-        job = self.engine.submit(op, kind="warmup", deadline_s=self.settings.max_deadline_s)
-        await asyncio.wrap_future(job.future)
-
-    def begin_drain(self) -> None:
-        """Not ready, no new work; the engine finishes its jobs. Safe from any thread."""
-        if self.state != "failed":
-            self.state = "draining"
-        self.metrics.set_ready(False)
-        if self.engine is not None:
-            self.engine.drain()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until the engine holds no job (True) or timeout passes (False)."""
-        return self.engine is None or self.engine.wait_idle(timeout)
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop(timeout=5.0)
 
 
 # ---- middlewares ----------------------------------------------------------------------
@@ -223,13 +140,15 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   description="OpenAI Images API compatible unCLIP (DALL-E 2) server, with extensions.")
     app.state.runtime = runtime
     install_handlers(app)
-    secured, errors = [Depends(bearer_scheme)], {code: {"model": ErrorResponse} for code in ERROR_CODES}
+    secured = [Depends(bearer_scheme)] if settings.keys else []  # documents the scheme only when it is on
+    errors = {code: {"model": ErrorResponse} for code in ERROR_CODES}
     for module in (generations, edits, variations, interpolations, text_diffs, models):
         app.include_router(module.router, prefix="/v1", tags=["images" if module is not models else "models"],
                            dependencies=secured, responses=errors)
-    app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}})
+    app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}},
+                       dependencies=secured if settings.files_require_key else [])
     app.include_router(health.router, tags=["operations"])
-    app.add_middleware(AuthMiddleware, keys=settings.keys)
+    app.add_middleware(AuthMiddleware, keys=settings.keys, files_require_key=settings.files_require_key)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(RequestContext, runtime=runtime)
     return app

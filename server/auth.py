@@ -2,8 +2,10 @@
 
 With keys configured, every `/v1/...` route needs `Authorization: Bearer <key>`, except
 the image URLs under `/v1/files/images/` (their unguessable ids are the capability, as
-with OpenAI's signed URLs). `/health`, `/ready`, `/metrics` and the docs stay open.
-Keys are compared in constant time, every configured key every time.
+with OpenAI's signed URLs) unless `files_require_key` is set. `/health`, `/ready`,
+`/metrics` and the docs stay open. A request with more than one Authorization header is
+refused (which one counts would depend on the proxy in front). Keys are compared in
+constant time, every configured key every time.
 """
 
 from __future__ import annotations
@@ -38,24 +40,29 @@ def bearer_token(authorization: Optional[str]) -> Optional[str]:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def needs_key(path: str) -> bool:
+def needs_key(path: str, files_require_key: bool = False) -> bool:
     """Whether a request path is protected."""
-    return path.startswith("/v1/") and not path.startswith(OPEN_PREFIXES)
+    return path.startswith("/v1/") and (files_require_key or not path.startswith(OPEN_PREFIXES))
 
 
 class AuthMiddleware:
     """Answers 401 (OpenAI's invalid_api_key) to protected requests without a valid key."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], files_require_key: bool = False):
+        self.app, self.keys, self.files_require_key = app, keys, files_require_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not needs_key(scope["path"]):
+        if scope["type"] != "http" or not self.keys or not needs_key(scope["path"], self.files_require_key):
             return await self.app(scope, receive, send)
-        headers = dict((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
-        token = bearer_token(headers.get("authorization"))
+        given = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"]
+        if len(given) > 1:
+            err = APIError(401, "Send exactly one Authorization header.", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+            return await error_response(err)(scope, receive, send)
+        token = bearer_token(given[0] if given else None)
         if token is not None and key_matches(token, self.keys):
             return await self.app(scope, receive, send)
-        message = "Incorrect API key provided." if token else "You didn't provide an API key (Authorization: Bearer <key>)."
+        missing = "You didn't provide an API key (Authorization: Bearer <key>)."
+        message = "Incorrect API key provided." if token else missing
         err = APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         await error_response(err)(scope, receive, send)

@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 
@@ -50,12 +50,22 @@ from pipelines.sampling import Stage, Track
 from pipelines.unclip import Operation, UnCLIP
 
 from . import scheduler
-from .jobs import EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
+from .jobs import (
+    EngineCrashed,
+    EngineStopped,
+    Job,
+    JobCancelled,
+    JobExpired,
+    JobState,
+    Progress,
+    QueueFull,
+    ServerShutdown,
+)
 from .scheduler import Entry
 from .stats import EngineStats, NullStats
 
 __all__ = ["Engine", "EngineCrashed", "EngineStats", "EngineStopped", "Job", "JobCancelled", "JobExpired",
-           "Progress", "QueueFull"]
+           "Progress", "QueueFull", "ServerShutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +92,12 @@ class Engine:
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
-        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._thread: Optional[threading.Thread] = None
         self._draining = self._stopping = False
         self._crash: Optional[BaseException] = None
         self._tick = 0
         self._run_s: Optional[float] = None  # moving average of finished jobs' run time
+        self._step_s: dict[str, float] = {}  # per stage: moving average of seconds per track-step
         self._gpu_at = 0.0
 
     # ---- public API ------------------------------------------------------------------
@@ -102,28 +112,36 @@ class Engine:
         self._thread.start()
 
     def submit(self, op: Operation, *, kind: str, deadline_s: Optional[float] = None,
-               on_progress: Optional[Callable[[Progress], None]] = None, images: int = 1) -> Job:
-        """Queue an operation. Raises QueueFull (queue at capacity), EngineStopped (draining
-        or stopped) or EngineCrashed at once; never blocks on the engine."""
+               on_progress: Optional[Callable[[Progress], None]] = None, cost_s: Optional[float] = None) -> Job:
+        """Queue an operation (`cost_s`: its estimated run time alone, see `estimate`).
+        Raises QueueFull (queue at capacity), EngineStopped (draining or stopped) or
+        EngineCrashed at once; never blocks on the engine."""
         budget = self._deadline(deadline_s)
         with self._cv:
             reason = self._refusal()
             if reason is None:
-                job = Job(op, kind, budget, on_progress, images, self._cancel)
+                job = Job(op, kind, budget, on_progress, self._cancel, cost_s)
                 self._queue.append(job)
-                self._remember(job)
                 self._cv.notify_all()
             depth = len(self._queue)
         if reason is not None:
-            self._emit("rejected", reason)
+            self._emit(self.stats.rejected, reason)
             raise self._refusal_error(reason, depth)
         self._report_load()
         return job
 
-    def get(self, job_id: str) -> Optional[Job]:
-        """A live or recently finished job by id."""
-        with self._cv:
-            return self._jobs.get(job_id)
+    def estimate(self, work: dict[str, int]) -> Optional[float]:
+        """Seconds an operation of `work` (track-steps per stage, `pipelines.operations.work`)
+        takes alone, from the measured seconds per track-step of each stage; None until every
+        stage it uses has run once (the warm-up runs each)."""
+        used = {stage: steps for stage, steps in work.items() if steps}
+        if any(stage not in self._step_s for stage in used):
+            return None
+        return sum(steps * self._step_s[stage] for stage, steps in used.items())
+
+    def step_s(self, stage: str) -> float:
+        """Measured seconds per track-step of a stage (0 before it has run)."""
+        return self._step_s.get(stage, 0.0)
 
     def drain(self) -> None:
         """Refuse new work; queued and running jobs go on to finish."""
@@ -135,6 +153,16 @@ class Engine:
         """Block until no job is queued or running (True) or `timeout` seconds pass (False)."""
         with self._cv:
             return self._cv.wait_for(lambda: not self._queue and not self._running, timeout)
+
+    def abort(self, error: BaseException) -> None:
+        """Stop now: every held job's future fails with `error` at once (from this thread),
+        and the loop ends after the step it is in; nothing more is computed."""
+        with self._cv:
+            self._stopping = self._draining = True
+            jobs = list(self._queue) + list(self._running)
+            self._cv.notify_all()
+        for job in jobs:
+            job.fail_now(error)
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the loop after the current step; jobs still held fail with EngineStopped."""
@@ -190,16 +218,16 @@ class Engine:
         return EngineStopped("the server is draining or stopped and accepts no new work")
 
     def _retry_after(self, depth: int) -> float:
-        """Seconds until a queue slot is likely free: position x run time / parallel jobs."""
+        """Seconds until a queue slot is likely free, i.e. until a running job ends. The
+        running jobs share the engine, so the one with the least work left (its estimated
+        cost less the step time it had) ends after about that much times their number.
+        Without estimates: queue position x mean run time / parallel jobs."""
+        with self._cv:
+            left = [job.remaining_s() for job in self._running]
+        if left and all(s is not None for s in left):
+            return min(300.0, max(1.0, min(left) * len(left)))
         run_s = self._run_s if self._run_s is not None else 5.0
         return min(300.0, max(1.0, run_s * depth / self.max_running))
-
-    def _remember(self, job: Job) -> None:
-        """Index the job; forget the oldest finished ones beyond a bound (lock held)."""
-        self._jobs[job.id] = job
-        extra = len(self._jobs) - (self.queue_size + self.max_running + 1024)
-        for old in [j for j in self._jobs.values() if j.finished][:max(extra, 0)]:
-            del self._jobs[old.id]
 
     def _cancel(self, job: Job) -> None:
         """Job.cancel(): a queued job ends now; a running one at the next step boundary."""
@@ -271,7 +299,7 @@ class Engine:
                 job = self._queue.popleft()
                 job.state, job.started = "running", time.monotonic()
                 self._running.append(job)
-            self._emit("job_started", job.kind, job.started - job.submitted)
+            self._emit(self.stats.job_started, job.kind, job.started - job.submitted)
             self._report_load()
             self._advance(job)
 
@@ -308,9 +336,12 @@ class Engine:
         failures = self._step(self.pipe.stages[name], batch)
         seconds = time.perf_counter() - started
         self._tick += 1
+        share = seconds / len(batch)
+        self._step_s[name] = share if name not in self._step_s else 0.8 * self._step_s[name] + 0.2 * share
         for entry in batch:
             entry.tick = self._tick
-        self._emit("batch", name, [e.job.kind for e in batch], seconds, [e.job.id for e in batch])
+            entry.job.spent_s += share
+        self._emit(self.stats.batch, name, [e.job.kind for e in batch], seconds, [e.job.id for e in batch])
         for job in _unique(e.job for e in batch):
             if job in failures:
                 self._end(job, "failed", error=failures[job])
@@ -353,7 +384,7 @@ class Engine:
 
     # ---- ending jobs -------------------------------------------------------------------
 
-    def _end(self, job: Job, outcome: str, error: Optional[BaseException] = None) -> None:
+    def _end(self, job: Job, outcome: JobState, error: Optional[BaseException] = None) -> None:
         """End a job that did not complete: cancelled, expired or failed."""
         if error is None:
             error = STOP_ERRORS[outcome](f"job {job.id} {outcome}")
@@ -371,19 +402,21 @@ class Engine:
         if job.state == "done" and job.started is not None:
             run_s = job.ended - job.started
             self._run_s = run_s if self._run_s is None else 0.8 * self._run_s + 0.2 * run_s
-        self._emit("job_finished", job.kind, job.state, seconds, images)
+        self._emit(self.stats.job_finished, job.kind, job.state, seconds, images)
         self._report_load()
 
     # ---- stats ---------------------------------------------------------------------------
 
-    def _emit(self, name: str, *args) -> None:
+    @staticmethod
+    def _emit(report: Callable[..., None], *args: Any) -> None:
+        """Call one of the stats' methods; an exception from it is logged, never raised."""
         try:
-            getattr(self.stats, name)(*args)
+            report(*args)
         except Exception:  # noqa: BLE001 - stats never break the engine
-            log.warning("stats.%s failed", name, exc_info=True)
+            log.warning("stats.%s failed", getattr(report, "__name__", report), exc_info=True)
 
     def _report_load(self) -> None:
-        self._emit("load", len(self._queue), len(self._running))
+        self._emit(self.stats.load, len(self._queue), len(self._running))
 
     def _gpu_memory(self) -> None:
         """CUDA memory, at most once a second."""
@@ -392,7 +425,7 @@ class Engine:
         if torch.device(device).type != "cuda" or now - self._gpu_at < 1.0:
             return
         self._gpu_at = now
-        self._emit("gpu_memory", torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+        self._emit(self.stats.gpu_memory, torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
 
 
 def _unique(jobs: Iterable[Job]) -> list[Job]:
@@ -401,10 +434,10 @@ def _unique(jobs: Iterable[Job]) -> list[Job]:
 
 def _image_count(job: Job) -> int:
     """Images a finished job produced (0 unless it is done)."""
-    if job.state != "done":
+    if job.state != "done" or job.future.cancelled():
         return 0
-    images = getattr(job.future.result(), "images", None) if not job.future.cancelled() else None
-    return int(images.shape[0]) if images is not None else job.images
+    images = getattr(job.future.result(), "images", None)
+    return int(images.shape[0]) if images is not None else 0
 
 
 def _snapshot(tracks: list[Track]) -> tuple[list, list]:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import InvalidInput
 
-from .engine import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull
+from .engine import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull, ServerShutdown
 
 
 class APIError(Exception):
@@ -73,6 +73,9 @@ def from_exception(exc: Exception) -> APIError:
         retry = max(1, math.ceil(exc.retry_after_s))
         return APIError(429, "The server is at capacity: too many queued requests. Retry later.",
                         "rate_limit_error", code="queue_full", headers={"Retry-After": str(retry)})
+    if isinstance(exc, ServerShutdown):
+        return unavailable("The server shut down before the images were ready; retry on another replica.",
+                           "shutdown")
     if isinstance(exc, EngineCrashed):
         return unavailable("The server's engine stopped working.", "engine_unavailable")
     if isinstance(exc, EngineStopped):
@@ -82,7 +85,8 @@ def from_exception(exc: Exception) -> APIError:
     if isinstance(exc, JobExpired):
         return APIError(504, "The request's deadline passed before the images were ready.", "server_error",
                         code="deadline_exceeded")
-    return APIError(500, "The server had an error while processing your request.", "server_error", code="internal_error")
+    return APIError(500, "The server had an error while processing your request.", "server_error",
+                    code="internal_error")
 
 
 def unavailable(message: str, code: str) -> APIError:
@@ -94,7 +98,8 @@ def _http_error(status: int, detail: Any) -> APIError:
     """Starlette's HTTPException (unknown route, wrong method, body parse errors)."""
     message = detail if isinstance(detail, str) else "Request error"
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    return APIError(status, message, "invalid_request_error" if status < 500 else "server_error", code=codes.get(status))
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return APIError(status, message, kind, code=codes.get(status))
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -27,9 +27,11 @@ class ImageMeta:
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
 
-    def chunks(self, index: int, theta: Optional[float] = None) -> dict[str, str]:
-        """tEXt chunks of image `index`: one per parameter plus all of them as JSON."""
-        values = {k: v for k, v in self.params.items() if v is not None}
+    def chunks(self, index: int, theta: Optional[float] = None, settings: Optional[dict[str, Any]] = None
+               ) -> dict[str, str]:
+        """tEXt chunks of image `index`: one per parameter (the operation's `settings` as
+        used win over the request's) plus all of them as JSON."""
+        values = {k: v for k, v in {**self.params, **(settings or {})}.items() if v is not None}
         values.update(model=self.model, operation=self.operation, seed=self.seed + index)
         if theta is not None:
             values["theta"] = theta
@@ -41,8 +43,7 @@ class ImageMeta:
 
 def thetas_of(result: OpResult) -> list[Optional[float]]:
     """The theta of every image (interpolations, text diffs) or None for each."""
-    thetas = (result.extra or {}).get("thetas")
-    n = result.images.shape[0]
+    thetas, n = result.thetas, result.images.shape[0]
     return [float(t) for t in thetas] if thetas is not None and len(thetas) == n else [None] * n
 
 
@@ -50,7 +51,7 @@ def encode_pngs(result: OpResult, meta: ImageMeta) -> list[bytes]:
     """result.images [n, 3, S, S] in [-1, 1] -> n PNG files with their parameters."""
     pixels = to_uint8(result.images)
     thetas = thetas_of(result)
-    return [png_bytes(pixels[i], meta.chunks(i, thetas[i])) for i in range(len(pixels))]
+    return [png_bytes(pixels[i], meta.chunks(i, thetas[i], result.settings)) for i in range(len(pixels))]
 
 
 def image_items(

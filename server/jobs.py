@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 from pipelines.sampling import group_key
 from pipelines.unclip import Operation, StageRequest
@@ -22,8 +22,9 @@ from .scheduler import Entry
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "expired")
-FINAL = frozenset(STATES[2:])
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
+STATES: tuple[JobState, ...] = get_args(JobState)
+FINAL: frozenset[JobState] = frozenset(STATES[2:])
 
 
 class QueueFull(Exception):
@@ -37,6 +38,10 @@ class QueueFull(Exception):
 
 class EngineStopped(Exception):
     """The engine accepts no new work (draining or stopped), or stopped before the job ended."""
+
+
+class ServerShutdown(EngineStopped):
+    """The server shut down (drain grace over, or a second signal) before the job ended."""
 
 
 class EngineCrashed(EngineStopped):
@@ -70,22 +75,23 @@ class Job:
     ended it (the op's own, JobCancelled, JobExpired, EngineStopped, EngineCrashed)."""
 
     def __init__(self, op: Operation, kind: str, deadline_s: float,
-                 on_progress: Optional[Callable[[Progress], None]], images: int,
-                 canceller: Callable[["Job"], None]):
+                 on_progress: Optional[Callable[[Progress], None]], canceller: Callable[["Job"], None],
+                 cost_s: Optional[float] = None):
         self.id = "job_" + uuid.uuid4().hex[:20]
-        self.kind, self.op, self.images = kind, op, images
+        self.kind, self.op = kind, op
         self.future: concurrent.futures.Future = concurrent.futures.Future()
-        self.state = "queued"
+        self.state: JobState = "queued"
         self.seq = next(_SEQ)
         self.submitted = time.monotonic()
         self.started: Optional[float] = None
         self.ended: Optional[float] = None
         self.deadline = self.submitted + deadline_s
         self.on_progress = on_progress
+        self.cost_s = cost_s  # estimated run time alone (None: unknown)
+        self.spent_s = 0.0  # this job's share of the model calls it was in
         self.cancel_requested = False
         self.request: Optional[StageRequest] = None
         self.entries: list[Entry] = []
-        self.steps = 0  # model calls this job took part in
         self._progress: tuple[int, int] = (0, 0)  # (request number, step) last reported
         self._requests = 0
         self._canceller = canceller
@@ -99,11 +105,24 @@ class Job:
             self.cancel_requested = True
             self._canceller(self)
 
+    def remaining_s(self) -> Optional[float]:
+        """Estimated seconds of work left (None without an estimate)."""
+        return None if self.cost_s is None else max(self.cost_s - self.spent_s, 0.0)
+
+    def fail_now(self, error: BaseException) -> None:
+        """From any thread: resolve the future with `error` at once, so that its client is
+        answered now; the engine thread still closes the job when it next holds it."""
+        try:
+            if not self.future.done():
+                self.future.set_exception(error)
+        except concurrent.futures.InvalidStateError:  # resolved meanwhile
+            pass
+
     @property
     def finished(self) -> bool:
         return self.state in FINAL
 
-    def stop_reason(self, now: float) -> Optional[str]:
+    def stop_reason(self, now: float) -> Optional[JobState]:
         """'cancelled' or 'expired' when the job must stop now, else None."""
         if self.cancel_requested or self.future.cancelled():
             return "cancelled"
@@ -138,7 +157,6 @@ class Job:
     def stepped(self) -> bool:
         """After a model call that included this job: drop finished tracks, report progress.
         True when the current stage request is complete."""
-        self.steps += 1
         self.entries = [e for e in self.entries if not e.track.done]
         self._report()
         return not self.entries
@@ -154,7 +172,7 @@ class Job:
         except Exception:  # noqa: BLE001 - a listener never breaks the job
             log.warning("progress callback of %s failed", self.id, exc_info=True)
 
-    def finish(self, state: str, result: Any = None, error: Optional[BaseException] = None) -> bool:
+    def finish(self, state: JobState, result: Any = None, error: Optional[BaseException] = None) -> bool:
         """Move to a final state, resolve the future and close the op. False if already final."""
         if self.state in FINAL:
             return False

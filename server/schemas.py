@@ -12,6 +12,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.operations import DEFAULTS, Mode
+
 MAX_PROMPT = 1000
 MAX_N = 10
 MAX_FRAMES = 16
@@ -36,7 +38,8 @@ class PriorSampling(Params):
 
     prior_steps: Optional[int] = Field(None, ge=1, le=1000, description="prior diffusion steps")
     prior_guidance: Optional[float] = Field(None, ge=0, le=100, description="prior classifier-free guidance scale")
-    best_of: Optional[int] = Field(None, ge=1, le=16, description="prior samples per image; the one closest to the text is kept")
+    best_of: Optional[int] = Field(None, ge=1, le=16,
+                                   description="prior samples per image; the one closest to the text is kept")
 
 
 class DecoderSampling(Params):
@@ -50,7 +53,8 @@ class DecoderSampling(Params):
 class Output(DecoderSampling):
     """Fields about the output shared by every image endpoint."""
 
-    size: Optional[str] = Field(None, description="'WxH', square, one the model produces; default the largest ('auto' too)")
+    size: Optional[str] = Field(None,
+                                description="'WxH', square, one the model produces; default the largest ('auto' too)")
     response_format: Optional[Literal["url", "b64_json"]] = Field(None, description="default 'url'")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="image i uses seed + i; default random")
     model: Optional[str] = Field(None, description="this model's name, 'unclip', or an OpenAI image model name")
@@ -62,7 +66,7 @@ class GenerationRequest(Output, PriorSampling):
     """POST /v1/images/generations (JSON)."""
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
-    n: Optional[int] = Field(None, ge=1, le=MAX_N)
+    n: int = Field(1, ge=1, le=MAX_N, description="how many images")
     quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
     stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
 
@@ -71,26 +75,30 @@ class EditRequest(Output, PriorSampling):
     """POST /v1/images/edits (multipart; files `image`/`image[]` and optional `mask`)."""
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
-    n: Optional[int] = Field(None, ge=1, le=MAX_N)
+    n: int = Field(1, ge=1, le=MAX_N, description="how many images")
     quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
-    resample: Optional[int] = Field(None, ge=1, le=10, description="RePaint-style repeats of every step (1: none)")
+    resample: Optional[int] = Field(None, ge=1, le=10, description="RePaint-style repeats of every step "
+                                    f"(1: none; default {DEFAULTS.resample})")
     stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
 
 
 class VariationRequest(Output):
     """POST /v1/images/variations (multipart; file `image`)."""
 
-    n: Optional[int] = Field(None, ge=1, le=MAX_N)
-    eta: Optional[float] = Field(None, ge=0, le=1, description="DDIM eta: 0 reconstructs the image, larger varies more (default 0.8)")
+    n: int = Field(1, ge=1, le=MAX_N, description="how many images")
+    eta: Optional[float] = Field(None, ge=0, le=1, description="DDIM eta: 0 reconstructs the image, larger varies more "
+                                 f"(default {DEFAULTS.eta})")
 
 
 class InterpolationRequest(Output, PriorSampling):
     """POST /v1/images/interpolations (multipart): files `image[]` x2, or `prompt[]` x2."""
 
     prompt: Optional[list[str]] = Field(None, description="two prompts (form fields `prompt[]` or `prompt`, twice)")
-    frames: Optional[int] = Field(None, ge=2, le=MAX_FRAMES, description="evenly spaced thetas from 0 to 1 (default 5)")
-    thetas: Optional[list[float]] = Field(None, min_length=1, max_length=MAX_FRAMES, description="explicit thetas in [0, 1]")
-    mode: Optional[Literal["slerp", "fixed"]] = Field(None, description="x_T slerped between the inputs (default) or fixed")
+    frames: Optional[int] = Field(None, ge=2, le=MAX_FRAMES,
+                                  description=f"evenly spaced thetas from 0 to 1 (default {DEFAULTS.frames})")
+    thetas: Optional[list[float]] = Field(None, min_length=1, max_length=MAX_FRAMES,
+                                          description="explicit thetas in [0, 1]")
+    mode: Optional[Mode] = Field(None, description=f"x_T slerped between the inputs or fixed (default {DEFAULTS.mode})")
 
 
 class TextDiffRequest(Output):
@@ -98,8 +106,9 @@ class TextDiffRequest(Output):
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT, description="the target description")
     source_prompt: str = Field("", max_length=MAX_PROMPT, description="a description of the current image")
-    frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES, description="default 5")
-    max_theta: Optional[float] = Field(None, ge=0, le=1, description="the last frame's theta (default 0.5)")
+    frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES, description=f"default {DEFAULTS.frames}")
+    max_theta: Optional[float] = Field(None, ge=0, le=1,
+                                       description=f"the last frame's theta (default {DEFAULTS.max_theta})")
 
 
 class ImageData(BaseModel):

@@ -1,13 +1,17 @@
-"""Server settings, read from the environment (prefix `UNCLIP_`, e.g. `UNCLIP_PORT=8080`)."""
+"""Server settings, read from the environment (prefix `UNCLIP_`, e.g. `UNCLIP_PORT=8080`) and, by
+`python -m server` only, from the command line (`--port 8080`; a flag beats its variable)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
+
+PROG = "python -m server"
 
 
 class Settings(BaseSettings):
@@ -17,23 +21,47 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(Path("weights/default"), description="model directory (stack.json + safetensors)")
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 to listen on every interface)")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     api_keys: str = Field("", description="comma-separated bearer keys; empty: no authentication")
+    files_require_key: bool = Field(False, description="with api_keys: image URLs (/v1/files/images/) need a key "
+                                    "too; default: their unguessable id is the credential")
     public_url: Optional[str] = Field(None, description="base of image URLs; default: the request's own base URL")
     max_batch: int = Field(8, ge=1, description="most samples in one batched model call")
     queue_size: int = Field(32, ge=1, description="most jobs waiting; beyond it requests get 429")
     default_deadline_s: float = Field(600.0, gt=0, description="a job not finished by then fails with 504")
-    max_deadline_s: float = Field(1800.0, gt=0)
+    max_deadline_s: float = Field(1800.0, gt=0, description="cap of any job's deadline")
     url_ttl_s: float = Field(3600.0, gt=0, description="how long a response_format=url image is served")
     url_store_max_bytes: int = Field(512 * 2**20, ge=1, description="memory bound of the URL image store")
     max_upload_bytes: int = Field(4 * 2**20, ge=1, description="per uploaded image (OpenAI: less than 4 MB)")
     max_request_body_bytes: int = Field(20 * 2**20, ge=1, description="whole request body; beyond it 413")
-    max_image_pixels: int = Field(4096 * 4096, ge=1, description="decoded pixel limit of an upload")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="decoded pixel limit of an upload (uploads are "
+                                  "reduced to the model's size once decoded; two decode at a time)")
+    max_steps: int = Field(250, ge=1, le=1000, description="most diffusion steps a request may ask of a stage")
+    max_best_of: int = Field(8, ge=1, le=16, description="most prior samples per image (best_of) a request may ask")
+    admission_check: bool = Field(True, description="refuse at once (400) a request whose estimated run time, "
+                                  "from the measured step times, exceeds the deadline")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto",
+                                                  description="where the model runs; auto: CUDA when available")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="weights' dtype; auto: float16 on CUDA, float32 on CPU")
     warmup: bool = Field(True, description="run one tiny generation before reporting ready")
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long running jobs may finish")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="log level of the server and uvicorn")
+
+    @classmethod
+    def from_cli(cls, argv: Optional[Sequence[str]] = None) -> Settings:
+        """Settings from command-line flags (default: sys.argv[1:]) over the environment over defaults.
+
+        Like argparse, `--help` prints the help and exits 0; an unknown flag or a bad value (from a
+        flag or a variable) prints the usage and an error on stderr and exits 2.
+        """
+        source = CliSettingsSource(cls, cli_prog_name=PROG, cli_kebab_case=True, cli_show_env_vars=True)
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return CliApp.run(cls, cli_args=args, cli_settings_source=source)
+        except ValidationError as err:
+            source.root_parser.error(_describe(err, cls.model_config["env_prefix"]))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -49,3 +77,13 @@ class Settings(BaseSettings):
     def torch_dtype(self) -> Optional[torch.dtype]:
         """The weights' dtype; None lets the loader choose (fp16 on CUDA, fp32 on CPU)."""
         return None if self.dtype == "auto" else getattr(torch, self.dtype)
+
+
+def _describe(err: ValidationError, env_prefix: str) -> str:
+    """A ValidationError as one line per error, naming the field's flag and variable."""
+    lines = []
+    for e in err.errors():
+        name = str(e["loc"][0]) if e["loc"] else ""
+        where = f"--{name.replace('_', '-')} / {env_prefix}{name.upper()}" if name else "settings"
+        lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)

@@ -1,1 +1,2 @@
-"""HTTP routes, one module per endpoint family, plus shared helpers (jobs, forms, stream)."""
+"""HTTP routes, one module per endpoint family, plus what they share: `common` (parse,
+target, serve), `bodies` (JSON and multipart bodies), `running` (engine jobs), `stream` (SSE)."""

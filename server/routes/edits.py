@@ -11,13 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pipelines.imageio import keep_mask
-from pipelines.operations import inpaint
+from pipelines.operations import DEFAULTS, inpaint, work
 
+from ..runtime import ReadyRuntime
 from ..schemas import EditRequest, ImagesResponse
-from .forms import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import check_model, meta_for, new_seed, parse_params, parse_size, respond, run, runtime, sampling, submit
-from .stream import progress_queue, stream_response
+from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
+from .common import parse_params, sampling, serve, target
+from .stream import SSE_RESPONSE
 
 router = APIRouter()
 
@@ -27,24 +27,18 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit (also as `image[]
 
 @router.post(
     "/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
-    openapi_extra=multipart_body(EditRequest, FILES, required=("image",)),
+    openapi_extra=multipart_body(EditRequest, FILES, required=("image",)), responses=SSE_RESPONSE,
     summary="Edit an image: regenerate its transparent area from a prompt (inpainting)",
 )
-async def create_edit(request: Request) -> Any:
-    rt = runtime(request)
+async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     params: EditRequest = parse_params(EditRequest, text_fields(form, files=tuple(FILES)))
-    check_model(rt, params.model)
-    size, seed, n = parse_size(rt, params.size), new_seed(params.seed), params.n or 1
+    out = target(rt, params)
     image = await load_image(rt, one_upload(form, "image"), "image")
     mask_file = one_upload(form, "mask", required=False)
     mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
-    tensor, keep = square_tensor(image, "image"), keep_mask(image, mask)
-    op = inpaint(rt.pipe, tensor, keep, params.prompt, n=n, seed=seed, size=size,
-                 resample=params.resample or 1, opts=sampling(params))
-    meta = meta_for(rt, "edit", seed, params, size, n=n)
-    if params.stream:
-        queue, hook = progress_queue()
-        return stream_response(request, submit(rt, op, "edit", n, on_progress=hook), queue, meta, "image_edit", size)
-    result = await run(request, rt, op, "edit", n)
-    return await respond(request, rt, result, meta, params.response_format)
+    opts, resample = sampling(params), params.resample or DEFAULTS.resample
+    op = inpaint(rt.pipe, square_tensor(image), edit_mask(image, mask), params.prompt, n=params.n,
+                 seed=out.seed, size=out.size, resample=resample, opts=opts)
+    cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
+    return await serve(request, rt, params, op, "edit", out, cost)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from ..errors import APIError
+from ..runtime import AppRuntime
 
 router = APIRouter()
 
@@ -19,8 +20,8 @@ router = APIRouter()
     "/files/images/{image_id}.png", response_class=Response, summary="Fetch an image by URL",
     responses={200: {"content": {"image/png": {}}}},
 )
-async def get_image(image_id: str, request: Request) -> Response:
-    store = request.app.state.runtime.store
+async def get_image(image_id: str, rt: AppRuntime) -> Response:
+    store = rt.store
     data = store.get(image_id)
     if data is None:
         raise APIError(404, "This image does not exist or has expired.", param="image_id", code="not_found")

@@ -7,21 +7,21 @@ up, 503 while loading and while draining. /metrics: Prometheus text format.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+
+from ..runtime import AppRuntime
 
 router = APIRouter()
 
 
 @router.get("/health", summary="Liveness")
-async def health(request: Request) -> JSONResponse:
-    rt = request.app.state.runtime
+async def health(rt: AppRuntime) -> JSONResponse:
     return JSONResponse({"status": rt.state}, status_code=200 if rt.alive else 503)
 
 
 @router.get("/ready", summary="Readiness")
-async def ready(request: Request) -> JSONResponse:
-    rt = request.app.state.runtime
+async def ready(rt: AppRuntime) -> JSONResponse:
     body = {"status": rt.state, "model": rt.model_name}
     if rt.engine is not None:
         body.update(queue_depth=rt.engine.queue_depth, running=rt.engine.running)
@@ -29,6 +29,6 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    body, content_type = request.app.state.runtime.metrics.render()
+async def metrics(rt: AppRuntime) -> Response:
+    body, content_type = rt.metrics.render()
     return Response(body, media_type=content_type)

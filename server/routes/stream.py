@@ -24,9 +24,13 @@ from fastapi.responses import StreamingResponse
 from ..engine import Job, JobCancelled, Progress
 from ..errors import APIError, error_body
 from ..images import ImageMeta, encode_pngs
-from .common import cancel_on_disconnect, job_error
+from .running import cancel_on_disconnect, job_error
 
 _DONE = object()
+# OpenAPI: with `stream=true` the 200 answer is an event stream instead of JSON.
+SSE_RESPONSE = {200: {"description": "JSON images, or with `stream=true` Server-Sent Events "
+                                     "(`<prefix>.progress`, `<prefix>.completed`, `error`)",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
          "output_tokens": 0, "total_tokens": 0}
 

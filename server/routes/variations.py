@@ -1,7 +1,7 @@
 """POST /v1/images/variations: variations of an image (multipart, OpenAI-compatible).
 
 The image is DDIM-inverted under its own CLIP embedding and decoded again with DDIM at
-`eta` (extension; 0 reconstructs the image, larger varies more; default 0.8).
+`eta` (extension; 0 reconstructs the image, larger varies more).
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pipelines.operations import variations
+from pipelines.operations import variations, work
 
+from ..runtime import ReadyRuntime
 from ..schemas import ImagesResponse, VariationRequest
-from .forms import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import check_model, meta_for, new_seed, parse_params, parse_size, respond, run, runtime, sampling
+from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
+from .common import parse_params, sampling, serve, target
 
 router = APIRouter()
 
 FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
-DEFAULT_ETA = 0.8
 
 
 @router.post(
@@ -27,15 +27,12 @@ DEFAULT_ETA = 0.8
     openapi_extra=multipart_body(VariationRequest, FILES, required=("image",)),
     summary="Create variations of an image",
 )
-async def create_variation(request: Request) -> Any:
-    rt = runtime(request)
+async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     params: VariationRequest = parse_params(VariationRequest, text_fields(form, files=tuple(FILES)))
-    check_model(rt, params.model)
-    size, seed, n = parse_size(rt, params.size), new_seed(params.seed), params.n or 1
-    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"), "image")
-    eta = DEFAULT_ETA if params.eta is None else params.eta
-    op = variations(rt.pipe, image, n=n, seed=seed, size=size, eta=eta, opts=sampling(params))
-    result = await run(request, rt, op, "variation", n)
-    return await respond(request, rt, result, meta_for(rt, "variation", seed, params, size, n=n, eta=eta),
-                         params.response_format)
+    out = target(rt, params)
+    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
+    opts = sampling(params)
+    op = variations(rt.pipe, image, n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
+    cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
+    return await serve(request, rt, params, op, "variation", out, cost)

@@ -76,20 +76,20 @@ class ServerProc:
         return self.exit_code
 
 
-def wait_ready(server: ServerProc, timeout: float = 180.0) -> None:
-    """Poll /ready until 200; fail with the server's log if it dies or takes too long."""
+def wait_ready(server: ServerProc, timeout: float = 180.0, path: str = "/ready") -> None:
+    """Poll `path` until 200; fail with the server's log if it dies or takes too long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()[-4000:]}")
         try:
-            if httpx.get(server.url("/ready"), timeout=2).status_code == 200:
+            if httpx.get(server.url(path), timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()[-4000:]}")
+    raise RuntimeError(f"no 200 from {path} after {timeout} s:\n{server.log()[-4000:]}")
 
 
 def launch(model_dir: Path, log_dir: Path, env: Optional[dict[str, str]] = None, wait: bool = True) -> ServerProc:
@@ -110,7 +110,8 @@ def launch(model_dir: Path, log_dir: Path, env: Optional[dict[str, str]] = None,
 
 
 @pytest.fixture(scope="session")
-def launch_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProc]]:
+def launch_server(tiny_model_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProc]]:
     """A factory of servers (keyword: env, wait); every one is stopped at the end."""
     started: list[ServerProc] = []
     log_dir = tmp_path_factory.mktemp("server-logs")

@@ -19,7 +19,8 @@ def decoded(res) -> list:
 
 def test_edit_with_mask_keeps_opaque_area(client: openai.OpenAI) -> None:
     image = png(64, seed=1)
-    res = client.images.edit(image=("in.png", image, "image/png"), mask=("mask.png", png(64, half_transparent(64)), "image/png"),
+    res = client.images.edit(image=("in.png", image, "image/png"),
+                             mask=("mask.png", png(64, half_transparent(64)), "image/png"),
                              prompt="a green field", n=2, size="64x64", response_format="b64_json",
                              extra_body={**FAST, "seed": 3})
     outs = decoded(res)
@@ -92,7 +93,8 @@ def test_edit_missing_image_and_wrong_content_type(server: ServerProc, http: htt
     assert r.status_code == 400 and r.json()["error"]["param"] == "image"
     r = http.post("/v1/images/edits", json={"prompt": "x"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"
-    r = http.post("/v1/images/edits", data={"prompt": "x", "n": "two"}, files={"image": ("a.png", png(32), "image/png")})
+    r = http.post("/v1/images/edits", data={"prompt": "x", "n": "two"},
+                  files={"image": ("a.png", png(32), "image/png")})
     body = r.json()["error"]
     assert r.status_code == 400 and body["param"] == "n" and "n" in body["message"], json.dumps(body)
 

@@ -36,7 +36,8 @@ def test_interpolate_two_prompts_with_thetas(http: httpx.Client) -> None:
 
 def test_interpolate_url_by_repeated_image_field(http: httpx.Client) -> None:
     files = [("image", ("a.png", png(32, seed=1), "image/png")), ("image", ("b.png", png(32, seed=2), "image/png"))]
-    r = http.post("/v1/images/interpolations", files=files, data={"frames": "2", "size": "32x32", **_text(FAST_DECODER)})
+    r = http.post("/v1/images/interpolations", files=files,
+                  data={"frames": "2", "size": "32x32", **_text(FAST_DECODER)})
     assert r.status_code == 200 and all(httpx.get(d["url"]).status_code == 200 for d in r.json()["data"])
 
 

@@ -22,15 +22,18 @@ HEAVY = {"prior_steps": 1000, "decoder_steps": 1000, "upsampler_steps": 1000, "b
 
 @pytest.fixture(scope="module")
 def strict(launch_server: Callable[..., ServerProc]) -> ServerProc:
-    """Small body and upload limits, a 1 s default deadline."""
+    """Small body and upload limits, a 1 s default deadline; no admission check, so that a
+    heavy request runs into its deadline (504)."""
     return launch_server(env={"UNCLIP_MAX_REQUEST_BODY_BYTES": "200000", "UNCLIP_MAX_UPLOAD_BYTES": "30000",
-                              "UNCLIP_MAX_IMAGE_PIXELS": "4096", "UNCLIP_DEFAULT_DEADLINE_S": "1"})
+                              "UNCLIP_MAX_IMAGE_PIXELS": "4096", "UNCLIP_DEFAULT_DEADLINE_S": "1",
+                              "UNCLIP_MAX_STEPS": "1000", "UNCLIP_ADMISSION_CHECK": "false"})
 
 
 @pytest.fixture(scope="module")
 def small_queue(launch_server: Callable[..., ServerProc]) -> ServerProc:
-    """One job at a time, one waiting."""
-    return launch_server(env={"UNCLIP_QUEUE_SIZE": "1", "UNCLIP_MAX_BATCH": "1", "UNCLIP_DRAIN_GRACE_S": "60"})
+    """One job at a time, one waiting; heavy requests allowed."""
+    return launch_server(env={"UNCLIP_QUEUE_SIZE": "1", "UNCLIP_MAX_BATCH": "1", "UNCLIP_DRAIN_GRACE_S": "60",
+                              "UNCLIP_MAX_STEPS": "1000"})
 
 
 def test_body_over_limit_is_413(strict: ServerProc) -> None:

@@ -65,7 +65,7 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pngs_carry_parameters_and_thetas() -> None:
-    result = OpResult(torch.zeros(2, 3, 8, 8), extra={"thetas": [0.0, 0.5]})
+    result = OpResult(torch.zeros(2, 3, 8, 8), thetas=[0.0, 0.5])
     meta = ImageMeta("tiny", "interpolation", 40, {"prompt": "p", "decoder_steps": 3, "eta": None})
     pngs = encode_pngs(result, meta)
     img = Image.open(io.BytesIO(pngs[1]))

@@ -1,10 +1,13 @@
-"""Multipart requests: reading the form, its text fields and files, checking uploaded
-images before any work, and describing multipart bodies in OpenAPI."""
+"""Request bodies: reading a JSON object or a form (its text fields and files), checking
+uploaded images before any work, and describing both kinds of body in OpenAPI."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Optional
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from fastapi import Request
@@ -12,14 +15,31 @@ from PIL import Image
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 
-from pipelines.imageio import open_image, to_tensor
+from pipelines.imageio import keep_mask, open_image, reduce, to_uint8_tensor
 
 from ..errors import APIError, bad_request
-
-if TYPE_CHECKING:
-    from ..app import Runtime
+from ..runtime import Runtime
+from .multipart import FieldError, NamingParser
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+FORM_LIMITS = {"max_files": 8, "max_fields": 200, "max_part_size": 64 * 1024}  # a part: one text field
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (400 saying why otherwise: not UTF-8, not JSON, nested too
+    deeply, a number too long, not an object)."""
+    body = await request.body()
+    try:
+        raw = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise bad_request(None, f"The body is not valid UTF-8 (byte {err.start}).", "invalid_json") from None
+    except RecursionError:
+        raise bad_request(None, "The JSON body is nested too deeply.", "invalid_json") from None
+    except ValueError as err:  # json.JSONDecodeError, or an integer over Python's digit limit
+        raise bad_request(None, f"The body is not valid JSON: {err}.", "invalid_json") from None
+    if not isinstance(raw, dict):
+        raise bad_request(None, f"The body must be a JSON object, got {type(raw).__name__}.", "invalid_json")
+    return raw
 
 
 async def read_form(request: Request) -> FormData:
@@ -29,7 +49,11 @@ async def read_form(request: Request) -> FormData:
         raise bad_request(None, f"Expected a multipart/form-data body, got content-type {ctype or 'none'!r}.",
                           "invalid_content_type")
     try:
-        return await request.form(max_files=8, max_fields=200, max_part_size=64 * 1024)
+        if ctype.startswith("multipart/form-data"):
+            return await NamingParser(request.headers, request.stream(), **FORM_LIMITS).parse()
+        return await request.form(**FORM_LIMITS)
+    except FieldError as err:
+        raise bad_request(err.field, err.message, err.code) from None
     except Exception as err:  # noqa: BLE001 - python-multipart raises several kinds
         detail = getattr(err, "detail", None) or str(err) or type(err).__name__
         raise bad_request(None, f"Malformed form body: {detail}", "invalid_form") from None
@@ -74,20 +98,54 @@ def one_upload(form: FormData, name: str, required: bool = True) -> Optional[Upl
     return files[0] if files else None
 
 
-async def load_image(rt: "Runtime", upload: UploadFile, param: str) -> Image.Image:
-    """Read and decode one upload: size limit, format, pixel limit (400 naming param)."""
+@dataclass(frozen=True)
+class Upload:
+    """A decoded upload, reduced at once to what the model uses (`Runtime.input_side`):
+    what a queued job holds of it is at most that many pixels, in uint8."""
+
+    image: Image.Image  # longer side at most the runtime's input side
+    size: tuple[int, int]  # (width, height) as uploaded
+    param: str
+
+
+# Uploads decode on these two threads only: a decode holds the full image (4 bytes a pixel,
+# up to max_image_pixels) until it is reduced, and the allocator keeps what a thread freed
+# for that thread's next decode. Two threads bound both the transient and what stays.
+DECODERS = ThreadPoolExecutor(2, thread_name_prefix="decode")
+
+
+async def load_image(rt: Runtime, upload: UploadFile, param: str) -> Upload:
+    """Read, check and decode one upload, and reduce it: size limit, format, pixel limit
+    (400 naming param)."""
     limit = rt.settings.max_upload_bytes
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise APIError(400, f"'{param}' must be less than {limit / 2**20:g} MB.", param=param, code="image_too_large")
-    return await asyncio.to_thread(open_image, data, param, rt.settings.max_image_pixels)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(DECODERS, _decode, data, param, rt.settings.max_image_pixels, rt.input_side)
 
 
-def square_tensor(img: Image.Image, param: str) -> torch.Tensor:
-    """RGB tensor [1, 3, H, W] of an image that must be square."""
-    if img.width != img.height:
-        raise bad_request(param, f"'{param}' must be square, got {img.width}x{img.height}.", "image_not_square")
-    return to_tensor(img)
+def _decode(data: bytes, param: str, max_pixels: int, side: int) -> Upload:
+    img = open_image(data, param, max_pixels)
+    return Upload(reduce(img, side), img.size, param)
+
+
+def square_tensor(upload: Upload) -> torch.Tensor:
+    """RGB tensor [1, 3, h, w] uint8 of an upload that must be square."""
+    (width, height), param = upload.size, upload.param
+    if width != height:
+        raise bad_request(param, f"'{param}' must be square, got {width}x{height}.", "image_not_square")
+    return to_uint8_tensor(upload.image)
+
+
+def edit_mask(image: Upload, mask: Optional[Upload]) -> torch.Tensor:
+    """keep [1, 1, h, w] (1 = keep) of an edit: from the mask, which must have the image's
+    size as uploaded, or from the image's own alpha."""
+    if mask is not None and mask.size != image.size:
+        raise bad_request("mask", f"'mask' is {mask.size[0]}x{mask.size[1]} but the image is "
+                                  f"{image.size[0]}x{image.size[1]}")
+    return keep_mask(image.image, mask.image.resize(image.image.size, Image.Resampling.NEAREST)
+                     if mask is not None else None)
 
 
 def multipart_body(model: type[BaseModel], files: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, Any]:

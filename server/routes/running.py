@@ -1,0 +1,62 @@
+"""Running a request's operation: submit it to the engine, await its result (cancelled
+when the client goes away), and map its failure to an API error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Optional
+
+from fastapi import Request
+
+from pipelines.operations import OpResult
+from pipelines.unclip import Operation
+
+from ..engine import Job, JobCancelled, Progress
+from ..errors import APIError, from_exception
+from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def submit(rt: Runtime, op: Operation, kind: str, on_progress: Optional[Callable[[Progress], None]] = None,
+           cost_s: Optional[float] = None) -> Job:
+    """Hand an operation to the engine (QueueFull -> 429, EngineStopped -> 503)."""
+    return rt.engine.submit(op, kind=kind, on_progress=on_progress, cost_s=cost_s)
+
+
+async def cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Wait for the client to go away, then cancel its job."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            if not job.future.done():
+                log.info("client went away: cancelling job %s", job.id)
+                job.cancel()
+            return
+
+
+async def await_job(request: Request, job: Job) -> OpResult:
+    """The job's result; a client disconnect cancels it; failures become API errors."""
+    watcher = asyncio.create_task(cancel_on_disconnect(request, job))
+    try:
+        return await asyncio.wrap_future(job.future)
+    except asyncio.CancelledError:
+        if job.future.cancelled() and not asyncio.current_task().cancelling():
+            raise job_error(request, job, JobCancelled()) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped error
+        raise job_error(request, job, exc) from None
+    finally:
+        watcher.cancel()
+        if not job.future.done():
+            job.cancel()
+
+
+def job_error(request: Request, job: Job, exc: Exception) -> APIError:
+    """Map a job's exception to an API error, logging failures with their request id."""
+    err = from_exception(exc)
+    if err.status >= 500:
+        rid = request.scope.get("state", {}).get("request_id", "-")
+        log.error("job %s (%s) failed: %s", job.id, rid, err.code, exc_info=exc if err.status == 500 else None)
+    return err

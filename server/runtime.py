@@ -1,0 +1,129 @@
+"""The runtime: everything a request needs besides itself (settings, model, engine,
+metrics, URL store, lifecycle state), one per app, and how routes reach it.
+
+Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
+/health 200 "loading", /ready 503), then one tiny generation warms it up and the state
+turns "ready". `begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503,
+new work refused with 503, the engine finishes what it holds.
+
+Routes take the runtime as a FastAPI dependency: `AppRuntime` (any state) or
+`ReadyRuntime` (503 unless new work is accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Literal, Optional
+
+from fastapi import Depends, Request
+
+from pipelines.checkpoints import CONFIG_FILE, load_model_dir, require_file
+from pipelines.config import StackConfig
+from pipelines.operations import generate
+from pipelines.unclip import Sampling, UnCLIP
+
+from .engine import Engine, ServerShutdown
+from .errors import unavailable
+from .metrics import Metrics
+from .settings import Settings
+from .url_store import UrlStore
+
+log = logging.getLogger(__name__)
+
+RuntimeState = Literal["loading", "ready", "draining", "failed"]
+
+
+class Runtime:
+    """Everything a request needs besides itself; one per app."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        cfg = StackConfig.load(require_file(settings.model_dir / CONFIG_FILE, "model config"))
+        self.model_name, self.sizes = cfg.name, list(cfg.sizes)
+        # Uploads are reduced to this side at once: the largest size any stage reads them at.
+        self.input_side = max(max(cfg.sizes), cfg.clip.image_size)
+        self.metrics = Metrics(self.model_name, self.sizes)
+        self.store = UrlStore(settings.url_ttl_s, settings.url_store_max_bytes)
+        self.pipe: Optional[UnCLIP] = None
+        self.engine: Optional[Engine] = None
+        self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
+        self.created = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.engine is not None and self.engine.alive
+
+    @property
+    def alive(self) -> bool:
+        """Liveness: loading, or the engine thread is running."""
+        return self.state == "loading" or (self.engine is not None and self.engine.alive)
+
+    def require_ready(self) -> None:
+        """Raise 503 unless new work is accepted."""
+        if self.state == "draining":
+            raise unavailable("The server is shutting down and accepts no new work.", "draining")
+        if not self.ready:
+            raise unavailable("The model is not ready yet.", "not_ready")
+
+    async def start(self) -> None:
+        """Load the model, start the engine, warm up; then ready."""
+        s = self.settings
+        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())),
+                             max_batch=s.max_batch, queue_size=s.queue_size,
+                             default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
+                             stats=self.metrics)
+        self.engine.start()
+        self.pipe = await asyncio.wrap_future(self.engine.loaded)
+        if s.warmup:
+            await self.warm_up()
+        if self.state == "loading":
+            self.state = "ready"
+            self.metrics.set_ready(True)
+            log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
+
+    async def warm_up(self) -> None:
+        """One generation at the largest size with one step per stage."""
+        opts = Sampling(prior_steps=1, decoder_steps=1, upsampler_steps=1, best_of=1)
+        op = generate(self.pipe, "warm-up", n=1, seed=0, size=max(self.sizes), opts=opts)
+        job = self.engine.submit(op, kind="warmup", deadline_s=self.settings.max_deadline_s)
+        await asyncio.wrap_future(job.future)
+
+    def begin_drain(self) -> None:
+        """Not ready, no new work; the engine finishes its jobs. Safe from any thread."""
+        if self.state != "failed":
+            self.state = "draining"
+        self.metrics.set_ready(False)
+        if self.engine is not None:
+            self.engine.drain()
+
+    def abort(self) -> None:
+        """The drain is over: every held job answers 503 `shutdown` now, and the engine
+        stops after its current step. Safe from any thread."""
+        if self.engine is not None:
+            self.engine.abort(ServerShutdown("the server shut down before the job finished"))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the engine holds no job (True) or timeout passes (False)."""
+        return self.engine is None or self.engine.wait_idle(timeout)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop(timeout=5.0)
+
+
+def app_runtime(request: Request) -> Runtime:
+    """The app's runtime, whatever its state."""
+    return request.app.state.runtime
+
+
+def ready_runtime(request: Request) -> Runtime:
+    """The app's runtime, refusing work (503) while not ready or draining."""
+    rt = app_runtime(request)
+    rt.require_ready()
+    return rt
+
+
+AppRuntime = Annotated[Runtime, Depends(app_runtime)]
+ReadyRuntime = Annotated[Runtime, Depends(ready_runtime)]
