@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision are pinned together: these builds pair with each other.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-dev serve test
+.PHONY: setup setup-dev serve lint test
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,8 @@ setup-dev: $(VENV)/.dev-done
 serve: setup
 	$(PY) -m server
 
-test: setup-dev
+lint: setup-dev
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)

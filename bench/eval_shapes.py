@@ -1,6 +1,6 @@
 """Evaluate a shapes-world model through the real pipeline and the model-free judge.
 
-    python bench/eval_shapes.py [--model-dir weights/default] [-n 200] [--cases 40] [--seed 0]
+    python -m bench.eval_shapes [--model-dir weights/default] [-n 200] [--cases 40] [--seed 0]
 
 Runs every check of `tools.evaluation` (canonical-caption accuracy, partial-caption
 variety, variations, text diffs, inpainting, generation time) at the model's default
@@ -18,15 +18,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
+from pipelines.checkpoints import load_model_dir
+from pipelines.unclip import Sampling, UnCLIP
+from tools.evaluation import card_section, evaluate, table, write_card
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pipelines.checkpoints import load_model_dir  # noqa: E402
-from pipelines.unclip import Sampling, UnCLIP  # noqa: E402
-from tools.evaluation import card_section, evaluate, table, write_card  # noqa: E402
 
 OVERRIDES = {"prior-steps": int, "decoder-steps": int, "upsampler-steps": int, "best-of": int,
              "prior-guidance": float, "decoder-guidance": float}
@@ -41,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/eval_shapes_<model>_<time>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default bench/results/eval_shapes_<model>_<time>.json)")
     for flag, kind in OVERRIDES.items():
         p.add_argument(f"--{flag}", type=kind, default=None, help="override the model's default")
     p.add_argument("--decoder-sampler", choices=("ddpm", "ddim"), default=None)
@@ -70,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.write_text(json.dumps(res, indent=2, default=str))
     print(f"wall time {res['wall_s']:.0f} s; wrote {out}")
     if args.write_card:
-        command = "python bench/eval_shapes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m bench.eval_shapes " + " ".join(argv if argv is not None else sys.argv[1:])
         write_card(args.model_dir / "MODEL_CARD.md", card_section(res, command.replace(" --write-card", "")))
     return 0
 

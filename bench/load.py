@@ -15,7 +15,7 @@ and run by `run_direct`, alternated one at a time, and the c=1 run's p50 / that 
 median), and the ceiling of the throughput ratio on this device: run_direct's images/s with
 --max-batch images in one batch over its images/s with one. Writes bench/results/load-<model>-<time>.json.
 
-    PYTHONPATH=. .venv/bin/python bench/load.py [--duration 20] [--concurrency 1,4,16]
+    .venv/bin/python -m bench.load [--duration 20] [--concurrency 1,4,16]
         [--steps 25,8,4] [--size 64] [--max-batch 8] [--device cpu]
 """
 
@@ -45,7 +45,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as MetricSample
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results"
 PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow star on black", "a purple ring"]
@@ -373,8 +372,8 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",") if c]
     with tempfile.TemporaryDirectory(prefix="unclip-load-") as tmp:
         model = model_dir(Path(tmp))
-        from pipelines.config import StackConfig
         from pipelines.checkpoints import CONFIG_FILE
+        from pipelines.config import StackConfig
 
         cfg = StackConfig.load(model / CONFIG_FILE)
         args.size = args.size or max(cfg.sizes)

@@ -2,7 +2,7 @@
 guidance on, CPU fp32, measured alternately in one run; plus where each one's time goes
 (per-stage wall time, time inside the networks, optionally a torch.profiler table).
 
-    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--steps 25,25,7] [--batch 1,4] [--repeats 3]
+    .venv/bin/python -m bench.pipeline [--steps 25,25,7] [--batch 1,4] [--repeats 3]
 
 Writes bench/results/pipeline-<time>.json.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -22,13 +21,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.config import StackConfig  # noqa: E402
-from pipelines.operations import generate  # noqa: E402
-from pipelines.sampling import run_to_end  # noqa: E402
-from pipelines.unclip import Sampling, UnCLIP  # noqa: E402
-from tests.pipelines._diffusers_ref import build_pipeline, parity_config, random_parity_stack  # noqa: E402
+from pipelines.config import StackConfig
+from pipelines.operations import generate
+from pipelines.sampling import run_to_end
+from pipelines.unclip import Sampling, UnCLIP
+from tests.pipelines._diffusers_ref import build_pipeline, parity_config, random_parity_stack
 
 PROMPT = "a red square above a blue circle"
 RESULTS = Path(__file__).parent / "results"

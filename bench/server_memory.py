@@ -5,7 +5,7 @@ Starts the server on 127.0.0.1 with a model directory (default weights/default),
 one generation at the model's defaults and final size, and after --concurrency generations
 sent at once (batched by the engine); prints MiB and the model's weight bytes on disk.
 
-    PYTHONPATH=. .venv/bin/python bench/server_memory.py [--model-dir weights/default] [--concurrency 4]
+    .venv/bin/python -m bench.server_memory [--model-dir weights/default] [--concurrency 4]
 
 Writes bench/results/server_memory-<model>-<time>.json.
 """
@@ -22,9 +22,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from load import REPO, RESULTS, Server  # noqa: E402
+from bench.load import REPO, RESULTS, Server
 
 MIB = 2**20
 

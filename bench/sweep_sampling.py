@@ -1,6 +1,6 @@
 """Choose sampling defaults by measurement: canonical-caption accuracy over a grid of settings.
 
-    python bench/sweep_sampling.py --model-dir weights/default -n 48 --size 32 \\
+    python -m bench.sweep_sampling --model-dir weights/default -n 48 --size 32 \\
         --grid decoder_guidance=1.5,3,5 prior_guidance=1,2,4
 
 Every combination of the grid (fields of `pipelines.unclip.Sampling`; unnamed ones keep the
@@ -22,16 +22,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
+
+from pipelines.checkpoints import load_model_dir
+from pipelines.unclip import Sampling, UnCLIP
+from tools.evaluation import captions
+from tools.shapes import ATTRIBUTES
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pipelines.checkpoints import load_model_dir  # noqa: E402
-from pipelines.unclip import Sampling, UnCLIP  # noqa: E402
-from tools.evaluation import captions  # noqa: E402
-from tools.shapes import ATTRIBUTES  # noqa: E402
 
 KINDS = {f.name: f.type for f in fields(Sampling) if f.name != "latents"}
 
@@ -85,7 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = sweep(pipe, combinations([parse_axis(g) for g in args.grid]), args.n, args.seed, args.size)
     out = args.out or ROOT / "bench" / "results" / f"sweep_{pipe.cfg.name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model_dir": str(args.model_dir), "n": args.n, "size": args.size, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"model_dir": str(args.model_dir), "n": args.n, "size": args.size, "rows": rows},
+                              indent=2))
     print(f"wrote {out}")
     return 0
 
