@@ -22,6 +22,7 @@ import torch
 
 from pipelines.checkpoints import load_model_dir
 from pipelines.unclip import Sampling, UnCLIP
+from server.quality import STEP_SCALE
 from tools.evaluation import card_section, evaluate, table, write_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in OVERRIDES.items():
         p.add_argument(f"--{flag}", type=kind, default=None, help="override the model's default")
     p.add_argument("--decoder-sampler", choices=("ddpm", "ddim"), default=None)
+    p.add_argument("--quality", choices=sorted(STEP_SCALE), default=None,
+                   help="the server's step preset (server/quality.py); explicit steps still win")
     p.add_argument("--write-card", action="store_true", help="put the table in the model directory's MODEL_CARD.md")
     return p
 
 
 def sampling(args: argparse.Namespace) -> Sampling:
     keys = [f.replace("-", "_") for f in OVERRIDES] + ["decoder_sampler"]
-    return Sampling(**{k: getattr(args, k) for k in keys})
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    return Sampling(**given, step_scale=STEP_SCALE[args.quality] if args.quality else {})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

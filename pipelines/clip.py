@@ -67,6 +67,17 @@ class ClipEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.model.token_embedding.weight.device
 
+    def count_tokens(self, text: str) -> int:
+        """The text's BPE tokens plus start and end: more than `context_length` means the
+        encoder sees it truncated."""
+        return len(self.tokenizer.encode(text)) + 2
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens of one input image: the vision tower's patches plus its class token."""
+        grid = getattr(self.model.visual, "grid_size", None)
+        return int(grid[0] * grid[1] + 1) if grid else 0
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """texts -> token ids [B, T] (0-padded, EOT kept when truncated)."""
         return self.tokenizer(texts).to(self.device)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from .errors import InvalidInput
 
@@ -103,13 +103,3 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     x = images.detach().cpu().numpy().astype(np.float32, copy=False)  # numpy arithmetic: see to_tensor
     x = np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-
-
-def png_bytes(pixels: np.ndarray, text: Optional[dict[str, str]] = None) -> bytes:
-    """uint8 [H, W, 3] -> PNG bytes, with `text` as tEXt chunks (generation parameters)."""
-    info = PngImagePlugin.PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, str(v))
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()

@@ -10,6 +10,7 @@ included) pass None for "the default", and the result's `settings` records the v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Optional, Sequence, get_args
 
@@ -35,6 +36,7 @@ class Defaults:
     max_theta: float = 0.5  # text diffs: the last frame's theta
     mode: Mode = "slerp"  # interpolations: x_T slerped between the inputs, or one fixed noise
     resample: int = 1  # inpainting: RePaint-style repeats of every step (1: none)
+    walk_frames: int = 9  # walks: frames (OpenAI's GIF default)
 
 
 DEFAULTS = Defaults()
@@ -72,13 +74,15 @@ def work(
     opts, stages = opts or Sampling(), pipe.stages
     best_of = opts.best_of or pipe.cfg.prior.best_of
     decoder = stages[DECODER]
-    sampled = len(decoder.timesteps(opts.decoder_steps, invertible=inversions > 0))
-    inverted = len(decoder.timesteps(opts.decoder_steps, invertible=True)) - 1
-    out = {PRIOR: prior_samples * best_of * len(stages[PRIOR].timesteps(opts.prior_steps)),
+    scale = opts.scale(DECODER)
+    sampled = len(decoder.timesteps(opts.decoder_steps, invertible=inversions > 0, scale=scale))
+    inverted = len(decoder.timesteps(opts.decoder_steps, invertible=True, scale=scale)) - 1
+    prior_steps = len(stages[PRIOR].timesteps(opts.prior_steps, scale=opts.scale(PRIOR)))
+    out = {PRIOR: prior_samples * best_of * prior_steps,
            DECODER: images * sampled * resample + inversions * inverted * (1 + opts.inversion_refine)}
     for u in range(pipe.upsampler_count(size)):
         key = upsampler_key(u)
-        out[key] = images * len(stages[key].timesteps(opts.upsampler_steps)) * resample
+        out[key] = images * len(stages[key].timesteps(opts.upsampler_steps, scale=opts.scale(key))) * resample
     return out
 
 
@@ -125,6 +129,40 @@ def generate(
     images = yield from pipe.decode(z, text, gens, opts)
     images = yield from pipe.upsample(images, gens, opts, count)
     return OpResult(images, z, settings={"n": n})
+
+
+def walk_keys(frames: int) -> int:
+    """Prior samples of a walk of `frames` frames: one per four frames, at least two."""
+    return max(2, min(frames, 1 + math.ceil((frames - 1) / 4)))
+
+
+def walk(
+    pipe: UnCLIP, prompt: str, frames: Optional[int] = None, seed: int = 0, size: Optional[int] = None,
+    opts: Optional[Sampling] = None,
+) -> Operation:
+    """Frames of one prompt (an animated GIF): `walk_keys` embeddings from the prior, and
+    the frames evenly along the slerps between successive ones (§3.2's interpolation,
+    through one prompt's image embeddings), all decoded deterministically from one noise."""
+    frames = _or(frames, DEFAULTS.walk_frames)
+    if frames < 2:
+        raise InvalidInput("frame_count", "'frame_count' must be at least 2")
+    opts, count, keys = _ddim(opts), pipe.upsampler_count(size), walk_keys(frames)
+    text = pipe.encode_text([prompt])
+    seeds, gens = _gens(seed, keys)
+    z = yield from pipe.sample_prior(text, seeds, gens, opts)
+    zs = torch.cat([_on_path(z, u) for u in spaced(frames, keys - 1.0)])
+    side = pipe.cfg.decoder.model.image_size
+    x_t = torch.randn((1, 3, side, side), generator=make_generator(seed)).expand(frames, -1, -1, -1)
+    frame_gens = [make_generator(seed) for _ in range(frames)]  # the same noise in every frame
+    out = yield from pipe.decode(zs, text, frame_gens, opts, x_t=x_t)
+    out = yield from pipe.upsample(out, frame_gens, opts, count)
+    return OpResult(out, zs, settings={"frame_count": frames, "walk_keys": keys})
+
+
+def _on_path(z: torch.Tensor, u: float) -> torch.Tensor:
+    """z [K, D]: the point at u in [0, K - 1] along the slerps between successive rows [1, D]."""
+    k = min(int(u), z.shape[0] - 2)
+    return slerp(z[k:k + 1], z[k + 1:k + 2], u - k)
 
 
 def _encode_and_invert(pipe: UnCLIP, image: torch.Tensor, opts: Sampling) -> Operation:

@@ -60,6 +60,7 @@ class Track:
     index: int = 0
     repeat: int = 0  # RePaint repeats / inversion refinements done at the current pair
     anchor: Optional[torch.Tensor] = None  # inversion: x at the start of the current pair
+    x0: Optional[torch.Tensor] = None  # the last step's prediction of the clean sample (previews)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -98,6 +99,13 @@ class Track:
         return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(like.device, like.dtype)
 
 
+def preview(tracks: list[Track]) -> torch.Tensor:
+    """The images the tracks hold so far [n, C, S, S] in [-1, 1]: each finished track's
+    sample, else its last prediction of the clean sample (its latent before any step)."""
+    rows = [tr.x if tr.done or tr.x0 is None else tr.x0 for tr in tracks]
+    return torch.cat([r.float().cpu() for r in rows]).clamp(-1, 1)
+
+
 def sampling_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
     """Descending timesteps -> (t, t_prev) pairs ending at -1 (the clean sample)."""
     return list(zip(timesteps, timesteps[1:] + [-1]))
@@ -117,11 +125,12 @@ class Stage:
     def __init__(self, stack: UnCLIPStack, cfg: DiffusionConfig, schedule: D.Schedule):
         self.stack, self.cfg, self.schedule = stack, cfg, schedule
 
-    def timesteps(self, steps: Optional[int] = None, invertible: bool = False) -> list[int]:
-        """Respaced timesteps, descending. invertible=True stops at `inversion_top`, where
-        x_t still holds enough of x0 for DDIM inversion to be well conditioned."""
+    def timesteps(self, steps: Optional[int] = None, invertible: bool = False, scale: float = 1.0) -> list[int]:
+        """Respaced timesteps, descending: `steps` of them, or the stage's default times
+        `scale` (at least 1). invertible=True stops at `inversion_top`, where x_t still
+        holds enough of x0 for DDIM inversion to be well conditioned."""
         top = self.inversion_top() if invertible else self.cfg.num_timesteps - 1
-        return D.respace(top + 1, steps or self.cfg.steps)
+        return D.respace(top + 1, steps or max(1, round(self.cfg.steps * scale)))
 
     def inversion_top(self, min_abar: float = 1e-3) -> int:
         """The largest t with alpha_bar(t) >= min_abar (cosine schedule: t = 978, where
@@ -148,7 +157,7 @@ class Stage:
         for i, tr in enumerate(tracks):
             if tr.sampler == "invert" and not tr.refining:
                 tr.anchor = tr.x
-            tr.x = self._constrain(tr, new[i:i + 1])
+            tr.x, tr.x0 = self._constrain(tr, new[i:i + 1]), x0[i:i + 1]
             self._advance(tr)
 
     def _update(self, x, x0, eps, t, t_to, var, tracks: list[Track]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from .sampling import (
     upsample_for,
 )
 from .stack import UnCLIPStack
-from .stage_keys import DECODER, PRIOR
+from .stage_keys import DECODER, PRIOR, upsampler_key
 
 
 @dataclass
@@ -56,10 +56,17 @@ class Sampling:
     decoder_guidance: Optional[float] = None
     upsampler_steps: Optional[int] = None
     best_of: Optional[int] = None
+    # Default steps times this, per stage group ("prior", "decoder", "upsampler"; missing: 1),
+    # e.g. a quality preset; steps given above win.
+    step_scale: dict[str, float] = field(default_factory=dict)
     decoder_sampler: Optional[Sampler] = None  # "ddpm" or "ddim"
     eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
     inversion_refine: int = 2  # fixed-point refinements per DDIM inversion step (0 = plain)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
+
+    def scale(self, stage: str) -> float:
+        """The step scale of a stage ("upsampler.1" takes the "upsampler" group's)."""
+        return self.step_scale.get(stage.partition(".")[0], 1.0)
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -88,6 +95,20 @@ class UnCLIP:
     def sizes(self) -> tuple[int, ...]:
         return self.cfg.sizes
 
+    def settings_of(self, opts: Sampling) -> dict[str, Any]:
+        """The sampling settings `opts` amount to (the stages' defaults, scaled, for what
+        opts leave open): steps as respaced, guidance, sampler, best_of."""
+        stages = self.stages
+        ups = [len(stages[key].timesteps(opts.upsampler_steps, scale=opts.scale(key)))
+               for key in (upsampler_key(i) for i in range(len(self.cfg.upsamplers)))]
+        return {"prior_steps": len(stages[PRIOR].timesteps(opts.prior_steps, scale=opts.scale(PRIOR))),
+                "prior_guidance": _default(opts.prior_guidance, stages[PRIOR].cfg.guidance),
+                "best_of": opts.best_of or self.cfg.prior.best_of,
+                "decoder_steps": len(stages[DECODER].timesteps(opts.decoder_steps, scale=opts.scale(DECODER))),
+                "decoder_guidance": _default(opts.decoder_guidance, stages[DECODER].cfg.guidance),
+                "decoder_sampler": opts.decoder_sampler or stages[DECODER].cfg.sampler,
+                "upsampler_steps": ups}
+
     def encode_text(self, texts: list[str]) -> TextEncoding:
         return self.stack.clip.encode_text(texts)
 
@@ -105,7 +126,7 @@ class UnCLIP:
         text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
         stage = self.stages[PRIOR]
         best_of = opts.best_of or self.cfg.prior.best_of
-        pairs = sampling_pairs(stage.timesteps(opts.prior_steps))
+        pairs = sampling_pairs(stage.timesteps(opts.prior_steps, scale=opts.scale(PRIOR)))
         guidance = _default(opts.prior_guidance, stage.cfg.guidance)
         cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
         tracks = []
@@ -136,7 +157,8 @@ class UnCLIP:
         known[i] (inpainting, any size) constrains track i."""
         stage = self.stages[DECODER]
         sampler = opts.decoder_sampler or stage.cfg.sampler
-        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps, invertible=x_t is not None))
+        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps, invertible=x_t is not None,
+                                                     scale=opts.scale(DECODER)))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         size = self.cfg.decoder.model.image_size
         tracks = []
@@ -179,7 +201,7 @@ class UnCLIP:
             stage = self.stages[f"upsampler.{u}"]
             size = stage.up.cfg.out_size
             low = upsample_for(images, size)
-            pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps))
+            pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps, scale=opts.scale(stage.key)))
             tracks = []
             for i, g in enumerate(gens):
                 x = self._init(opts, stage.key, i, (1, 3, size, size), g)
@@ -198,7 +220,8 @@ class UnCLIP:
         """DDIM-invert decoder-resolution images [n, 3, S, S] conditioned on their own z_i
         [n, D] (and text, one row or n). Returns x_T [n, 3, S, S]."""
         stage = self.stages[DECODER]
-        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps, invertible=True))
+        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps, invertible=True,
+                                                      scale=opts.scale(DECODER)))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         tracks = []
         for i in range(images.shape[0]):

@@ -13,6 +13,7 @@ server then closes (answers still being written get `WRITE_GRACE_S`) and exits 0
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from types import FrameType
@@ -79,5 +80,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown of torch and its thread pools (over a
+    second on a 2-core host, after the server has already shut down cleanly)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -12,10 +12,10 @@ import itertools
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, get_args
 
-from pipelines.sampling import group_key
+from pipelines.sampling import Track, group_key
 from pipelines.unclip import Operation, StageRequest
 
 from .scheduler import Entry
@@ -59,12 +59,14 @@ class JobExpired(Exception):
 @dataclass
 class Progress:
     """The job advanced in a stage request: `step` of `total` steps (the least advanced of
-    its tracks) of stage `stage` ("prior", "decoder", "upsampler.0", ...)."""
+    its tracks) of stage `stage` ("prior", "decoder", "upsampler.0", ...). `tracks` are the
+    request's own, for previews: read them only in the callback (the engine thread)."""
 
     job_id: str
     stage: str
     step: int
     total: int
+    tracks: list[Track] = field(default_factory=list, repr=False)
 
 
 _SEQ = itertools.count()
@@ -168,7 +170,7 @@ class Job:
             return
         self._progress = (self._requests, step)
         try:
-            self.on_progress(Progress(self.id, self.request.stage, step, total))
+            self.on_progress(Progress(self.id, self.request.stage, step, total, tracks))
         except Exception:  # noqa: BLE001 - a listener never breaks the job
             log.warning("progress callback of %s failed", self.id, exc_info=True)
 

@@ -19,12 +19,16 @@ MAX_N = 10
 MAX_FRAMES = 16
 MAX_SEED = 2**62
 
-# Fields of other OpenAI image models (GPT image, DALL-E 3) that this model cannot honour.
-UNSUPPORTED = (
-    "background", "style", "moderation", "output_format", "output_compression", "partial_images",
-    "input_fidelity", "complexity", "frame_count", "frame_duration_ms", "markup", "svg",
-)
-QUALITY_NOOP = ("standard", "auto")  # dall-e-2's only quality; anything else is refused
+# Fields of OpenAI's image models that this model cannot honour, and what to do instead.
+UNSUPPORTED = {
+    "style": "DALL-E 3's style has no counterpart here; describe the look in the prompt",
+    "input_fidelity": "the kept pixels of an edit are always kept exactly; use 'resample' for a smoother seam",
+    "complexity": "there is no planning stage here; use 'quality' or the per-stage step fields",
+    "markup": "markup images are not supported; send the area to edit as the mask's transparent pixels",
+    "svg": "this model draws raster images only; use output_format png, jpeg, webp or gif",
+}
+Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
+OutputFormat = Literal["png", "jpeg", "webp", "gif"]
 
 
 class Params(BaseModel):
@@ -53,6 +57,17 @@ class DecoderSampling(Params):
 class Output(DecoderSampling):
     """Fields about the output shared by every image endpoint."""
 
+    output_format: Optional[OutputFormat] = Field(None, description="png (default), jpeg, webp, or gif (animated "
+                                                  "frames: generations, interpolations, text diffs)")
+    output_compression: Optional[int] = Field(None, ge=0, le=100, description="jpeg and webp: quality 0-100 "
+                                              "(default 100); lower is smaller")
+    background: Optional[Literal["transparent", "opaque", "auto"]] = Field(
+        None, description="the images are opaque: 'opaque' and 'auto' are accepted, 'transparent' is refused")
+    quality: Optional[Quality] = Field(None, description="step preset: low, medium, high; auto = medium; "
+                                       "standard = medium, hd = high (deprecated); explicit steps win")
+    moderation: Optional[Literal["low", "auto"]] = Field(None, description="accepted, no effect: this server "
+                                                         "runs no content moderation")
+
     size: Optional[str] = Field(None,
                                 description="'WxH', square, one the model produces; default the largest ('auto' too)")
     response_format: Optional[Literal["url", "b64_json"]] = Field(None, description="default 'url'")
@@ -67,8 +82,12 @@ class GenerationRequest(Output, PriorSampling):
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
     n: int = Field(1, ge=1, le=MAX_N, description="how many images")
-    quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
     stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
+    partial_images: Optional[int] = Field(None, ge=0, le=3, description="stream: intermediate images to send")
+    frame_count: Optional[int] = Field(None, ge=2, le=MAX_FRAMES, description="gif: frames of a walk through the "
+                                       "prompt's image embeddings (default 9)")
+    frame_duration_ms: Optional[int] = Field(None, ge=10, le=655_350, description="gif: delay per frame "
+                                             "(default 200)")
 
 
 class EditRequest(Output, PriorSampling):
@@ -76,10 +95,10 @@ class EditRequest(Output, PriorSampling):
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
     n: int = Field(1, ge=1, le=MAX_N, description="how many images")
-    quality: Optional[str] = Field(None, description="accepted: 'standard' or 'auto' (no effect)")
+    stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
+    partial_images: Optional[int] = Field(None, ge=0, le=3, description="stream: intermediate images to send")
     resample: Optional[int] = Field(None, ge=1, le=10, description="RePaint-style repeats of every step "
                                     f"(1: none; default {DEFAULTS.resample})")
-    stream: Optional[bool] = Field(None, description="Server-Sent Events with per-step progress")
 
 
 class VariationRequest(Output):
@@ -99,6 +118,7 @@ class InterpolationRequest(Output, PriorSampling):
     thetas: Optional[list[float]] = Field(None, min_length=1, max_length=MAX_FRAMES,
                                           description="explicit thetas in [0, 1]")
     mode: Optional[Mode] = Field(None, description=f"x_T slerped between the inputs or fixed (default {DEFAULTS.mode})")
+    frame_duration_ms: Optional[int] = Field(None, ge=10, le=655_350, description="gif: delay per frame (default 200)")
 
 
 class TextDiffRequest(Output):
@@ -109,6 +129,7 @@ class TextDiffRequest(Output):
     frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES, description=f"default {DEFAULTS.frames}")
     max_theta: Optional[float] = Field(None, ge=0, le=1,
                                        description=f"the last frame's theta (default {DEFAULTS.max_theta})")
+    frame_duration_ms: Optional[int] = Field(None, ge=10, le=655_350, description="gif: delay per frame (default 200)")
 
 
 class ImageData(BaseModel):
@@ -120,11 +141,31 @@ class ImageData(BaseModel):
     theta: Optional[float] = None
 
 
+class TokenDetails(BaseModel):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """OpenAI's usage: input tokens are CLIP's (the prompt's BPE tokens with start and end,
+    an input image's patches plus its class token); no tokens are generated."""
+
+    input_tokens: int
+    input_tokens_details: TokenDetails
+    output_tokens: int = 0
+    total_tokens: int
+
+
 class ImagesResponse(BaseModel):
-    """The response of every image endpoint."""
+    """The response of every image endpoint (OpenAI's fields)."""
 
     created: int
     data: list[ImageData]
+    size: Optional[str] = None
+    quality: Optional[Literal["low", "medium", "high"]] = None
+    output_format: Optional[OutputFormat] = None
+    background: Optional[Literal["opaque"]] = None
+    usage: Optional[Usage] = None
 
 
 class ModelCard(BaseModel):

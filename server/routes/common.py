@@ -2,13 +2,13 @@
 its operation, and hands both to `serve`:
 
     params = parse_params(Model, raw)          # unsupported fields and bad values -> 400
-    out = target(rt, params)                   # model name and limits checked, size and seed chosen
+    out = target(rt, params, kind)             # model, limits, size, seed, file format, quality
     op = operation(rt.pipe, ..., seed=out.seed, size=out.size, opts=sampling(params))
-    return await serve(request, rt, params, op, kind, out, work(rt.pipe, out.size, ...))
+    return await serve(request, rt, params, out, Plan(op, kind, work(rt.pipe, out.size, ...), texts))
 
 `serve` refuses at once (400) an operation whose estimated run time exceeds the deadline,
-runs it on the engine and answers with OpenAI's images response, or, for `stream=true`,
-with Server-Sent Events.
+runs it on the engine and answers with OpenAI's images response (with `size`, `quality`,
+`output_format`, `background` and `usage`), or, for `stream=true`, with Server-Sent Events.
 """
 
 from __future__ import annotations
@@ -20,22 +20,25 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from pipelines.operations import OpResult
-from pipelines.stage_keys import DECODER, PRIOR, UPSAMPLER
 from pipelines.unclip import Operation, Sampling
 
 from ..errors import APIError, bad_request, from_validation
-from ..images import ImageMeta, encode_pngs, image_items, thetas_of
+from ..images import DEFAULT_FRAME_MS, FileFormat, ImageMeta, encode, image_items, thetas_of
+from ..quality import STEP_SCALE, Preset, preset
 from ..runtime import Runtime
-from ..schemas import QUALITY_NOOP, UNSUPPORTED, ImagesResponse
+from ..schemas import UNSUPPORTED, ImagesResponse, Usage
 from ..url_store import StoreTooSmall
+from ..usage import truncation, usage
+from .admission import admit, check_limits
 from .running import await_job, submit
-from .stream import progress_queue, stream_response
+from .stream import Delivery, Partials, progress_queue, stream_response
 
 log = logging.getLogger(__name__)
 
@@ -44,46 +47,82 @@ OPENAI_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt
                  "chatgpt-image-latest", "unclip")
 # Request fields not written into the PNGs: ids of users, transport choices, and what the
 # images carry anyway (seed per image, theta per frame).
-NOT_RECORDED = frozenset({"user", "safety_identifier", "response_format", "stream", "model", "seed", "quality",
-                          "thetas"})
+NOT_RECORDED = frozenset({"user", "safety_identifier", "response_format", "stream", "model", "seed", "thetas",
+                          "output_format", "output_compression", "background", "moderation", "partial_images",
+                          "frame_duration_ms"})
+GIF_KINDS = ("generation", "interpolation", "text_diff")  # the operations whose images are frames
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
 SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: "²x²" is no size
-# The request field of each stage's steps.
-STEP_FIELDS = {PRIOR: "prior_steps", DECODER: "decoder_steps", UPSAMPLER: "upsampler_steps"}
 # The SSE event prefix of the operations that stream (server/routes/stream.py).
 STREAM_PREFIX = {"generation": "image_generation", "edit": "image_edit"}
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a request's images will be: side in pixels, and the seed of the first image."""
+    """What a request's images will be and how they are delivered: side in pixels, seed of
+    the first image, file format, quality preset, `url` or `b64_json`."""
 
     size: int
     seed: int
+    fmt: FileFormat = FileFormat()
+    quality: Preset = "medium"
+    response_format: str = "url"
+
+
+@dataclass
+class Plan:
+    """What a route hands to `serve`: its operation and what is known of it before it runs."""
+
+    op: Operation
+    kind: str
+    work: dict[str, int]  # track-steps per stage (pipelines.operations.work)
+    texts: Sequence[str] = ()  # the prompts CLIP encodes (usage, truncation notice)
+    input_images: int = 0  # the images CLIP encodes (usage)
 
 
 def parse_params(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     """Validate raw fields with `model`; unsupported OpenAI fields and bad values -> 400."""
-    for name in UNSUPPORTED:
+    for name, instead in UNSUPPORTED.items():
         if name in raw:
-            raise bad_request(name, f"'{name}' is not supported by this server's model (unCLIP); remove it.",
+            raise bad_request(name, f"'{name}' is not supported by this server's model (unCLIP): {instead}.",
                               "unsupported_parameter")
-    quality = raw.get("quality")
-    if quality is not None and quality not in QUALITY_NOOP:
-        raise bad_request("quality", f"'quality' must be one of {list(QUALITY_NOOP)} for this model, got {quality!r}.",
-                          "unsupported_parameter")
     try:
         return model.model_validate(raw)
     except ValidationError as err:
         raise from_validation(err.errors()) from None
 
 
-def target(rt: Runtime, params: BaseModel) -> Target:
-    """Check the requested model and the per-request limits; the output size and the seed
-    (random if none was given)."""
+def target(rt: Runtime, params: BaseModel, kind: str) -> Target:
+    """Check the requested model and the per-request limits; the output size, the seed
+    (random if none was given), the file format, the quality preset, the response format
+    (`gpt-image-*` models answer in base64 as OpenAI's do; others with URLs)."""
     check_model(rt, params.model)
     check_limits(rt, params)
-    return Target(parse_size(rt, params.size), params.seed if params.seed is not None else secrets.randbelow(2**31))
+    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+    gpt = (params.model or "").startswith(("gpt-image", "chatgpt-image"))
+    return Target(parse_size(rt, params.size), seed, file_format(params, kind), preset(params.quality),
+                  params.response_format or ("b64_json" if gpt else "url"))
+
+
+def file_format(params: BaseModel, kind: str) -> FileFormat:
+    """The files to write: 400 for what cannot be honoured (transparency, compression of
+    PNG or GIF, GIF for one image or streamed, GIF fields without GIF)."""
+    fmt = params.output_format or "png"
+    if params.background == "transparent":
+        raise bad_request("background", "This model draws opaque images only; use background 'opaque' or 'auto'.",
+                          "unsupported_value")
+    if params.output_compression is not None and fmt not in ("jpeg", "webp"):
+        raise bad_request("output_compression", "'output_compression' applies to jpeg and webp output only.",
+                          "unsupported_value")
+    gif_fields = [f for f in ("frame_count", "frame_duration_ms") if getattr(params, f, None) is not None]
+    if fmt != "gif" and gif_fields:
+        raise bad_request(gif_fields[0], f"'{gif_fields[0]}' needs output_format 'gif'.", "unsupported_value")
+    if fmt == "gif" and (kind not in GIF_KINDS or getattr(params, "stream", None)):
+        raise bad_request("output_format", "GIF output is for generations, interpolations and text diffs, "
+                                           "and does not stream.", "unsupported_value")
+    if fmt == "gif" and getattr(params, "n", 1) > 1:
+        raise bad_request("n", "A GIF is one image: ask for n=1 and frame_count frames.", "unsupported_value")
+    return FileFormat(fmt, params.output_compression, getattr(params, "frame_duration_ms", None) or DEFAULT_FRAME_MS)
 
 
 def check_model(rt: Runtime, model: Optional[str]) -> None:
@@ -92,15 +131,6 @@ def check_model(rt: Runtime, model: Optional[str]) -> None:
     if not ours:
         raise APIError(400, f"The model '{model}' does not exist; this server serves '{rt.model_name}'.",
                        param="model", code="model_not_found")
-
-
-def check_limits(rt: Runtime, params: BaseModel) -> None:
-    """Steps per stage and best_of within the server's bounds (settings)."""
-    limits = {f: rt.settings.max_steps for f in STEP_FIELDS.values()} | {"best_of": rt.settings.max_best_of}
-    for name, limit in limits.items():
-        value = getattr(params, name, None)
-        if value is not None and value > limit:
-            raise bad_request(name, f"'{name}' must be at most {limit} on this server, got {value}.")
 
 
 def parse_size(rt: Runtime, size: Optional[str]) -> int:
@@ -118,54 +148,48 @@ def sampling(params: BaseModel) -> Sampling:
     """The per-request sampling settings: every `Sampling` field the params model has and
     the request set (None keeps the model's default)."""
     given = {f: getattr(params, f, None) for f in SAMPLING_FIELDS}
-    return Sampling(**{f: v for f, v in given.items() if v is not None})
+    scale = STEP_SCALE[preset(getattr(params, "quality", None))]
+    return Sampling(**{f: v for f, v in given.items() if v is not None}, step_scale=scale)
 
 
-async def serve(request: Request, rt: Runtime, params: BaseModel, op: Operation, kind: str, out: Target,
-                work: dict[str, int]) -> Any:
-    """Run the operation and answer: the images response, or SSE when params ask to stream.
-    `work`: its track-steps per stage (`pipelines.operations.work`), for the admission check."""
-    cost_s = admit(rt, params, work)
-    meta = meta_for(rt, kind, out, params)
+async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Any:
+    """Run the plan's operation and answer: the images response, or SSE when params ask to stream."""
+    cost_s = admit(rt, params, plan.work)
+    clip = rt.pipe.stack.clip
+    cut = truncation(clip, plan.texts)
+    meta = meta_for(rt, plan.kind, out, params, cut)
+    spent = usage(clip, plan.texts, plan.input_images)
+    headers = {"x-prompt-truncated": cut} if cut else {}
     if getattr(params, "stream", None):
-        queue, hook = progress_queue()
-        job = submit(rt, op, kind, on_progress=hook, cost_s=cost_s)
-        return stream_response(request, job, queue, meta, STREAM_PREFIX[kind], out.size)
-    result = await await_job(request, submit(rt, op, kind, cost_s=cost_s))
-    return await respond(request, rt, result, meta, params.response_format)
+        partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
+        queue, hook = progress_queue(partials)
+        job = submit(rt, plan.op, plan.kind, on_progress=hook, cost_s=cost_s)
+        delivery = Delivery(meta, out.size, out.fmt, out.quality, spent, STREAM_PREFIX[plan.kind])
+        return stream_response(request, job, queue, delivery, headers)
+    result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=cost_s))
+    return await respond(request, rt, result, meta, out, spent, headers)
 
 
-def admit(rt: Runtime, params: BaseModel, work: dict[str, int]) -> Optional[float]:
-    """The operation's estimated run time alone (None before the engine has measured its
-    stages). With `admission_check`, a request that cannot finish within the deadline even
-    alone is refused: 400 naming the field that costs most."""
-    cost_s, deadline_s = rt.engine.estimate(work), rt.settings.default_deadline_s
-    if cost_s is None or cost_s <= deadline_s or not rt.settings.admission_check:
-        return cost_s
-    stage = max(work, key=lambda k: work[k] * rt.engine.step_s(k))
-    field = STEP_FIELDS[stage.partition(".")[0]]
-    param = field if getattr(params, field, None) is not None or not getattr(params, "n", 1) > 1 else "n"
-    raise bad_request(param, f"This request would take about {cost_s:.0f} s, more than the {deadline_s:g} s "
-                             f"deadline (mostly in the {stage} stage); ask for fewer images or steps.",
-                      "request_too_costly")
-
-
-async def respond(request: Request, rt: Runtime, result: OpResult, meta: ImageMeta,
-                  response_format: Optional[str]) -> ImagesResponse:
+async def respond(request: Request, rt: Runtime, result: OpResult, meta: ImageMeta, out: Target, spent: Usage,
+                  headers: dict[str, str]) -> JSONResponse:
     """Encode the result's images (in a worker thread) and build the response."""
-    pngs = await asyncio.to_thread(encode_pngs, result, meta)
+    files = await asyncio.to_thread(encode, result, meta, out.fmt)
     base = rt.settings.public_url or str(request.base_url)
     try:
-        data = image_items(pngs, thetas_of(result), response_format or "url", rt.store, base)
+        data = image_items(files, thetas_of(result), out.response_format, rt.store, base, out.fmt)
     except StoreTooSmall as err:
         log.error("%s", err)
         raise APIError(500, "The image is too large for the URL store; use response_format=b64_json.",
                        "server_error", code="url_store_too_small") from None
-    return ImagesResponse(created=int(time.time()), data=data)
+    body = ImagesResponse(created=int(time.time()), data=data, size=f"{out.size}x{out.size}", quality=out.quality,
+                          output_format=out.fmt.format, background="opaque", usage=spent)
+    return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
 
 
-def meta_for(rt: Runtime, operation: str, out: Target, params: BaseModel) -> ImageMeta:
-    """The PNG metadata of a request: its fields (not user ids) plus the effective size."""
-    values = {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED}
-    values["size"] = f"{out.size}x{out.size}"
+def meta_for(rt: Runtime, operation: str, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
+    """The files' metadata: the sampling settings in effect, the request's fields (not user
+    ids), the size, the quality preset and, if the prompt was cut, what was kept."""
+    values = rt.pipe.settings_of(sampling(params))
+    values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
+    values.update(size=f"{out.size}x{out.size}", quality=out.quality, prompt_truncated=cut)
     return ImageMeta(rt.model_name, operation, out.seed, values)

@@ -16,7 +16,7 @@ from pipelines.operations import DEFAULTS, inpaint, work
 from ..runtime import ReadyRuntime
 from ..schemas import EditRequest, ImagesResponse
 from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import parse_params, sampling, serve, target
+from .common import Plan, parse_params, sampling, serve, target
 from .stream import SSE_RESPONSE
 
 router = APIRouter()
@@ -33,7 +33,7 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit (also as `image[]
 async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     params: EditRequest = parse_params(EditRequest, text_fields(form, files=tuple(FILES)))
-    out = target(rt, params)
+    out = target(rt, params, "edit")
     image = await load_image(rt, one_upload(form, "image"), "image")
     mask_file = one_upload(form, "mask", required=False)
     mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
@@ -41,4 +41,4 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     op = inpaint(rt.pipe, square_tensor(image), edit_mask(image, mask), params.prompt, n=params.n,
                  seed=out.seed, size=out.size, resample=resample, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return await serve(request, rt, params, op, "edit", out, cost)
+    return await serve(request, rt, params, out, Plan(op, "edit", cost, [params.prompt]))

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pipelines.operations import generate, work
+from pipelines.operations import DEFAULTS, generate, walk, walk_keys, work
 
 from ..runtime import ReadyRuntime
 from ..schemas import GenerationRequest, ImagesResponse
 from .bodies import json_body, read_json
-from .common import parse_params, sampling, serve, target
+from .common import Plan, parse_params, sampling, serve, target
 from .stream import SSE_RESPONSE
 
 router = APIRouter()
@@ -24,8 +24,12 @@ router = APIRouter()
 )
 async def create_generation(request: Request, rt: ReadyRuntime) -> Any:
     params: GenerationRequest = parse_params(GenerationRequest, await read_json(request))
-    out = target(rt, params)
-    opts = sampling(params)
-    op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts)
-    cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
-    return await serve(request, rt, params, op, "generation", out, cost)
+    out, opts = target(rt, params, "generation"), sampling(params)
+    if out.fmt.format == "gif":  # the frames of a walk through the prompt's image embeddings
+        frames = params.frame_count or DEFAULTS.walk_frames
+        op = walk(rt.pipe, params.prompt, frames=frames, seed=out.seed, size=out.size, opts=opts)
+        cost = work(rt.pipe, out.size, opts, images=frames, prior_samples=walk_keys(frames))
+    else:
+        op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts)
+        cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
+    return await serve(request, rt, params, out, Plan(op, "generation", cost, [params.prompt]))

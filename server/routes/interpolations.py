@@ -21,7 +21,7 @@ from ..errors import bad_request
 from ..runtime import ReadyRuntime, Runtime
 from ..schemas import MAX_PROMPT, ImagesResponse, InterpolationRequest
 from .bodies import load_image, multipart_body, read_form, square_tensor, text_fields, uploads
-from .common import parse_params, sampling, serve, target
+from .common import Plan, parse_params, sampling, serve, target
 
 router = APIRouter()
 Ends = tuple[Optional[list[torch.Tensor]], Optional[list[str]]]
@@ -62,11 +62,12 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     raw = split_thetas(text_fields(form, files=tuple(FILES), lists=("prompt", "thetas")))
     params: InterpolationRequest = parse_params(InterpolationRequest, raw)
-    out, thetas = target(rt, params), interpolation_thetas(params.thetas, params.frames)
+    out, thetas = target(rt, params, "interpolation"), interpolation_thetas(params.thetas, params.frames)
     images, prompts = await endpoints(form, rt, params)
     opts = sampling(params)
     op = interpolate(rt.pipe, images=images, prompts=prompts, thetas=thetas, mode=params.mode, seed=out.seed,
                      size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
                 inversions=2 if images else 0)
-    return await serve(request, rt, params, op, "interpolation", out, cost)
+    plan = Plan(op, "interpolation", cost, prompts or [], input_images=len(images or []))
+    return await serve(request, rt, params, out, plan)

@@ -16,7 +16,7 @@ from pipelines.operations import DEFAULTS, text_diff, work
 from ..runtime import ReadyRuntime
 from ..schemas import ImagesResponse, TextDiffRequest
 from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import parse_params, sampling, serve, target
+from .common import Plan, parse_params, sampling, serve, target
 
 router = APIRouter()
 
@@ -31,10 +31,11 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
 async def create_text_diff(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     params: TextDiffRequest = parse_params(TextDiffRequest, text_fields(form, files=tuple(FILES)))
-    out = target(rt, params)
+    out = target(rt, params, "text_diff")
     image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
     opts, frames = sampling(params), params.frames or DEFAULTS.frames
     op = text_diff(rt.pipe, image, params.prompt, params.source_prompt, frames=frames,
                    max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
-    return await serve(request, rt, params, op, "text_diff", out, cost)
+    texts = [params.prompt, params.source_prompt]
+    return await serve(request, rt, params, out, Plan(op, "text_diff", cost, texts, input_images=1))

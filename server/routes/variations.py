@@ -15,7 +15,7 @@ from pipelines.operations import variations, work
 from ..runtime import ReadyRuntime
 from ..schemas import ImagesResponse, VariationRequest
 from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import parse_params, sampling, serve, target
+from .common import Plan, parse_params, sampling, serve, target
 
 router = APIRouter()
 
@@ -30,9 +30,9 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
 async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     params: VariationRequest = parse_params(VariationRequest, text_fields(form, files=tuple(FILES)))
-    out = target(rt, params)
+    out = target(rt, params, "variation")
     image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
     opts = sampling(params)
     op = variations(rt.pipe, image, n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
-    return await serve(request, rt, params, op, "variation", out, cost)
+    return await serve(request, rt, params, out, Plan(op, "variation", cost, input_images=1))

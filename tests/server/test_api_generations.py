@@ -23,7 +23,7 @@ def test_generate_url_fetches_png_with_parameters(client: openai.OpenAI, server:
     assert img.text["prompt"] == "a red circle"
     assert img.text["seed"] == "8"  # image i uses seed + i
     assert img.text["model"] == "tiny" and img.text["operation"] == "generation"
-    params = json.loads(img.text["parameters"])
+    params = json.loads(img.text["unclip"])
     assert params["decoder_steps"] == 2 and params["size"] == "64x64"
 
 
@@ -53,10 +53,18 @@ def test_same_seed_same_image(client: openai.OpenAI) -> None:
     ({"prompt": ""}, "prompt", "invalid_value"),
     ({"response_format": "jpeg"}, "response_format", "invalid_value"),
     ({"style": "vivid"}, "style", "unsupported_parameter"),
-    ({"background": "transparent"}, "background", "unsupported_parameter"),
-    ({"output_format": "webp"}, "output_format", "unsupported_parameter"),
-    ({"partial_images": 2}, "partial_images", "unsupported_parameter"),
-    ({"quality": "hd"}, "quality", "unsupported_parameter"),
+    ({"background": "transparent"}, "background", "unsupported_value"),
+    ({"quality": "xhigh"}, "quality", "invalid_value"),
+    ({"quality": "max"}, "quality", "invalid_value"),
+    ({"output_format": "svg"}, "output_format", "invalid_value"),
+    ({"output_format": "bmp"}, "output_format", "invalid_value"),
+    ({"output_format": "jpeg", "output_compression": 101}, "output_compression", "invalid_value"),
+    ({"output_format": "png", "output_compression": 50}, "output_compression", "unsupported_value"),
+    ({"output_format": "gif", "frame_count": 1}, "frame_count", "invalid_value"),
+    ({"output_format": "gif", "frame_count": 17}, "frame_count", "invalid_value"),
+    ({"output_format": "gif", "n": 2}, "n", "unsupported_value"),
+    ({"frame_count": 4}, "frame_count", "unsupported_value"),
+    ({"partial_images": 4}, "partial_images", "invalid_value"),
     ({"model": "no-such-model"}, "model", "model_not_found"),
 ])
 def test_generate_invalid_parameters(client: openai.OpenAI, kwargs: dict, param: str, code: str) -> None:

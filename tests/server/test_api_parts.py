@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipelines.operations import OpResult
 from server.auth import bearer_token, key_matches, needs_key
-from server.images import ImageMeta, encode_pngs, image_items, thetas_of
+from server.images import ImageMeta, encode, image_items, thetas_of
 from server.settings import Settings
 from server.url_store import StoreTooSmall, UrlStore
 
@@ -67,9 +67,10 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pngs_carry_parameters_and_thetas() -> None:
     result = OpResult(torch.zeros(2, 3, 8, 8), thetas=[0.0, 0.5])
     meta = ImageMeta("tiny", "interpolation", 40, {"prompt": "p", "decoder_steps": 3, "eta": None})
-    pngs = encode_pngs(result, meta)
+    pngs = encode(result, meta)
     img = Image.open(io.BytesIO(pngs[1]))
     assert img.text["seed"] == "41" and img.text["theta"] == "0.5" and img.text["prompt"] == "p"
-    assert "eta" not in img.text and json.loads(img.text["parameters"])["decoder_steps"] == 3
+    assert "eta" not in img.text and json.loads(img.text["unclip"])["decoder_steps"] == 3
+    assert img.text["parameters"].startswith("p\nSteps: 3, Seed: 41, Model: tiny")
     items = image_items(pngs, thetas_of(result), "url", UrlStore(60, 10**6), "http://h:1/")
     assert items[0].url.startswith("http://h:1/v1/files/images/") and items[1].theta == 0.5

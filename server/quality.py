@@ -1,0 +1,39 @@
+"""OpenAI's `quality` as a step preset: one pure policy function.
+
+A preset scales the default number of steps (the model's, from stack.json) of the prior and
+of the upsamplers: `low` halves them, `medium` keeps them, `high` doubles them; steps a
+request gives itself win. The decoder keeps its default in every preset: on the default
+model its 4 DDIM steps are the measured best (bench/sweep_sampling.py: 3 and 5 steps score
+lower, and 2 steps, halving everything, broke colours: colour accuracy 0.47 at N = 64),
+and it costs a tenth of a generation. The upsamplers are where the time goes (81% of a
+256 px generation). `auto` is `medium`: the model's defaults were chosen by measurement as
+its best trade-off. The retired DALL-E values map too (`standard` -> medium, `hd` -> high),
+and the response echoes the preset used. Values of other models (`xhigh`, `max`) are
+refused by the request models: this model has no preset beyond `high`.
+
+Why scale the defaults rather than fix step counts: a preset then means the same for any
+model directory (Karlo's 25/25/7 or the shapes model's 25/4/8/5), and per-stage defaults
+that were tuned by measurement keep their proportions. What each preset costs and gives
+on the default model is in the README (`python -m bench.eval_shapes --quality Q`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pipelines.stage_keys import PRIOR, UPSAMPLER
+
+Preset = Literal["low", "medium", "high"]
+STEP_SCALE: dict[Preset, dict[str, float]] = {
+    "low": {PRIOR: 0.5, UPSAMPLER: 0.5},
+    "medium": {},
+    "high": {PRIOR: 2.0, UPSAMPLER: 2.0},
+}
+ALIASES: dict[str, Preset] = {"auto": "medium", "standard": "medium", "hd": "high"}
+
+
+def preset(quality: Optional[str]) -> Preset:
+    """The preset of a request's `quality` (None: auto)."""
+    if quality is None:
+        return "medium"
+    return ALIASES.get(quality, quality)  # type: ignore[return-value]
