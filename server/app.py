@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
 from .errors import APIError, error_response, install_handlers
-from .routes import edits, files, generations, health, interpolations, models, text_diffs, variations
+from .routes import edits, files, generations, health, interpolations, models, playground, text_diffs, variations
 from .runtime import Runtime
 from .schemas import ErrorResponse
 from .settings import Settings
@@ -148,6 +148,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}},
                        dependencies=secured if settings.files_require_key else [])
     app.include_router(health.router, tags=["operations"])
+    app.include_router(playground.router, include_in_schema=False)
     app.add_middleware(AuthMiddleware, keys=settings.keys, files_require_key=settings.files_require_key)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(RequestContext, runtime=runtime)

@@ -1,0 +1,80 @@
+// api.js — the public API client: the bearer key (kept in localStorage), JSON and
+// multipart calls, and OpenAI-shaped errors ({error: {message, param, code}}) as ApiError.
+
+const KEY_STORAGE = "unclip.apiKey";
+let onUnauthorized = () => {};
+
+/** An error answered by the API (or by an `error` event of a stream). */
+export class ApiError extends Error {
+  constructor(status, detail = {}) {
+    super(detail.message || `HTTP ${status}`);
+    this.status = status;
+    this.param = detail.param ?? null;
+    this.code = detail.code ?? null;
+  }
+}
+
+export function apiKey() {
+  return localStorage.getItem(KEY_STORAGE) || "";
+}
+
+export function setApiKey(key) {
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+}
+
+/** `handler(error)` runs whenever a call answers 401. */
+export function whenUnauthorized(handler) {
+  onUnauthorized = handler;
+}
+
+function headers(json) {
+  const out = json ? { "Content-Type": "application/json" } : {};
+  const key = apiKey();
+  if (key) out.Authorization = `Bearer ${key}`;
+  return out;
+}
+
+async function errorOf(response) {
+  let detail = {};
+  try {
+    detail = (await response.json()).error || {};
+  } catch {
+    detail = { message: `HTTP ${response.status} ${response.statusText}` };
+  }
+  const error = new ApiError(response.status, detail);
+  if (response.status === 401) onUnauthorized(error);
+  return error;
+}
+
+/** fetch `path`; POST with `json` or `form` (FormData) when given. Resolves to the
+ * Response when it is OK, rejects with ApiError otherwise. */
+export async function call(path, { json, form, signal } = {}) {
+  const init = { method: json || form ? "POST" : "GET", headers: headers(Boolean(json)), signal };
+  if (json) init.body = JSON.stringify(json);
+  if (form) init.body = form;
+  const response = await fetch(path, init);
+  if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+/** A multipart body: text fields (arrays repeat `name[]`) plus files {name: Blob | Blob[]}. */
+export function formOf(fields, files = {}) {
+  const form = new FormData();
+  for (const [name, value] of Object.entries(fields)) {
+    if (Array.isArray(value)) value.forEach((v) => form.append(`${name}[]`, String(v)));
+    else form.append(name, String(value));
+  }
+  for (const [name, blobs] of Object.entries(files)) {
+    const list = Array.isArray(blobs) ? blobs : [blobs];
+    const field = Array.isArray(blobs) ? `${name}[]` : name;
+    list.forEach((blob, i) => form.append(field, blob, `${name}-${i}.png`));
+  }
+  return form;
+}
+
+/** The served model's card (id, sizes). */
+export async function modelCard() {
+  const body = await (await call("/v1/models")).json();
+  return body.data[0];
+}

@@ -1,0 +1,90 @@
+// app.js — the playground's entry module: loads the served model's card (its sizes),
+// asks for an API key when the API answers 401, and wires the Generate form, the gallery,
+// the actions and the runner together.
+
+import { Actions } from "./actions.js";
+import { apiKey, modelCard, setApiKey, whenUnauthorized } from "./api.js";
+import { $, el, valueOf } from "./dom.js";
+import { GALLERY_CAP, Gallery } from "./gallery.js";
+import { MaskPainter } from "./mask.js";
+import { generate } from "./ops.js";
+import { Results } from "./results.js";
+import { Runner } from "./runner.js";
+import { reuse, settingsFor, stageCount } from "./settings.js";
+import { openStore } from "./store.js";
+
+const RETRY_MS = 2000;
+const model = { id: null, sizes: [] };
+
+const sideOf = (size) => Number(String(size).split("x")[0]);
+
+/** How many stages an operation at `size` ("WxH"; none: the largest) runs. */
+function stages(size) {
+  return stageCount(model.sizes, size ? sideOf(size) : Math.max(...model.sizes));
+}
+
+function askForKey() {
+  $("key-form").hidden = false;
+  $("key-note").textContent = apiKey() ? "The API key was refused; enter another." : "This server needs an API key.";
+  $("model-status").textContent = "API key needed.";
+  $("api-key").focus();
+}
+
+function fillSizes(sizes) {
+  const select = $("size");
+  const keep = select.value;
+  const largest = `${sizes.at(-1)}x${sizes.at(-1)}`;
+  select.replaceChildren(...sizes.map((s) => el("option", { value: `${s}x${s}` }, `${s} × ${s}`)));
+  select.value = sizes.includes(sideOf(keep)) ? keep : largest;
+}
+
+async function loadModel() {
+  try {
+    const card = await modelCard();
+    model.id = card.id;
+    model.sizes = card.sizes.map(sideOf).sort((a, b) => a - b);
+    fillSizes(model.sizes);
+    $("model-status").textContent = `Model: ${card.id}`;
+  } catch (error) {
+    if (error.status === 401) return;
+    $("model-status").textContent = `The server is not ready (${error.message}); retrying…`;
+    setTimeout(loadModel, RETRY_MS);
+  }
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  setApiKey($("api-key").value.trim());
+  $("key-form").hidden = true;
+  $("model-status").textContent = "Key saved.";
+  loadModel();
+}
+
+function generateJob() {
+  const body = { prompt: $("prompt").value, n: valueOf($("n")) ?? 1, ...settingsFor("generations") };
+  return { kind: "generation", label: "Generating", stages: stages(body.size), count: body.n, asked: body,
+    start: (hooks) => generate(body, hooks) };
+}
+
+function painter() {
+  return new MaskPainter({ canvas: $("mask-canvas"), image: $("edit-image"), cursor: $("brush-cursor"),
+    size: $("brush-size"), eraser: $("eraser"), show: $("show-mask"), undo: $("mask-undo"), clear: $("mask-clear") });
+}
+
+async function main() {
+  whenUnauthorized(askForKey);
+  $("key-form").addEventListener("submit", saveKey);
+  $("gallery-cap").textContent = String(GALLERY_CAP);
+  const handlers = { reuse: (entry) => { reuse(entry.params); $("prompt").focus(); },
+    action: (name, entry) => actions.open(name, entry) };
+  const gallery = new Gallery($("gallery"), await openStore(), handlers);
+  const runner = new Runner({ bar: $("progress"), status: $("run-status"), cancel: $("cancel"), error: $("error"),
+    results: new Results($("results")), gallery });
+  const actions = new Actions({ gallery, runner, painter: painter(), stages });
+  actions.init();
+  $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); runner.run(generateJob()); });
+  await gallery.load();
+  await loadModel();
+}
+
+main();

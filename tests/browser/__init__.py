@@ -1,0 +1,1 @@
+"""Browser tests of the playground (GET /): Playwright driving Debian's Chromium."""

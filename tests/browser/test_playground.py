@@ -1,0 +1,304 @@
+"""The playground (GET /) in a real browser against the real server: generation with its
+progress bar, the gallery, inpainting with a painted mask (the unpainted pixels kept
+exactly), variations, interpolations, text diffs, the server's errors, API keys, cancel,
+and the phone layout. Every test ends with no console errors (see conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import io
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from server.routes.playground import ASSETS, ROOT
+from tests.server.conftest import FAST, KEY, REPO, ServerProc, png
+
+from .conftest import Tab
+
+TIMEOUT_MS = 30_000
+MARGIN = 2  # px: the pixels this close to the painted area are not compared
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+def fast(tab: Tab, **fields) -> None:
+    """Few steps through the Advanced section (every operation uses these settings)."""
+    tab.page.click("#advanced summary")
+    for name, value in {**FAST, **fields}.items():
+        tab.page.fill(f"#{name}", str(value))
+
+
+def set_range(tab: Tab, selector: str, value: float) -> None:
+    tab.page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def cards(tab: Tab):
+    return tab.page.locator("#gallery > li")
+
+
+def run(tab: Tab, button: str, images: int) -> None:
+    """Click a run button and wait for `images` new gallery entries (or fail with the error shown)."""
+    before = cards(tab).count()
+    tab.page.click(button)
+    tab.page.wait_for_function(
+        "([want]) => document.querySelectorAll('#gallery > li').length >= want"
+        " || !document.getElementById('error').hidden", arg=[before + images], timeout=TIMEOUT_MS)
+    assert tab.page.locator("#error").is_hidden(), tab.page.inner_text("#error")
+    assert cards(tab).count() == before + images
+
+
+def error_after(tab: Tab, button: str) -> str:
+    """Click a run button and return the error the page shows."""
+    tab.page.click(button)
+    tab.page.locator("#error").wait_for(state="visible", timeout=TIMEOUT_MS)
+    return tab.page.inner_text("#error")
+
+
+def generate(tab: Tab, n: int = 1, prompt: str = "a red circle") -> None:
+    tab.page.fill("#prompt", prompt)
+    tab.page.fill("#n", str(n))
+    run(tab, "#generate", n)
+
+
+def upload(tab: Tab, selector: str, data: bytes, name: str = "in.png") -> None:
+    tab.page.set_input_files(selector, files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+
+
+def upload_source(tab: Tab, data: bytes) -> None:
+    upload(tab, "#source-upload", data)
+    tab.page.wait_for_function("() => document.getElementById('source-label').textContent.includes('uploaded')")
+
+
+def download(tab: Tab, card_index: int) -> Image.Image:
+    """The PNG behind a gallery card's Download link."""
+    with tab.page.expect_download() as info:
+        cards(tab).nth(card_index).get_by_role("link", name="Download").click()
+    img = Image.open(info.value.path())
+    img.load()
+    return img
+
+
+def frames_shown(tab: Tab) -> int:
+    return tab.page.locator("#results .strip li").count()
+
+
+def painted_pixels(tab: Tab) -> int:
+    return tab.page.eval_on_selector("#mask-canvas", """c => c.getContext("2d").getImageData(0, 0, c.width, c.height)
+        .data.filter((v, i) => i % 4 === 3 && v > 0).length""")
+
+
+def rgb(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(img.convert("RGB").resize(size, Image.Resampling.NEAREST))
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+def test_generate_shows_progress_and_fills_the_gallery(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    assert tab.page.locator("#size option").all_inner_texts() == ["32 × 32", "64 × 64"]
+    fast(tab)
+    tab.page.fill("#seed", "7")
+    generate(tab, n=2, prompt="a blue square")
+    values = [float(v) for v in tab.page.evaluate("window.__progress") if v is not None]
+    moving = [v for v in values if 0 < v < 1]
+    assert len(set(moving)) >= 3 and values[-1] == 1, values  # prior, decoder, upsampler steps
+    assert moving == sorted(moving), values
+    assert tab.page.locator("#results img.slot").count() == 2
+    newest = cards(tab).first
+    params = json.loads(newest.locator("pre").text_content())
+    assert params["prompt"] == "a blue square" and params["seed"] == 7 and params["size"] == "64x64"
+    newest.get_by_text("Parameters", exact=True).click()
+    newest.get_by_role("button", name="Copy").click()
+    newest.get_by_text("Copied.").wait_for()
+    assert json.loads(tab.page.evaluate("navigator.clipboard.readText()")) == params
+    cards(tab).nth(1).get_by_role("button", name="Reuse").click()  # image 2: seed + 1
+    assert tab.page.input_value("#seed") == "8" and tab.page.input_value("#n") == "1"
+    assert tab.page.input_value("#prompt") == "a blue square" and tab.page.input_value("#decoder_steps") == "2"
+    tab.page.reload()  # the gallery is kept in the browser, in the same order
+    cards(tab).nth(1).wait_for()
+    assert json.loads(cards(tab).first.locator("pre").text_content())["seed"] == 7
+
+
+def test_inpainting_keeps_the_unpainted_pixels(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab)
+    generate(tab)
+    cards(tab).first.get_by_role("button", name="Edit").click()
+    tab.page.wait_for_function("() => document.getElementById('edit-image').naturalWidth > 0"
+                               " && document.getElementById('mask-canvas').getBoundingClientRect().height > 0")
+    canvas = tab.page.locator("#mask-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    tab.page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.3)
+    tab.page.mouse.down()
+    tab.page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.35, steps=6)
+    tab.page.mouse.up()
+    tab.page.fill("#edit-prompt", "a green square")
+    run(tab, "#run-edit", 1)
+    mask_url = tab.page.eval_on_selector("#mask-canvas", "c => c.toDataURL()")
+    mask = Image.open(io.BytesIO(base64.b64decode(mask_url.split(",", 1)[1])))
+    result, original = download(tab, 0), download(tab, 1)
+    assert json.loads(cards(tab).first.locator("pre").text_content())["operation"] == "edit"
+    painted = Image.fromarray((np.asarray(mask.getchannel("A")) > 0).astype(np.uint8) * 255)
+    near = np.asarray(painted.resize(result.size, Image.Resampling.NEAREST)
+                      .filter(ImageFilter.MaxFilter(2 * MARGIN + 1))) > 0
+    assert 0 < near.mean() < 0.8
+    assert np.array_equal(rgb(result, result.size)[~near], rgb(original, result.size)[~near])
+
+
+def test_variations_of_an_upload(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab)
+    upload_source(tab, png(64, seed=1))
+    tab.page.fill("#var-n", "2")
+    set_range(tab, "#var-eta", 0.5)
+    assert tab.page.inner_text("#var-eta-out") == "0.5"
+    run(tab, "#run-variations", 2)
+    params = json.loads(cards(tab).first.locator("pre").text_content())
+    assert params["operation"] == "variation" and params["eta"] == 0.5
+
+
+def test_interpolations_show_the_asked_frames(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab)
+    generate(tab, n=2)
+    cards(tab).first.get_by_role("button", name="Interpolate with…").click()  # with the other gallery image
+    set_range(tab, "#interp-frames", 4)
+    run(tab, "#run-interpolate", 4)
+    assert frames_shown(tab) == 4
+    view = tab.page.locator("#results .frame-view")
+    first = view.get_attribute("alt")
+    tab.page.get_by_role("button", name="Play").click()
+    tab.page.wait_for_function("a => document.querySelector('#results .frame-view').alt !== a", arg=first)
+    tab.page.get_by_role("button", name="Pause").click()
+    tab.page.check("input[name=interp-with][value=upload]")
+    upload(tab, "#interp-upload", png(64, seed=2))
+    set_range(tab, "#interp-frames", 3)
+    run(tab, "#run-interpolate", 3)
+    assert frames_shown(tab) == 3
+    tab.page.check("input[name=interp-with][value=prompts]")
+    set_range(tab, "#interp-frames", 2)
+    run(tab, "#run-interpolate", 2)
+    assert frames_shown(tab) == 2
+
+
+def test_text_diff_frames(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab)
+    upload_source(tab, png(64, seed=3))
+    tab.page.get_by_role("tab", name="Text diff").click()
+    tab.page.fill("#td-source", "a red circle")
+    tab.page.fill("#td-target", "a blue circle")
+    set_range(tab, "#td-frames", 3)
+    set_range(tab, "#td-theta", 0.4)
+    run(tab, "#run-textdiff", 3)
+    assert frames_shown(tab) == 3
+    params = json.loads(cards(tab).first.locator("pre").text_content())
+    assert params["operation"] == "text_diff" and params["max_theta"] == 0.4
+
+
+def server_error(server: ServerProc, body: dict) -> dict:
+    answer = httpx.post(server.url("/v1/images/generations"), json=body, timeout=30)
+    assert answer.status_code == 400
+    return answer.json()["error"]
+
+
+def test_the_servers_errors_are_shown_with_their_param(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    tab.expect_status(400)
+    fast(tab, decoder_steps=0)
+    tab.page.fill("#prompt", "a red circle")
+    expected = server_error(playground, {"prompt": "a red circle", "decoder_steps": 0})
+    shown = error_after(tab, "#generate")
+    assert expected["message"] in shown and "decoder_steps" in shown
+    tab.page.fill("#decoder_steps", "2")
+    tab.page.fill("#prompt", "x" * 1001)
+    expected = server_error(playground, {"prompt": "x" * 1001})
+    shown = error_after(tab, "#generate")
+    assert expected["message"] in shown and "parameter: prompt" in shown
+    assert cards(tab).count() == 0
+
+
+def test_api_key_is_asked_for_then_used(open_page, keyed_server: ServerProc) -> None:
+    tab = open_page(keyed_server)
+    tab.expect_status(401)
+    key_field = tab.page.get_by_label("API key", exact=True)
+    key_field.wait_for()
+    assert "needs an API key" in tab.page.inner_text("#key-form")
+    key_field.fill(KEY)
+    tab.page.get_by_role("button", name="Save key").click()
+    tab.page.wait_for_function("() => document.getElementById('model-status').textContent === 'Model: tiny'")
+    fast(tab)
+    generate(tab)
+    tab.page.reload()  # the key is remembered
+    tab.page.wait_for_function("() => document.getElementById('model-status').textContent === 'Model: tiny'")
+    assert tab.page.locator("#key-form").is_hidden()
+
+
+def test_cancel_stops_the_job(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab, prior_steps=250, decoder_steps=250, upsampler_steps=250)
+    tab.page.click("#generate")
+    tab.page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('value')) > 0")
+    tab.page.click("#cancel")
+    tab.page.wait_for_function("() => document.getElementById('run-status').textContent === 'Cancelled.'")
+    assert cards(tab).count() == 0 and tab.page.locator("#error").is_hidden()
+    with httpx.Client(base_url=playground.base_url) as http:
+        for _ in range(50):
+            if http.get("/ready").json()["running"] == 0:
+                break
+            tab.page.wait_for_timeout(100)
+        assert http.get("/ready").json()["running"] == 0  # the server dropped the job
+
+
+def test_phone_width_labels_and_keyboard(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground, width=375, height=800)
+    fast(tab)
+    generate(tab)
+    assert tab.page.evaluate("document.documentElement.scrollWidth") <= 375
+    unlabeled = tab.page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button, canvas')]
+        .filter(el => !(el.labels?.length || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                       || (el.tagName === 'BUTTON' && el.textContent.trim())))
+        .map(el => el.id || el.outerHTML.slice(0, 60))""")
+    assert unlabeled == []
+    tab.page.get_by_role("tab", name="Variations").focus()
+    tab.page.keyboard.press("ArrowRight")
+    assert tab.page.get_by_role("tab", name="Edit").get_attribute("aria-selected") == "true"
+    assert tab.page.locator("#panel-edit").is_visible()
+    cards(tab).first.get_by_role("button", name="Edit").click()
+    tab.page.wait_for_function("() => document.getElementById('mask-canvas').width > 0")
+    tab.page.locator("#mask-canvas").focus()
+    for key in ("ArrowLeft", "ArrowUp", "Space"):  # the brush moves, then paints
+        tab.page.keyboard.press(key)
+    assert painted_pixels(tab) > 0
+    tab.page.get_by_role("button", name="Undo").click()
+    assert painted_pixels(tab) == 0
+
+
+def test_page_and_assets_are_served(playground: ServerProc, keyed_server: ServerProc) -> None:
+    with httpx.Client(base_url=keyed_server.base_url) as http:
+        page = http.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["cache-control"] == "no-cache"
+        for name in re.findall(r'/playground/([\w.]+)', page.text):
+            asset = http.get(f"/playground/{name}")
+            kind = "text/css" if name.endswith(".css") else "text/javascript"
+            assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert http.get("/playground/nothing.js").status_code == 404
+        assert http.get("/playground/..%2Fapp.py").status_code == 404
+        assert http.get("/v1/models").status_code == 401  # the API still needs the key
+        assert "/" not in http.get("/openapi.json").json()["paths"]
+
+
+def test_every_playground_file_is_installed_with_the_package() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["server"]
+    files = sorted(p.relative_to(ROOT.parent).as_posix() for p in ROOT.iterdir())
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+    assert sorted(ASSETS) == sorted(p.name for p in ROOT.iterdir())  # nothing there goes unserved
