@@ -1,2 +1,3 @@
 """HTTP routes, one module per endpoint family, plus what they share: `common` (parse,
-target, serve), `bodies` (JSON and multipart bodies), `running` (engine jobs), `stream` (SSE)."""
+target, serve), `bodies` and `multipart` (JSON and form bodies), `admission` (what a request
+may cost), `running` (engine jobs), `stream` (SSE)."""
