@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision are pinned together: these builds pair with each other.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-dev serve lint test
+.PHONY: setup setup-dev serve lint browser test
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,11 @@ serve: setup
 lint: setup-dev
 	$(PY) -m ruff check .
 
-test: lint
+# Debian's Chromium for tests/browser (Playwright cannot download a browser here).
+browser:
+	@[ -x /usr/bin/chromium ] || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)

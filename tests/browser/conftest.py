@@ -23,7 +23,7 @@ from tools.screenshot_playground import CHROMIUM, launch_chromium
 
 launch_server = server_fixtures.launch_server  # the fixture, shared with tests/server
 
-INSTALL = "install it with `apt-get install -y chromium` (as root; .ci/run does this before `make test`)"
+INSTALL = "install it with `apt-get install -y chromium` (as root; `make test` does this)"
 STATUS_LOG = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})")
 # Records every value the progress bar takes (the page itself has no test hooks).
 RECORD_PROGRESS = """
