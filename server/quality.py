@@ -1,15 +1,16 @@
 """OpenAI's `quality` as a step preset: one pure policy function.
 
-A preset scales the default number of steps (the model's, from stack.json) of the prior and
-of the upsamplers: `low` halves them, `medium` keeps them, `high` doubles them; steps a
-request gives itself win. The decoder keeps its default in every preset: on the default
-model its 4 DDIM steps are the measured best (bench/sweep_sampling.py: 3 and 5 steps score
-lower, and 2 steps, halving everything, broke colours: colour accuracy 0.47 at N = 64),
-and it costs a tenth of a generation. The upsamplers are where the time goes (81% of a
-256 px generation). `auto` is `medium`: the model's defaults were chosen by measurement as
-its best trade-off. The retired DALL-E values map too (`standard` -> medium, `hd` -> high),
-and the response echoes the preset used. Values of other models (`xhigh`, `max`) are
-refused by the request models: this model has no preset beyond `high`.
+A preset scales the default number of steps (the model's, from stack.json) of some stages:
+`low` halves the prior's, `medium` keeps every default, `high` doubles the prior's and
+the upsamplers'; steps a request gives itself win. The decoder keeps its default in every
+preset: on the default model its 4 DDIM steps are the measured best (bench/sweep_sampling.py:
+3 and 5 steps score lower). `low` keeps the upsamplers' too: halving them (to 4 and 2 steps)
+broke colours (colour accuracy 0.48, variations 0.62 at N = 64; halving every stage: 0.47),
+so on this model a cheap preset can only save prior steps. `auto` is `medium`: the model's
+defaults were chosen by measurement as its best trade-off. The retired DALL-E values map
+too (`standard` -> medium, `hd` -> high), and the response echoes the preset used. Values
+of other models (`xhigh`, `max`) are refused by the request models: this model has no
+preset beyond `high`.
 
 Why scale the defaults rather than fix step counts: a preset then means the same for any
 model directory (Karlo's 25/25/7 or the shapes model's 25/4/8/5), and per-stage defaults
@@ -25,7 +26,7 @@ from pipelines.stage_keys import PRIOR, UPSAMPLER
 
 Preset = Literal["low", "medium", "high"]
 STEP_SCALE: dict[Preset, dict[str, float]] = {
-    "low": {PRIOR: 0.5, UPSAMPLER: 0.5},
+    "low": {PRIOR: 0.5},
     "medium": {},
     "high": {PRIOR: 2.0, UPSAMPLER: 2.0},
 }

@@ -108,9 +108,9 @@ def test_fields_this_model_cannot_honour_say_what_to_do(client: openai.OpenAI, f
 
 
 def test_quality_presets_scale_the_steps(client: openai.OpenAI) -> None:
-    """No step fields: low halves the prior's and upsamplers' default steps, high doubles
-    them, the decoder keeps its own; the response echoes the preset; low is measurably
-    faster than high."""
+    """No step fields: low halves the prior's default steps, high doubles the prior's and
+    the upsamplers', the decoder keeps its own; the response echoes the preset; low is
+    measurably faster than high."""
     seconds, steps = {}, {}
     for quality in ("low", "high", "low", "high", "low", "high"):
         started = time.perf_counter()
@@ -120,7 +120,7 @@ def test_quality_presets_scale_the_steps(client: openai.OpenAI) -> None:
         assert res.quality == quality
         steps[quality] = json.loads(Image.open(io.BytesIO(decoded(res.data[0].b64_json))).text["unclip"])
     assert (steps["low"]["prior_steps"], steps["high"]["prior_steps"]) == (12, 50)  # tiny model: 25 by default
-    assert (steps["low"]["upsampler_steps"], steps["high"]["upsampler_steps"]) == ([2], [8])  # 4 by default
+    assert (steps["low"]["upsampler_steps"], steps["high"]["upsampler_steps"]) == ([4], [8])  # 4 by default
     assert steps["low"]["decoder_steps"] == steps["high"]["decoder_steps"] == 8
     assert statistics.median(seconds["low"]) < statistics.median(seconds["high"]), seconds
     explicit = client.images.generate(prompt="x", size="32x32", quality="high", response_format="b64_json",

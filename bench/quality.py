@@ -1,0 +1,54 @@
+"""Seconds per generation of each quality preset (server/quality.py), measured alternately
+in one run so that the ratios hold on a noisy machine; accuracy per preset comes from
+`python -m bench.eval_shapes --quality Q`.
+
+    .venv/bin/python -m bench.quality [--model-dir weights/default] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from pipelines.checkpoints import load_model_dir
+from pipelines.operations import generate
+from pipelines.unclip import Sampling, UnCLIP, run_direct
+from server.quality import STEP_SCALE
+
+PROMPT = "a small red circle at the top left on a blue background"
+
+
+def seconds(pipe: UnCLIP, preset: str, seed: int) -> float:
+    """One generation at the largest size with the preset's steps."""
+    started = time.perf_counter()
+    run_direct(pipe, generate(pipe, PROMPT, seed=seed, opts=Sampling(step_scale=STEP_SCALE[preset])))
+    return time.perf_counter() - started
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", type=Path, default=Path("weights/default"))
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    pipe = UnCLIP(load_model_dir(args.model_dir))
+    seconds(pipe, "medium", 0)  # warm-up
+    times: dict[str, list[float]] = {preset: [] for preset in STEP_SCALE}
+    for r in range(args.repeats):
+        for preset in STEP_SCALE:
+            times[preset].append(seconds(pipe, preset, r))
+    medium = statistics.median(times["medium"])
+    for preset, ts in times.items():
+        steps = pipe.settings_of(Sampling(step_scale=STEP_SCALE[preset]))
+        print(f"{preset:<7} {statistics.median(ts):6.2f} s  ({statistics.median(ts) / medium:.2f}x medium)  "
+              f"prior {steps['prior_steps']}, decoder {steps['decoder_steps']}, upsamplers {steps['upsampler_steps']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
