@@ -156,7 +156,7 @@ def walk(
     frame_gens = [make_generator(seed) for _ in range(frames)]  # the same noise in every frame
     out = yield from pipe.decode(zs, text, frame_gens, opts, x_t=x_t)
     out = yield from pipe.upsample(out, frame_gens, opts, count)
-    return OpResult(out, zs, settings={"frame_count": frames, "walk_keys": keys})
+    return OpResult(out, zs, settings={"frame_count": frames, "walk_keys": keys, "decoder_sampler": "ddim"})
 
 
 def _on_path(z: torch.Tensor, u: float) -> torch.Tensor:
@@ -190,7 +190,7 @@ def variations(
     zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
     images = yield from pipe.decode(zs, null, gens, opts, x_t=xs)
     images = yield from pipe.upsample(images, gens, opts, count)
-    return OpResult(images, zs, settings={"n": n, "eta": eta})
+    return OpResult(images, zs, settings={"n": n, "eta": eta, "decoder_sampler": "ddim"})
 
 
 def interpolation_thetas(thetas: Optional[Sequence[float]], frames: Optional[int]) -> list[float]:
@@ -220,7 +220,8 @@ def interpolate(
     _, gens = _gens(seed, len(thetas))
     frames = yield from pipe.decode(zs, pipe.null_encoding(), gens, opts, x_t=xs)
     frames = yield from pipe.upsample(frames, gens, opts, count)
-    return OpResult(frames, zs, thetas=thetas, settings={"mode": mode, "frames": len(thetas)})
+    settings = {"mode": mode, "frames": len(thetas), "decoder_sampler": "ddim"}
+    return OpResult(frames, zs, thetas=thetas, settings=settings)
 
 
 def _endpoints(pipe: UnCLIP, images, prompts, seed: int, opts: Sampling) -> Operation:
@@ -263,7 +264,8 @@ def text_diff(
     _, gens = _gens(seed, frames)
     out = yield from pipe.decode(zs, null, gens, opts, x_t=x_t.expand(frames, -1, -1, -1))
     out = yield from pipe.upsample(out, gens, opts, count)
-    return OpResult(out, zs, thetas=thetas, direction=z_d, settings={"frames": frames, "max_theta": max_theta})
+    settings = {"frames": frames, "max_theta": max_theta, "decoder_sampler": "ddim"}
+    return OpResult(out, zs, thetas=thetas, direction=z_d, settings=settings)
 
 
 def inpaint(
