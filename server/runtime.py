@@ -70,7 +70,8 @@ class Runtime:
     async def start(self) -> None:
         """Load the model, start the engine, warm up; then ready."""
         s = self.settings
-        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())),
+        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())
+                                            .use_channels_last(s.channels_last)),
                              max_batch=s.max_batch, queue_size=s.queue_size,
                              default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
                              stats=self.metrics)

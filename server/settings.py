@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="weights' dtype; auto: float16 on CUDA, float32 on CPU")
     warmup: bool = Field(True, description="run one tiny generation before reporting ready")
+    channels_last: bool = Field(True, description="run the UNets in channels-last memory format (faster on CPU "
+                                "and CUDA)")
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long running jobs may finish")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="log level of the server and uvicorn")

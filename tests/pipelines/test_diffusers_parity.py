@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -300,6 +301,19 @@ def test_generation_matches_diffusers(generations: dict, stage: str) -> None:
     print(f"{stage}: max |ours - diffusers| = {diff:.3g}")
     assert ours.abs().max() > 0.05  # a real signal, not all zeros
     assert diff <= TOL
+
+
+@pytest.mark.parametrize("stage", ["image_emb", "decoder", "images"])
+def test_generation_in_channels_last_matches_diffusers(stack: UnCLIPStack, generations: dict, stage: str) -> None:
+    """The server runs the UNets in channels-last (UnCLIPStack.use_channels_last): the
+    same staged run in that format stays within the parity tolerance."""
+    seed, latents = 7, Latents.draw(stack.cfg, 1, seed=123)
+    opts = Sampling(prior_steps=STEPS[0], decoder_steps=STEPS[1], upsampler_steps=STEPS[2],
+                    prior_guidance=GUIDANCE[0], decoder_guidance=GUIDANCE[1], best_of=1, latents=latents.ours())
+    fast = UnCLIP(copy.deepcopy(stack).use_channels_last())
+    assert fast.stack.decoder.out[-1].weight.is_contiguous(memory_format=torch.channels_last)
+    ours = run_direct(fast, staged(fast, seed, opts))[stage]
+    assert max_diff(ours, generations["theirs"][stage]) <= TOL
 
 
 def test_generate_is_the_staged_run(generations: dict) -> None:

@@ -276,9 +276,10 @@ def test_batched_step_equals_steps_one_by_one(noised, name: str) -> None:
 # ---- batched Stage.step over mixed tracks ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pipe() -> UnCLIP:
-    return UnCLIP(random_stack(StackConfig.tiny(), seed=4))
+@pytest.fixture(scope="module", params=[False, True], ids=["contiguous", "channels_last"])
+def pipe(request: pytest.FixtureRequest) -> UnCLIP:
+    """The tiny stack, its UNets in NCHW or in channels-last (as the server runs them)."""
+    return UnCLIP(random_stack(StackConfig.tiny(), seed=4).use_channels_last(request.param))
 
 
 # (sampler, eta, guidance, index of the pair to run): different t, samplers and guidance.
