@@ -28,11 +28,16 @@ its own worker pool, and on a 2-core host a pipeline run on a second thread afte
 was loaded on another ran 2.1x slower (tiny model: 0.38 s vs 0.18 s a generation); loaded
 and run on the same thread it is as fast as on the main thread.
 
+Costs: every batch updates the stage's moving average of seconds per track-step, so
+`estimate(work)` tells what an operation takes alone before it runs (the server's
+admission check), and each job accumulates its share of the calls it was in.
+
 Admission control: at most `queue_size` jobs wait; beyond that `submit` raises QueueFull
-at once with a Retry-After estimate (queue position x mean run time / max_running).
-Deadlines default to `default_deadline_s` and are capped at `max_deadline_s`. `drain()`
-refuses new work while queued and running jobs finish; `stop()` ends the loop and fails
-what is left with EngineStopped. Stats go to an `EngineStats` (server/stats.py).
+at once with a Retry-After estimate (see `_retry_after`: the work left in the running
+jobs). Deadlines default to `default_deadline_s` and are capped at `max_deadline_s`.
+`drain()` refuses new work while queued and running jobs finish; `abort(error)` fails
+every held job at once and ends the loop after the current step; `stop()` ends the loop
+and fails what is left with EngineStopped. Stats go to an `EngineStats` (server/stats.py).
 """
 
 from __future__ import annotations
