@@ -71,18 +71,14 @@ def work(
     """Track-steps per stage of an operation (what it will cost, before it runs): `images`
     images at `size`, `prior_samples` embeddings drawn by the prior (each best of N), and
     `inversions` images DDIM-inverted; `resample` repeats every step (inpainting)."""
-    opts, stages = opts or Sampling(), pipe.stages
+    opts = opts or Sampling()
     best_of = opts.best_of or pipe.cfg.prior.best_of
-    decoder = stages[DECODER]
-    scale = opts.scale(DECODER)
-    sampled = len(decoder.timesteps(opts.decoder_steps, invertible=inversions > 0, scale=scale))
-    inverted = len(decoder.timesteps(opts.decoder_steps, invertible=True, scale=scale)) - 1
-    prior_steps = len(stages[PRIOR].timesteps(opts.prior_steps, scale=opts.scale(PRIOR)))
-    out = {PRIOR: prior_samples * best_of * prior_steps,
+    sampled = len(pipe.timesteps(DECODER, opts, invertible=inversions > 0))
+    inverted = len(pipe.timesteps(DECODER, opts, invertible=True)) - 1
+    out = {PRIOR: prior_samples * best_of * len(pipe.timesteps(PRIOR, opts)),
            DECODER: images * sampled * resample + inversions * inverted * (1 + opts.inversion_refine)}
-    for u in range(pipe.upsampler_count(size)):
-        key = upsampler_key(u)
-        out[key] = images * len(stages[key].timesteps(opts.upsampler_steps, scale=opts.scale(key))) * resample
+    for key in (upsampler_key(u) for u in range(pipe.upsampler_count(size))):
+        out[key] = images * len(pipe.timesteps(key, opts)) * resample
     return out
 
 

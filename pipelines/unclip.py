@@ -95,16 +95,21 @@ class UnCLIP:
     def sizes(self) -> tuple[int, ...]:
         return self.cfg.sizes
 
+    def timesteps(self, key: str, opts: Sampling, invertible: bool = False, steps: Optional[int] = None) -> list[int]:
+        """Stage `key`'s respaced timesteps under opts: `steps`, else the steps opts ask of
+        that stage, else its default times opts' scale for it (see `Stage.timesteps`)."""
+        asked = {PRIOR: opts.prior_steps, DECODER: opts.decoder_steps}.get(key, opts.upsampler_steps)
+        return self.stages[key].timesteps(steps or asked, invertible, opts.scale(key))
+
     def settings_of(self, opts: Sampling) -> dict[str, Any]:
         """The sampling settings `opts` amount to (the stages' defaults, scaled, for what
         opts leave open): steps as respaced, guidance, sampler, best_of."""
         stages = self.stages
-        ups = [len(stages[key].timesteps(opts.upsampler_steps, scale=opts.scale(key)))
-               for key in (upsampler_key(i) for i in range(len(self.cfg.upsamplers)))]
-        return {"prior_steps": len(stages[PRIOR].timesteps(opts.prior_steps, scale=opts.scale(PRIOR))),
+        ups = [len(self.timesteps(upsampler_key(i), opts)) for i in range(len(self.cfg.upsamplers))]
+        return {"prior_steps": len(self.timesteps(PRIOR, opts)),
                 "prior_guidance": _default(opts.prior_guidance, stages[PRIOR].cfg.guidance),
                 "best_of": opts.best_of or self.cfg.prior.best_of,
-                "decoder_steps": len(stages[DECODER].timesteps(opts.decoder_steps, scale=opts.scale(DECODER))),
+                "decoder_steps": len(self.timesteps(DECODER, opts)),
                 "decoder_guidance": _default(opts.decoder_guidance, stages[DECODER].cfg.guidance),
                 "decoder_sampler": opts.decoder_sampler or stages[DECODER].cfg.sampler,
                 "upsampler_steps": ups}
@@ -126,7 +131,7 @@ class UnCLIP:
         text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
         stage = self.stages[PRIOR]
         best_of = opts.best_of or self.cfg.prior.best_of
-        pairs = sampling_pairs(stage.timesteps(opts.prior_steps, scale=opts.scale(PRIOR)))
+        pairs = sampling_pairs(self.timesteps(PRIOR, opts))
         guidance = _default(opts.prior_guidance, stage.cfg.guidance)
         cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
         tracks = []
@@ -157,8 +162,7 @@ class UnCLIP:
         known[i] (inpainting, any size) constrains track i."""
         stage = self.stages[DECODER]
         sampler = opts.decoder_sampler or stage.cfg.sampler
-        pairs = sampling_pairs(stage.timesteps(opts.decoder_steps, invertible=x_t is not None,
-                                                     scale=opts.scale(DECODER)))
+        pairs = sampling_pairs(self.timesteps(DECODER, opts, invertible=x_t is not None))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         size = self.cfg.decoder.model.image_size
         tracks = []
@@ -198,10 +202,10 @@ class UnCLIP:
         """Run the first `count` upsamplers on images [n, 3, s, s]; known[i] (inpainting, any
         size) constrains image i at every stage."""
         for u in range(count):
-            stage = self.stages[f"upsampler.{u}"]
+            stage = self.stages[upsampler_key(u)]
             size = stage.up.cfg.out_size
             low = upsample_for(images, size)
-            pairs = sampling_pairs(stage.timesteps(opts.upsampler_steps, scale=opts.scale(stage.key)))
+            pairs = sampling_pairs(self.timesteps(stage.key, opts))
             tracks = []
             for i, g in enumerate(gens):
                 x = self._init(opts, stage.key, i, (1, 3, size, size), g)
@@ -220,8 +224,7 @@ class UnCLIP:
         """DDIM-invert decoder-resolution images [n, 3, S, S] conditioned on their own z_i
         [n, D] (and text, one row or n). Returns x_T [n, 3, S, S]."""
         stage = self.stages[DECODER]
-        pairs = inversion_pairs(stage.timesteps(steps or opts.decoder_steps, invertible=True,
-                                                      scale=opts.scale(DECODER)))
+        pairs = inversion_pairs(self.timesteps(DECODER, opts, invertible=True, steps=steps))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         tracks = []
         for i in range(images.shape[0]):
