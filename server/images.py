@@ -44,10 +44,6 @@ class FileFormat:
     compression: Optional[int] = None
     frame_ms: int = DEFAULT_FRAME_MS
 
-    @property
-    def content_type(self) -> str:
-        return CONTENT_TYPES[self.format]
-
 
 @dataclass
 class ImageMeta:

@@ -140,12 +140,11 @@ def square_tensor(upload: Upload) -> torch.Tensor:
 
 def edit_mask(image: Upload, mask: Optional[Upload]) -> torch.Tensor:
     """keep [1, 1, h, w] (1 = keep) of an edit: from the mask, which must have the image's
-    size as uploaded, or from the image's own alpha."""
+    size as uploaded (then both were reduced to the same size), or from the image's own alpha."""
     if mask is not None and mask.size != image.size:
         raise bad_request("mask", f"'mask' is {mask.size[0]}x{mask.size[1]} but the image is "
                                   f"{image.size[0]}x{image.size[1]}")
-    return keep_mask(image.image, mask.image.resize(image.image.size, Image.Resampling.NEAREST)
-                     if mask is not None else None)
+    return keep_mask(image.image, mask.image if mask is not None else None)
 
 
 def multipart_body(model: type[BaseModel], files: dict[str, str], required: tuple[str, ...] = ()) -> dict[str, Any]:

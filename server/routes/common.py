@@ -3,8 +3,9 @@ its operation, and hands both to `serve`:
 
     params = parse_params(Model, raw)          # unsupported fields and bad values -> 400
     out = target(rt, params, kind)             # model, limits, size, seed, file format, quality
-    op = operation(rt.pipe, ..., seed=out.seed, size=out.size, opts=sampling(params))
-    return await serve(request, rt, params, out, Plan(op, kind, work(rt.pipe, out.size, ...), texts))
+    opts = sampling(params)
+    op = operation(rt.pipe, ..., seed=out.seed, size=out.size, opts=opts)
+    return await serve(request, rt, params, out, Plan(op, kind, opts, work(rt.pipe, out.size, opts, ...), texts))
 
 `serve` refuses at once (400) an operation whose estimated run time exceeds the deadline,
 runs it on the engine and answers with OpenAI's images response (with `size`, `quality`,
@@ -75,6 +76,7 @@ class Plan:
 
     op: Operation
     kind: str
+    opts: Sampling  # what the operation samples with (recorded in the images)
     work: dict[str, int]  # track-steps per stage (pipelines.operations.work)
     texts: Sequence[str] = ()  # the prompts CLIP encodes (usage, truncation notice)
     input_images: int = 0  # the images CLIP encodes (usage)
@@ -157,7 +159,7 @@ async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, p
     cost_s = admit(rt, params, plan.work)
     clip = rt.pipe.stack.clip
     cut = truncation(clip, plan.texts)
-    meta = meta_for(rt, plan.kind, out, params, cut)
+    meta = meta_for(rt, plan, out, params, cut)
     spent = usage(clip, plan.texts, plan.input_images)
     headers = {"x-prompt-truncated": cut} if cut else {}
     if getattr(params, "stream", None):
@@ -186,10 +188,10 @@ async def respond(request: Request, rt: Runtime, result: OpResult, meta: ImageMe
     return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
 
 
-def meta_for(rt: Runtime, operation: str, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
+def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
     """The files' metadata: the sampling settings in effect, the request's fields (not user
     ids), the size, the quality preset and, if the prompt was cut, what was kept."""
-    values = rt.pipe.settings_of(sampling(params))
+    values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
     values.update(size=f"{out.size}x{out.size}", quality=out.quality, prompt_truncated=cut)
-    return ImageMeta(rt.model_name, operation, out.seed, values)
+    return ImageMeta(rt.model_name, plan.kind, out.seed, values)

@@ -41,4 +41,4 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     op = inpaint(rt.pipe, square_tensor(image), edit_mask(image, mask), params.prompt, n=params.n,
                  seed=out.seed, size=out.size, resample=resample, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return await serve(request, rt, params, out, Plan(op, "edit", cost, [params.prompt]))
+    return await serve(request, rt, params, out, Plan(op, "edit", opts, cost, [params.prompt]))

@@ -32,4 +32,4 @@ async def create_generation(request: Request, rt: ReadyRuntime) -> Any:
     else:
         op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts)
         cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
-    return await serve(request, rt, params, out, Plan(op, "generation", cost, [params.prompt]))
+    return await serve(request, rt, params, out, Plan(op, "generation", opts, cost, [params.prompt]))

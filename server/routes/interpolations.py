@@ -69,5 +69,5 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
                      size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
                 inversions=2 if images else 0)
-    plan = Plan(op, "interpolation", cost, prompts or [], input_images=len(images or []))
+    plan = Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []))
     return await serve(request, rt, params, out, plan)

@@ -38,4 +38,4 @@ async def create_text_diff(request: Request, rt: ReadyRuntime) -> Any:
                    max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
     texts = [params.prompt, params.source_prompt]
-    return await serve(request, rt, params, out, Plan(op, "text_diff", cost, texts, input_images=1))
+    return await serve(request, rt, params, out, Plan(op, "text_diff", opts, cost, texts, input_images=1))

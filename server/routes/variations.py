@@ -35,4 +35,4 @@ async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
     opts = sampling(params)
     op = variations(rt.pipe, image, n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
-    return await serve(request, rt, params, out, Plan(op, "variation", cost, input_images=1))
+    return await serve(request, rt, params, out, Plan(op, "variation", opts, cost, input_images=1))
