@@ -1,22 +1,29 @@
-"""Load test of the HTTP server: closed-loop clients at several concurrencies.
+"""Load test of the HTTP server on the shipped model (or another): closed and open loops,
+a burst, and small work sent behind big work.
 
-Starts `python -m server` on 127.0.0.1 (a free port) with the model directory from
-UNCLIP_MODEL_DIR or, without it, a seeded random tiny model written to a temporary
-directory; loads the same model in this process for the direct reference (`run_direct`);
-then runs closed-loop clients (each sends a request, waits for the answer, sends the next)
-for --duration seconds at every concurrency of --concurrency with generations, and one
-mixed run (generations, variations, edits, interpolations, text diffs) at
---mixed-concurrency.
+Starts `python -m server` on 127.0.0.1 (a free port) with --model (default: the shipped
+weights/default; `tiny`: a seeded random tiny model written to a temporary directory), its
+batch caps measured at start into a fresh profile folder; loads the same model in this
+process for the direct references; then runs, with generations at the model's largest size:
 
-Prints per run: images/s, request p50/p99 latency, mean batch size (samples per model call,
-from the server's /metrics) and the ratios throughput(max c)/throughput(1) and HTTP
-latency / direct latency at concurrency 1 (medians of the same generation sent over HTTP
-and run by `run_direct`, alternated one at a time, and the c=1 run's p50 / that direct
-median), and the ceiling of the throughput ratio on this device: run_direct's images/s with
---max-batch images in one batch over its images/s with one. Writes bench/results/load-<model>-<time>.json.
+- closed loops: clients that each send a request, wait for the answer and send the next,
+  for --duration seconds at every concurrency of --concurrency (and one mixed run of every
+  operation at --mixed-concurrency);
+- a burst: --burst generations sent at once (mean and max latency: processor sharing gives
+  mean/max ~ 1, one job after another ~ 0.5);
+- open loops: Poisson arrivals at 50% and 80% of the capacity the closed loops measured,
+  for --duration seconds each (p50/p99);
+- small behind big: a generation at the smallest size sent 0.5 s after an n=10
+  generation at the largest, against the same small generation alone;
+- best direct: `run_many` of --burst generations in this process with each stage batched at
+  the server's cap (what the engine could reach with no HTTP and no scheduling), and the
+  ceiling of batching alone: run_direct at --max-batch images in one batch over one.
 
-    .venv/bin/python -m bench.load [--duration 20] [--concurrency 1,4,16]
-        [--steps 25,8,4] [--size 64] [--max-batch 8] [--device cpu]
+Prints the runs and the ratios the engine is held to; writes
+bench/results/load-<model>-<time>.json.
+
+    .venv/bin/python -m bench.load [--model weights/default|tiny|DIR] [--duration 20]
+        [--concurrency 1,4,16] [--burst 16] [--steps 25,8,4] [--max-batch 8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -58,10 +65,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def model_dir(tmp: Path) -> Path:
-    """UNCLIP_MODEL_DIR, or a seeded random tiny model written under tmp."""
-    if os.environ.get("UNCLIP_MODEL_DIR"):
-        return Path(os.environ["UNCLIP_MODEL_DIR"])
+def model_dir(tmp: Path, name: str = "tiny") -> Path:
+    """The model directory `name`, or for "tiny" a seeded random tiny model written under tmp."""
+    if name != "tiny":
+        return Path(name)
     from pipelines.checkpoints import random_stack, save_model_dir
     from pipelines.config import StackConfig
 
@@ -78,7 +85,10 @@ class Server:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "UNCLIP_MODEL_DIR": str(model),
                     "UNCLIP_HOST": "127.0.0.1", "UNCLIP_PORT": str(self.port), "UNCLIP_DEVICE": args.device,
                     "UNCLIP_MAX_BATCH": str(args.max_batch), "UNCLIP_QUEUE_SIZE": str(args.queue_size),
-                    "UNCLIP_LOG_LEVEL": "warning", "UNCLIP_API_KEYS": ""}
+                    "UNCLIP_LOG_LEVEL": "warning", "UNCLIP_API_KEYS": "",
+                    "UNCLIP_BATCH_PROFILE": getattr(args, "batch_profile", "measure"),
+                    "UNCLIP_BATCH_PROFILE_DIR": str(log_path.parent / "profiles"),
+                    "UNCLIP_STAGE_BATCH": getattr(args, "stage_batch", "")}
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
 
@@ -112,6 +122,10 @@ class Server:
         """Every sample of the server's /metrics, as prometheus_client parses them."""
         for family in text_string_to_metric_families(httpx.get(self.base + "/metrics", timeout=10).text):
             yield from family.samples
+
+    def caps(self) -> dict[str, int]:
+        """Each stage's batch cap, from /metrics."""
+        return {s.labels["stage"]: int(s.value) for s in self.samples() if s.name == "unclip_stage_batch_cap"}
 
     def batch_totals(self) -> dict[str, float]:
         """Cumulative engine counters from /metrics: samples and calls per stage, mixed calls."""
@@ -153,6 +167,16 @@ class Steps:
 Send = Callable[[httpx.Client, int], httpx.Response]
 
 
+def generation_sender(size: int, steps: Steps, n: int = 1) -> Send:
+    """Generations of n images at `size`: (client, sequence number) -> response."""
+    def generation(c: httpx.Client, i: int) -> httpx.Response:
+        body = {"prompt": PROMPTS[i % len(PROMPTS)], "n": n, "seed": i, "size": f"{size}x{size}",
+                "response_format": "b64_json", **{k: int(v) for k, v in steps.all_fields().items()}}
+        return c.post("/v1/images/generations", json=body)
+
+    return generation
+
+
 def requests_for(size: int, steps: Steps, in_size: int) -> dict[str, Send]:
     """One sender per operation kind: (client, sequence number) -> response."""
     common = {"size": f"{size}x{size}", "response_format": "b64_json"}
@@ -160,11 +184,7 @@ def requests_for(size: int, steps: Steps, in_size: int) -> dict[str, Send]:
     alpha[:, : in_size // 2] = 0
     images = [png(in_size, s) for s in range(4)]
     masked = png(in_size, 9, alpha)
-
-    def generation(c: httpx.Client, i: int) -> httpx.Response:
-        body = {"prompt": PROMPTS[i % len(PROMPTS)], "n": 1, "seed": i, **common,
-                **{k: int(v) for k, v in steps.all_fields().items()}}
-        return c.post("/v1/images/generations", json=body)
+    generation = generation_sender(size, steps)
 
     def variation(c: httpx.Client, i: int) -> httpx.Response:
         return c.post("/v1/images/variations", files={"image": ("a.png", images[i % 4], "image/png")},
@@ -219,16 +239,21 @@ class RunResult:
     p50_by_kind: dict[str, float] = field(default_factory=dict)
 
 
+def timed(c: httpx.Client, kind: str, send: Send, i: int) -> Sample:
+    """Send one request and time it until its whole answer is read."""
+    t0 = time.monotonic()
+    r = send(c, i)
+    images = len(r.json().get("data", [])) if r.status_code == 200 else 0
+    return Sample(kind, t0, time.monotonic() - t0, r.status_code, images)
+
+
 def client_loop(base: str, kinds: list[tuple[str, Send]], offset: int, stop_at: float, out: list[Sample]) -> None:
     """One closed-loop client: request, wait, repeat until stop_at (the last one finishes)."""
     with httpx.Client(base_url=base, timeout=600) as c:
         i = 0
         while time.monotonic() < stop_at:
             kind, send = kinds[(offset + i) % len(kinds)]
-            t0 = time.monotonic()
-            r = send(c, offset * 100_000 + i)
-            images = len(r.json().get("data", [])) if r.status_code == 200 else 0
-            out.append(Sample(kind, t0, time.monotonic() - t0, r.status_code, images))
+            out.append(timed(c, kind, send, offset * 100_000 + i))
             i += 1
 
 
@@ -273,6 +298,57 @@ def summarize(name: str, concurrency: int, elapsed: float, samples: list[Sample]
     )
 
 
+# ---- a burst, open loops, small behind big ----------------------------------------------
+
+def at_once(base: str, sends: list[tuple[float, str, Send]], first: int = 0) -> list[Sample]:
+    """Send each (delay after start in s, kind, sender) on its own connection at its time;
+    every answer timed from its own send."""
+    out: list[Sample] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def one(k: int, delay: float, kind: str, send: Send) -> None:
+        time.sleep(max(0.0, start + delay - time.monotonic()))
+        with httpx.Client(base_url=base, timeout=600) as c:
+            sample = timed(c, kind, send, first + k)
+        with lock:
+            out.append(sample)
+
+    threads = [threading.Thread(target=one, args=(k, *item)) for k, item in enumerate(sends)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def burst(server: Server, send: Send, n: int) -> dict[str, float]:
+    """n generations sent at once: their mean and max latency, and mean / max."""
+    lat = [s.seconds for s in at_once(server.base, [(0.0, "generation", send)] * n, 200_000) if s.status == 200]
+    return {"n": n, "ok": len(lat), "mean_s": statistics.fmean(lat), "max_s": max(lat),
+            "mean_over_max": statistics.fmean(lat) / max(lat)}
+
+
+def open_loop(server: Server, send: Send, rate: float, duration: float, seed: int) -> dict[str, float]:
+    """Poisson arrivals at `rate` per second for `duration` s (each request on its own
+    connection, whatever the ones before it are doing): p50 / p99 latency, achieved rate."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * duration * 3) + 8)
+    times = [t for t in np.cumsum(gaps) if t < duration]
+    samples = at_once(server.base, [(float(t), "generation", send) for t in times], 300_000 + 10_000 * seed)
+    lat = [s.seconds for s in samples if s.status == 200]
+    return {"rate_per_s": rate, "requests": len(times), "ok": len(lat), "p50_s": percentile(lat, 50),
+            "p99_s": percentile(lat, 99)}
+
+
+def small_behind_big(server: Server, big: Send, small: Send, repeats: int = 3) -> dict[str, float]:
+    """A small generation alone (median of `repeats`), then sent 0.5 s after a big one."""
+    with httpx.Client(base_url=server.base, timeout=600) as c:
+        alone = statistics.median(timed(c, "small", small, 400_000 + i).seconds for i in range(repeats))
+    samples = {s.kind: s for s in at_once(server.base, [(0.0, "big", big), (0.5, "small", small)], 410_000)}
+    return {"small_alone_s": alone, "small_behind_big_s": samples["small"].seconds,
+            "big_s": samples["big"].seconds, "ratio": samples["small"].seconds / alone}
+
+
 # ---- the direct reference ------------------------------------------------------------
 
 class Direct:
@@ -285,23 +361,33 @@ class Direct:
         from pipelines.unclip import Sampling, UnCLIP
 
         self.cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        self.pipe = UnCLIP(load_model_dir(model, "cuda" if self.cuda else "cpu"))
+        self.pipe = UnCLIP(load_model_dir(model, "cuda" if self.cuda else "cpu").use_channels_last(True))
         self.opts = Sampling(prior_steps=steps.prior, decoder_steps=steps.decoder, upsampler_steps=steps.upsampler)
         self.size = args.size
 
     def generation(self, i: int, n: int = 1) -> float:
         """Seconds of one generation of n images, as the HTTP generation sender asks for it."""
+        return self.many([i], max_batch=n, n=n)
+
+    def many(self, seeds: list[int], max_batch: int, n: int = 1, caps: Optional[dict[str, int]] = None) -> float:
+        """Seconds of one generation per seed run together by run_many (each of n images),
+        each stage batched up to caps[stage] (default max_batch)."""
         import torch
 
         from pipelines.operations import generate
-        from pipelines.unclip import run_direct
+        from pipelines.unclip import run_many
 
         t0 = time.perf_counter()
-        op = generate(self.pipe, PROMPTS[i % len(PROMPTS)], n=n, seed=i, size=self.size, opts=self.opts)
-        run_direct(self.pipe, op, max_batch=n)
+        ops = [generate(self.pipe, PROMPTS[i % len(PROMPTS)], n=n, seed=i, size=self.size, opts=self.opts)
+               for i in seeds]
+        run_many(self.pipe, ops, max_batch=max_batch, caps=caps)
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
+
+    def best(self, caps: dict[str, int], n: int, repeats: int = 2) -> float:
+        """Images/s of n generations run together with every stage at its cap (best of repeats)."""
+        return n / min(self.many(list(range(n)), max(caps.values()), caps=caps) for _ in range(repeats))
 
 
 def paired_latency(server: Server, direct: Direct, send: Send, repeats: int) -> dict[str, float]:
@@ -333,13 +419,19 @@ def batching_ceiling(direct: Direct, n: int, repeats: int = 3) -> float:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
+    p.add_argument("--model", default=str(REPO / "weights" / "default"),
+                   help="model directory, or 'tiny' for a seeded random tiny model (default: the shipped one)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per closed or open loop")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts (generations)")
-    p.add_argument("--mixed-concurrency", type=int, default=16, help="clients of the mixed run (0: skip)")
+    p.add_argument("--mixed-concurrency", type=int, default=0, help="clients of the mixed run (0: skip)")
+    p.add_argument("--burst", type=int, default=16, help="generations of the burst and of best direct")
+    p.add_argument("--open-loop", default="0.5,0.8", help="Poisson arrival rates as fractions of capacity")
     p.add_argument("--steps", default="", help="prior,decoder,upsampler steps (default: the model's)")
     p.add_argument("--size", type=int, default=None, help="output size (default: the model's largest)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-size", type=int, default=64)
+    p.add_argument("--batch-profile", default="measure", choices=["measure", "off"], help="the server's caps")
+    p.add_argument("--stage-batch", default="", help="the server's UNCLIP_STAGE_BATCH")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pairs", type=int, default=10, help="alternated direct/HTTP generations for the latency ratio")
     return p.parse_args()
@@ -351,27 +443,80 @@ def parse_steps(text: str) -> Steps:
     return Steps(*parts[:3])
 
 
-def report(runs: list[RunResult], ratios: dict[str, float], direct_s: float) -> None:
+def report(runs: list[RunResult], extra: dict, ratios: dict[str, float], direct_s: float) -> None:
     print(f"\ndirect run_direct latency (generation, median): {direct_s * 1000:.1f} ms")
     print(f"{'run':<14}{'c':>4}{'req':>6}{'err':>5}{'img/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}")
     for r in runs:
         batch = f"{r.mean_batch:.2f}" if r.mean_batch is not None else "-"
         print(f"{r.name:<14}{r.concurrency:>4}{r.requests:>6}{sum(r.errors.values()):>5}{r.images_per_s:>9.2f}"
               f"{r.p50_s * 1000:>9.1f}{r.p99_s * 1000:>9.1f}{batch:>7}")
+        if r.batch_by_stage:
+            print(f"{'':<18}mean batch by stage: {({k: round(v, 2) for k, v in r.batch_by_stage.items()})}")
     for r in runs:
         if r.name == "mixed":
             print("mixed p50 by kind (ms):", {k: round(v * 1000, 1) for k, v in r.p50_by_kind.items()},
                   f"mixed-kind batches: {r.mixed_batches:.0f}" if r.mixed_batches is not None else "")
+    for name, values in extra.items():
+        print(f"{name}: {json.dumps(values, default=lambda v: round(v, 3))}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
+
+
+def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: Steps, cfg) -> tuple[list, dict]:
+    """Every run against the live server, then the direct references: (runs, extra results)."""
+    senders = requests_for(args.size, steps, cfg.decoder.model.image_size)
+    gen = senders["generation"]
+    extra: dict = {"caps": server.caps()}
+    with httpx.Client(base_url=server.base, timeout=600) as c:  # warm every route once
+        for send in (senders.values() if args.mixed_concurrency else [gen]):
+            send(c, 0).raise_for_status()
+    extra["alternated_s"] = paired_latency(server, direct, gen, args.pairs)
+    print("  alternated, one at a time (ms):", {k: round(v * 1000, 1) for k, v in extra["alternated_s"].items()},
+          flush=True)
+    runs = []
+    for c in [int(c) for c in args.concurrency.split(",") if c]:
+        runs.append(run_level(server, "generation", c, args.duration, [("generation", gen)]))
+        print(f"  c={c}: {runs[-1].images_per_s:.2f} images/s", flush=True)
+    if args.mixed_concurrency:
+        runs.append(run_level(server, "mixed", args.mixed_concurrency, args.duration, list(senders.items())))
+    extra["burst"] = burst(server, gen, args.burst)
+    print(f"  burst: {extra['burst']}", flush=True)
+    capacity = max(r.images_per_s for r in runs if r.name == "generation")
+    for k, frac in enumerate(float(f) for f in args.open_loop.split(",") if f):
+        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.duration, k)
+        print(f"  open loop {frac:.0%}: {extra[f'open_loop_{round(frac * 100)}']}", flush=True)
+    extra["small_behind_big"] = small_behind_big(server, generation_sender(args.size, steps, n=10),
+                                                 generation_sender(min(cfg.sizes), steps))
+    print(f"  small behind big: {extra['small_behind_big']}", flush=True)
+    extra["best_direct_images_per_s"] = direct.best(extra["caps"], args.burst)
+    extra["ceiling"] = batching_ceiling(direct, args.max_batch)
+    return runs, extra
+
+
+def ratios_of(runs: list[RunResult], extra: dict, max_batch: int) -> dict[str, float]:
+    """The ratios the engine is held to (issue 16), from one run."""
+    gen = {r.concurrency: r for r in runs if r.name == "generation"}
+    direct_s = extra["alternated_s"]["direct"]
+    ratios = {"http latency / direct latency (alternated)": extra["alternated_s"]["http_vs_direct"] / direct_s}
+    if 1 in gen and len(gen) > 1:
+        top = max(gen)
+        ratios[f"throughput({top})/throughput(1)"] = gen[top].images_per_s / gen[1].images_per_s
+        ratios[f"throughput({top}) / best direct"] = gen[top].images_per_s / extra["best_direct_images_per_s"]
+    if 1 in gen:
+        ratios["http p50 latency at c=1 / direct latency"] = gen[1].p50_s / direct_s
+        for key in (k for k in extra if k.startswith("open_loop_")):
+            ratios[f"open loop {key[10:]}%: p50 / c=1 p50"] = extra[key]["p50_s"] / gen[1].p50_s
+    ratios[f"burst of {extra['burst']['n']}: mean / max latency"] = extra["burst"]["mean_over_max"]
+    ratios["small behind big / small alone"] = extra["small_behind_big"]["ratio"]
+    ratios[f"ceiling: direct images/s at batch {max_batch} / at batch 1"] = extra["ceiling"]
+    return ratios
 
 
 def main() -> int:
     args = parse_args()
     steps = parse_steps(args.steps)
-    levels = [int(c) for c in args.concurrency.split(",") if c]
     with tempfile.TemporaryDirectory(prefix="unclip-load-") as tmp:
-        model = model_dir(Path(tmp))
+        model = model_dir(Path(tmp), args.model)
         from pipelines.checkpoints import CONFIG_FILE
         from pipelines.config import StackConfig
 
@@ -379,35 +524,14 @@ def main() -> int:
         args.size = args.size or max(cfg.sizes)
         print(f"model {cfg.name} at {model}, size {args.size}, steps {asdict(steps)}", flush=True)
         direct = Direct(model, args, steps)
-        senders = requests_for(args.size, steps, cfg.decoder.model.image_size)
-        runs: list[RunResult] = []
         with Server(model, args, Path(tmp) / "server.log") as server:
-            with httpx.Client(base_url=server.base, timeout=600) as c:  # warm every route once
-                for send in senders.values():
-                    send(c, 0).raise_for_status()
-            paired = paired_latency(server, direct, senders["generation"], args.pairs)
-            print("  alternated, one at a time (ms):", {k: round(v * 1000, 1) for k, v in paired.items()}, flush=True)
-            for c in levels:
-                runs.append(run_level(server, "generation", c, args.duration, [("generation", senders["generation"])]))
-                print(f"  c={c}: {runs[-1].images_per_s:.2f} images/s", flush=True)
-            if args.mixed_concurrency:
-                runs.append(run_level(server, "mixed", args.mixed_concurrency, args.duration, list(senders.items())))
-        ceiling = batching_ceiling(direct, args.max_batch)
-    gen = {r.concurrency: r for r in runs if r.name == "generation"}
-    ratios = {}
-    if 1 in gen and len(gen) > 1:
-        top = max(gen)
-        ratios[f"throughput({top})/throughput(1)"] = gen[top].images_per_s / gen[1].images_per_s
-    direct_s = paired["direct"]
-    ratios["http latency / direct latency (alternated)"] = paired["http_vs_direct"] / direct_s
-    ratios[f"ceiling: direct images/s at batch {args.max_batch} / at batch 1"] = ceiling
-    if 1 in gen:
-        ratios["http p50 latency at c=1 / direct latency"] = gen[1].p50_s / direct_s
-    report(runs, ratios, direct_s)
+            runs, extra = scenarios(server, direct, args, steps, cfg)
+    ratios = ratios_of(runs, extra, args.max_batch)
+    report(runs, extra, ratios, extra["alternated_s"]["direct"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"load-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"model": cfg.name, "size": args.size, "steps": asdict(steps), "device": args.device,
-                               "max_batch": args.max_batch, "duration_s": args.duration, "alternated_s": paired,
+                               "max_batch": args.max_batch, "duration_s": args.duration, **extra,
                                "ratios": ratios, "runs": [asdict(r) for r in runs], "cpu_count": os.cpu_count()},
                               indent=2))
     print(f"wrote {out}")

@@ -1,5 +1,6 @@
 """Images/s of our stack vs diffusers' UnCLIPPipeline: same random weights, same steps,
-guidance on, CPU fp32, measured alternately in one run; plus where each one's time goes
+guidance on, CPU fp32, measured alternately in one run; ours as the server runs it
+(channels-last UNets), diffusers as its users do (its defaults); plus where each one's time goes
 (per-stage wall time, time inside the networks, optionally a torch.profiler table).
 
     .venv/bin/python -m bench.pipeline [--steps 25,25,7] [--batch 1,4] [--repeats 3]
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of ours")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="put OUR UNets' weights in channels-last memory format (oneDNN's preferred layout)")
+    ap.add_argument("--contiguous", action="store_true",
+                    help="run OUR UNets in contiguous memory format (default: channels-last, as the server does)")
     args = ap.parse_args(argv)
     steps = tuple(int(s) for s in args.steps.split(","))
     batches = [int(b) for b in args.batch.split(",")]
@@ -177,10 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = CONFIGS[args.config]()
     stack = random_parity_stack(cfg, seed=0)
     pipe, ref = UnCLIP(stack), build_pipeline(stack)
-    if args.channels_last:
-        for unet in our_modules(pipe).values():
-            if unet is not pipe.stack.prior:
-                unet.to(memory_format=torch.channels_last)
+    stack.use_channels_last(not args.contiguous)
     results = {}
     with torch.inference_mode():
         for b in batches:
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         with torch.inference_mode():
             print(profile_ours(pipe, batches[-1], steps))
-    out = {"config": args.config, "channels_last": args.channels_last, "steps": steps, "repeats": args.repeats,
+    out = {"config": args.config, "channels_last": not args.contiguous, "steps": steps, "repeats": args.repeats,
            "threads": args.threads, "torch": torch.__version__, "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,12 @@ class UnCLIPStack(nn.Module):
             unet.to(memory_format=fmt)
         return self
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the UNets are in channels-last memory format (`use_channels_last`)."""
+        conv = next(p for p in self.decoder.parameters() if p.dim() == 4)
+        return conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
     def unets(self) -> list[UNet]:
         """Every UNet of the stack: the decoder, then each upsampler's networks."""
         nets = [self.decoder]

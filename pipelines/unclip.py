@@ -10,7 +10,7 @@ inversion) are shared by all operations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator, Optional, Sequence
+from typing import Any, Generator, Mapping, Optional, Sequence
 
 import torch
 
@@ -257,9 +257,9 @@ def _best_of(z: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     return z[torch.arange(z.shape[0]), pick]
 
 
-def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64) -> Any:
+def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64, caps: Optional[Mapping[str, int]] = None) -> Any:
     """Drive one operation to its result, running each stage request to completion."""
-    return run_many(pipe, [op], max_batch)[0]
+    return run_many(pipe, [op], max_batch, caps)[0]
 
 
 def _advance(op: Operation, first: bool) -> tuple[Optional[StageRequest], Any]:
@@ -270,10 +270,13 @@ def _advance(op: Operation, first: bool) -> tuple[Optional[StageRequest], Any]:
         return None, stop.value
 
 
-def run_many(pipe: UnCLIP, ops: Sequence[Operation], max_batch: int = 64) -> list[Any]:
+def run_many(pipe: UnCLIP, ops: Sequence[Operation], max_batch: int = 64,
+             caps: Optional[Mapping[str, int]] = None) -> list[Any]:
     """Drive several operations together (offline evaluation, no server): each round, the
     pending requests' tracks run to completion grouped by `group_key`, so tracks of
-    different operations share batches. Results in the order of `ops`."""
+    different operations share batches, at most caps[stage] (default max_batch) a call.
+    Results in the order of `ops`."""
+    caps = caps or {}
     results: list[Any] = [None] * len(ops)
     pending: dict[int, StageRequest] = {}
     for i, op in enumerate(ops):
@@ -286,7 +289,7 @@ def run_many(pipe: UnCLIP, ops: Sequence[Operation], max_batch: int = 64) -> lis
             for track in request.tracks:
                 groups.setdefault(group_key(request.stage, track), []).append(track)
         for key, tracks in groups.items():
-            run_to_end(pipe.stages[key[0]], tracks, max_batch)
+            run_to_end(pipe.stages[key[0]], tracks, caps.get(key[0], max_batch))
         for i in list(pending):
             request, results[i] = _advance(ops[i], first=False)
             if request is None:

@@ -24,6 +24,7 @@ import uvicorn
 from pipelines.checkpoints import MissingWeightsError
 
 from .app import create_app
+from .batch_caps import BadCaps
 from .runtime import Runtime
 from .settings import Settings
 
@@ -70,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except MissingWeightsError as err:
+    except (MissingWeightsError, BadCaps) as err:
         log.error("%s", err)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
 from .errors import APIError, error_response, install_handlers
-from .routes import edits, files, generations, health, interpolations, models, playground, text_diffs, variations
+from .routes import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
+from .routes.background import ASYNC_RESPONSE, prefer_header
 from .runtime import Runtime
 from .schemas import ErrorResponse
 from .settings import Settings
@@ -25,6 +26,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 ERROR_CODES = (400, 401, 404, 413, 429, 500, 503, 504)
+ASYNC_GRACE_S = 2.0  # at shutdown: for async jobs' last results and webhooks
 
 
 # ---- middlewares ----------------------------------------------------------------------
@@ -129,6 +131,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.to_thread(rt.stop)
+        await rt.jobs.close(grace_s=ASYNC_GRACE_S)
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
@@ -142,9 +145,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     install_handlers(app)
     secured = [Depends(bearer_scheme)] if settings.keys else []  # documents the scheme only when it is on
     errors = {code: {"model": ErrorResponse} for code in ERROR_CODES}
-    for module in (generations, edits, variations, interpolations, text_diffs, models):
-        app.include_router(module.router, prefix="/v1", tags=["images" if module is not models else "models"],
-                           dependencies=secured, responses=errors)
+    accepts_async = [Depends(prefer_header)]  # documents `Prefer: respond-async`; serve reads it
+    for module in (generations, edits, variations, interpolations, text_diffs):
+        app.include_router(module.router, prefix="/v1", tags=["images"], dependencies=secured + accepts_async,
+                           responses={**errors, **ASYNC_RESPONSE})
+    app.include_router(jobs.router, prefix="/v1", tags=["jobs"], dependencies=secured, responses=errors)
+    app.include_router(models.router, prefix="/v1", tags=["models"], dependencies=secured, responses=errors)
     app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}},
                        dependencies=secured if settings.files_require_key else [])
     app.include_router(health.router, tags=["operations"])

@@ -5,11 +5,13 @@ the image URLs under `/v1/files/images/` (their unguessable ids are the capabili
 with OpenAI's signed URLs) unless `files_require_key` is set. `/health`, `/ready`,
 `/metrics` and the docs stay open. A request with more than one Authorization header is
 refused (which one counts would depend on the proxy in front). Keys are compared in
-constant time, every configured key every time.
+constant time, every configured key every time. What a key makes (async jobs) is its
+own: `key_owner` names the owner by a digest of the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Iterable, Optional
 
@@ -38,6 +40,15 @@ def bearer_token(authorization: Optional[str]) -> Optional[str]:
         return None
     scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def key_owner(authorization: Optional[str], keys: Iterable[str]) -> Optional[str]:
+    """Who owns what a request makes (async jobs): a digest of its API key, so that no key
+    is stored; None when no keys are configured (everything is everyone's)."""
+    token = bearer_token(authorization)
+    if not tuple(keys) or token is None:
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def needs_key(path: str, files_require_key: bool = False) -> bool:

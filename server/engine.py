@@ -4,11 +4,12 @@ Every submitted operation becomes a `Job` (server/jobs.py) with its own generato
 and RNGs. One daemon thread runs the loop, each turn:
 
 1. ends queued jobs that were cancelled or whose deadline passed (they never run);
-2. admits queued jobs, oldest first, while fewer than `max_running` run, and runs each
-   one's op code (CLIP encoding, ...) up to its first stage request;
+2. admits queued jobs while fewer than `max_running` run, the first to finish virtually
+   first (server/scheduler.py), and runs each one's op code (CLIP encoding, ...) up to its
+   first stage request;
 3. stops running jobs that were cancelled or expired (a step boundary);
-4. picks ONE batch (server/scheduler.py: least recently served first, the group of the
-   longest-waiting track filled with its compatible tracks up to `max_batch`), runs ONE
+4. picks ONE batch (server/scheduler.py: earliest virtual finish first, the group of the
+   first track filled with its compatible tracks up to the stage's cap), runs ONE
    batched `Stage.step` and advances each of its tracks one step;
 5. resumes every job whose stage request is complete to its next request or its result.
 
@@ -27,6 +28,12 @@ loader instead of a pipeline). With PyTorch's OpenMP backend each thread that ru
 its own worker pool, and on a 2-core host a pipeline run on a second thread after the model
 was loaded on another ran 2.1x slower (tiny model: 0.38 s vs 0.18 s a generation); loaded
 and run on the same thread it is as fast as on the main thread.
+
+Batch caps: each stage's most tracks per call (`caps`: a mapping, or a function of the
+loaded pipeline run on the engine thread after loading, e.g. server/batch_caps.py's
+measurement; missing stages and the default get `max_batch`). Unless given, `max_running`
+is twice the largest cap: enough jobs to fill the widest batch while others are in
+another stage.
 
 Costs: every batch updates the stage's moving average of seconds per track-step, so
 `estimate(work)` tells what an operation takes alone before it runs (the server's
@@ -47,7 +54,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 
@@ -76,13 +83,15 @@ log = logging.getLogger(__name__)
 
 STOP_ERRORS = {"cancelled": JobCancelled, "expired": JobExpired}
 
+Caps = Union[Mapping[str, int], Callable[[UnCLIP], Mapping[str, int]], None]
+
 
 class Engine:
     """Runs jobs' stage requests in shared batches on one thread. Thread-safe API."""
 
     def __init__(self, pipe: Union[UnCLIP, Callable[[], UnCLIP]], *, max_batch: int = 8, queue_size: int = 32,
                  default_deadline_s: float = 600.0, max_deadline_s: float = 1800.0,
-                 stats: Optional[EngineStats] = None, max_running: Optional[int] = None):
+                 stats: Optional[EngineStats] = None, max_running: Optional[int] = None, caps: Caps = None):
         if max_batch < 1 or queue_size < 1 or (max_running is not None and max_running < 1):
             raise ValueError("max_batch, queue_size and max_running must be at least 1")
         if not 0 < default_deadline_s <= max_deadline_s:
@@ -91,6 +100,8 @@ class Engine:
         self.pipe: Optional[UnCLIP] = pipe if isinstance(pipe, UnCLIP) else None
         self.loaded: Future[UnCLIP] = Future()
         self.max_batch, self.queue_size = max_batch, queue_size
+        self._caps, self._fixed_running = caps, max_running
+        self.caps: dict[str, int] = {}  # per stage, once loaded
         self.max_running = max_running or 2 * max_batch
         self.default_deadline_s, self.max_deadline_s = default_deadline_s, max_deadline_s
         self.stats: EngineStats = stats if stats is not None else NullStats()
@@ -197,6 +208,15 @@ class Engine:
     def running(self) -> int:
         return len(self._running)
 
+    def queue_position(self, job: Job) -> Optional[int]:
+        """How many queued jobs start before this one, in the order `scheduler.next_job` takes
+        them now (0: it starts next); None once it left the queue."""
+        with self._cv:
+            if job not in self._queue:
+                return None
+            mine = scheduler.start_key(job)
+            return sum(scheduler.start_key(j) < mine for j in self._queue)
+
     # ---- submission helpers ----------------------------------------------------------
 
     def _deadline(self, deadline_s: Optional[float]) -> float:
@@ -224,13 +244,13 @@ class Engine:
 
     def _retry_after(self, depth: int) -> float:
         """Seconds until a queue slot is likely free, i.e. until a running job ends. The
-        running jobs share the engine, so the one with the least work left (its estimated
-        cost less the step time it had) ends after about that much times their number.
-        Without estimates: queue position x mean run time / parallel jobs."""
+        scheduler runs the job with the least work left first (its estimated cost less
+        the step time it had), so it ends after about that much. Without estimates:
+        queue position x mean run time / parallel jobs."""
         with self._cv:
             left = [job.remaining_s() for job in self._running]
         if left and all(s is not None for s in left):
-            return min(300.0, max(1.0, min(left) * len(left)))
+            return min(300.0, max(1.0, min(left)))
         run_s = self._run_s if self._run_s is not None else 5.0
         return min(300.0, max(1.0, run_s * depth / self.max_running))
 
@@ -261,14 +281,23 @@ class Engine:
             self._abandon(error)
 
     def _prepare(self) -> None:
-        """Run the loader on this thread (see the module's notes); resolve `loaded`."""
+        """Run the loader on this thread (see the module's notes), set the batch caps;
+        resolve `loaded`."""
         try:
             if self._load is not None:
                 self.pipe = self._load()
+            self._set_caps()
         except BaseException as exc:
             self.loaded.set_exception(exc)
             raise
         self.loaded.set_result(self.pipe)
+
+    def _set_caps(self) -> None:
+        given = self._caps(self.pipe) if callable(self._caps) else (self._caps or {})
+        self.caps = {stage: min(max(1, int(given.get(stage, self.max_batch))), self.max_batch)
+                     for stage in self.pipe.stages}
+        if self._fixed_running is None:
+            self.max_running = 2 * max(self.caps.values())
 
     def _turn(self) -> bool:
         """One turn of the loop; False once stopping."""
@@ -277,7 +306,7 @@ class Engine:
         self._end_queued()
         self._admit()
         self._end_running()
-        batch = scheduler.pick([e for job in self._running for e in job.entries], self.max_batch)
+        batch = scheduler.pick([e for job in self._running for e in job.entries], self.caps)
         if batch:
             self._run(batch)
         else:
@@ -301,7 +330,8 @@ class Engine:
             with self._cv:
                 if not self._queue:
                     return
-                job = self._queue.popleft()
+                job = scheduler.next_job(self._queue)
+                self._queue.remove(job)
                 job.state, job.started = "running", time.monotonic()
                 self._running.append(job)
             self._emit(self.stats.job_started, job.kind, job.started - job.submitted)

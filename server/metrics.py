@@ -16,9 +16,12 @@ Series:
   unclip_step_duration_seconds{stage}           histogram one batched model call
   unclip_batch_size{stage}                      histogram samples (tracks) per model call
   unclip_batch_mixed_total{stage}               counter   model calls mixing operation kinds
+  unclip_stage_batch_cap{stage}                 gauge     most samples per model call of a stage
   unclip_queue_depth                            gauge     jobs waiting to start
   unclip_running_jobs                           gauge     jobs admitted and running
   unclip_images_generated_total{kind}           counter   images of finished jobs
+  unclip_async_jobs_total{kind,outcome}         counter   async jobs ended (completed/failed/cancelled/expired)
+  unclip_webhook_deliveries_total{outcome}      counter   webhook attempts (delivered, retried, failed)
   unclip_model_info{model,sizes}                gauge (info) the served model
   unclip_ready                                  gauge     1 when accepting work
   unclip_gpu_memory_bytes                       gauge     CUDA memory allocated (0 without CUDA)
@@ -30,7 +33,7 @@ Series:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,6 +84,10 @@ class Metrics:
         self.queue_wait = Histogram("unclip_queue_wait_seconds", "Time jobs waited in the queue before starting",
                                     ["kind"], buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("unclip_images_generated", "Images produced by finished jobs", ["kind"], registry=r)
+        self.async_jobs = Counter("unclip_async_jobs", "Async jobs (Prefer: respond-async) ended, by operation "
+                                  "kind and outcome", ["kind", "outcome"], registry=r)
+        self.webhooks = Counter("unclip_webhook_deliveries", "Webhook attempts by outcome: delivered, retried "
+                                "(another attempt follows), failed (the last one)", ["outcome"], registry=r)
 
     def _engine(self, r: CollectorRegistry) -> None:
         self.step_seconds = Histogram("unclip_step_duration_seconds", "Duration of one batched model call by stage",
@@ -89,6 +96,8 @@ class Metrics:
                                     ["stage"], buckets=BATCH_BUCKETS, registry=r)
         self.mixed = Counter("unclip_batch_mixed", "Batched model calls that mixed operation kinds", ["stage"],
                              registry=r)
+        self.batch_cap = Gauge("unclip_stage_batch_cap", "Most samples per batched model call of a stage "
+                               "(measured or set by UNCLIP_STAGE_BATCH)", ["stage"], registry=r)
         self.queue_depth = Gauge("unclip_queue_depth", "Jobs waiting to start", registry=r)
         self.running = Gauge("unclip_running_jobs", "Jobs admitted and running", registry=r)
         self.gpu_allocated = Gauge("unclip_gpu_memory_bytes", "CUDA memory allocated by tensors (0 without CUDA)",
@@ -106,9 +115,19 @@ class Metrics:
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
 
+    def set_batch_caps(self, caps: Mapping[str, int]) -> None:
+        for stage, cap in caps.items():
+            self.batch_cap.labels(stage).set(cap)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def async_job_ended(self, kind: str, outcome: str) -> None:
+        self.async_jobs.labels(kind, outcome).inc()
+
+    def webhook_attempt(self, outcome: str) -> None:
+        self.webhooks.labels(outcome).inc()
 
     # ---- EngineStats ---------------------------------------------------------------------
 

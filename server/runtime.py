@@ -1,8 +1,9 @@
 """The runtime: everything a request needs besides itself (settings, model, engine,
-metrics, URL store, lifecycle state), one per app, and how routes reach it.
+metrics, URL store, async jobs, lifecycle state), one per app, and how routes reach it.
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
-/health 200 "loading", /ready 503), then one tiny generation warms it up and the state
+/health 200 "loading", /ready 503) and sets each stage's batch cap (measured, or from the
+cached profile), then one tiny generation warms it up and the state
 turns "ready". `begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503,
 new work refused with 503, the engine finishes what it holds.
 
@@ -22,13 +23,18 @@ from fastapi import Depends, Request
 from pipelines.checkpoints import CONFIG_FILE, load_model_dir, require_file
 from pipelines.config import StackConfig
 from pipelines.operations import generate
+from pipelines.stage_keys import DECODER, PRIOR, upsampler_key
 from pipelines.unclip import Sampling, UnCLIP
 
+from .async_jobs import AsyncJobs
+from .batch_caps import caps_for, check_overrides
 from .engine import Engine, ServerShutdown
 from .errors import unavailable
+from .job_records import MemoryJobStore
 from .metrics import Metrics
 from .settings import Settings
 from .url_store import UrlStore
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,11 @@ class Runtime:
         self.model_name, self.sizes = cfg.name, list(cfg.sizes)
         # Uploads are reduced to this side at once: the largest size any stage reads them at.
         self.input_side = max(max(cfg.sizes), cfg.clip.image_size)
+        stages = [PRIOR, DECODER] + [upsampler_key(i) for i in range(len(cfg.upsamplers))]
+        check_overrides(settings.stage_caps, stages, settings.max_batch)  # BadCaps before anything starts
         self.metrics = Metrics(self.model_name, self.sizes)
         self.store = UrlStore(settings.url_ttl_s, settings.url_store_max_bytes)
+        self.jobs = async_jobs(settings, self.metrics)
         self.pipe: Optional[UnCLIP] = None
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
@@ -74,15 +83,21 @@ class Runtime:
                                             .use_channels_last(s.channels_last)),
                              max_batch=s.max_batch, queue_size=s.queue_size,
                              default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
-                             stats=self.metrics)
+                             stats=self.metrics, caps=self.batch_caps)
         self.engine.start()
         self.pipe = await asyncio.wrap_future(self.engine.loaded)
+        self.metrics.set_batch_caps(self.engine.caps)
         if s.warmup:
             await self.warm_up()
         if self.state == "loading":
             self.state = "ready"
             self.metrics.set_ready(True)
             log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
+
+    def batch_caps(self, pipe: UnCLIP) -> dict[str, int]:
+        """Each stage's batch cap (server/batch_caps.py); runs on the engine thread."""
+        s = self.settings
+        return caps_for(pipe, s.max_batch, s.stage_caps, s.batch_profile == "measure", s.batch_profile_dir)
 
     async def warm_up(self) -> None:
         """One generation at the largest size with one step per stage."""
@@ -112,6 +127,14 @@ class Runtime:
     def stop(self) -> None:
         if self.engine is not None:
             self.engine.stop(timeout=5.0)
+
+
+def async_jobs(s: Settings, metrics: Metrics) -> AsyncJobs:
+    """The async jobs' store (in this process) and webhook sender (when hosts are allowed)."""
+    store = MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes)
+    webhooks = WebhookSender(s.webhook_secret, s.webhook_host_set, s.webhook_attempts, s.webhook_backoff_s,
+                             metrics.webhook_attempt) if s.webhook_host_set else None
+    return AsyncJobs(store, s.job_ttl_s, webhooks, metrics.async_job_ended)
 
 
 def app_runtime(request: Request) -> Runtime:

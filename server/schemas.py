@@ -75,6 +75,9 @@ class Output(DecoderSampling):
     model: Optional[str] = Field(None, description="this model's name, 'unclip', or an OpenAI image model name")
     user: Optional[str] = Field(None, max_length=256)
     safety_identifier: Optional[str] = Field(None, max_length=256)
+    webhook_url: Optional[str] = Field(None, max_length=2048, description="with `Prefer: respond-async`: POSTed "
+                                       "a signed event when the job ends (Standard Webhooks; hosts the server "
+                                       "allows only)")
 
 
 class GenerationRequest(Output, PriorSampling):
@@ -194,3 +197,38 @@ class ErrorResponse(BaseModel):
     """Every error: OpenAI's shape."""
 
     error: ErrorDetail
+
+
+class ImageJob(BaseModel):
+    """An async job (`Prefer: respond-async`); times are unix seconds."""
+
+    id: str
+    object: Literal["image.job"] = "image.job"
+    operation: Literal["generation", "edit", "variation", "interpolation", "text_diff"]
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled", "expired"]
+    progress: float = Field(..., ge=0, le=1)
+    queue_position: Optional[int] = Field(None, description="while queued: jobs ahead of it (0: next to start)")
+    created_at: int
+    started_at: Optional[int] = None
+    completed_at: Optional[int] = None
+    expires_at: Optional[int] = Field(None, description="once finished: when the job and its result are gone")
+    result: Optional[ImagesResponse] = Field(None, description="completed: the synchronous call's response")
+    error: Optional[ErrorDetail] = Field(None, description="failed or expired: what went wrong")
+
+
+class ImageJobList(BaseModel):
+    """GET /v1/images/jobs: newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[ImageJob]
+    first_id: Optional[str] = None
+    last_id: Optional[str] = None
+    has_more: bool
+
+
+class ImageJobDeleted(BaseModel):
+    """DELETE /v1/images/jobs/{id}."""
+
+    id: str
+    object: Literal["image.job.deleted"] = "image.job.deleted"
+    deleted: bool = True

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
+
+from .batch_caps import parse_overrides
+from .webhooks import parse_hosts, secret_key
 
 PROG = "python -m server"
 
@@ -27,11 +30,31 @@ class Settings(BaseSettings):
                                     "too; default: their unguessable id is the credential")
     public_url: Optional[str] = Field(None, description="base of image URLs; default: the request's own base URL")
     max_batch: int = Field(8, ge=1, description="most samples in one batched model call")
+    batch_profile: Literal["measure", "off"] = Field(
+        "measure", description="measure: cap each stage's batch where its samples/s is best (timed at start, "
+        "cached); off: every stage batches up to max_batch")
+    stage_batch: str = Field("", description="per-stage batch caps that win over the measurement, e.g. "
+                             "'upsampler.1=1,prior=8'")
+    batch_profile_dir: Optional[Path] = Field(Path("~/.cache/unclip"), description="where measured batch "
+                                              "profiles are cached (keyed by model, device, dtype, torch); "
+                                              "empty: measure at every start")
     queue_size: int = Field(32, ge=1, description="most jobs waiting; beyond it requests get 429")
     default_deadline_s: float = Field(600.0, gt=0, description="a job not finished by then fails with 504")
     max_deadline_s: float = Field(1800.0, gt=0, description="cap of any job's deadline")
     url_ttl_s: float = Field(3600.0, gt=0, description="how long a response_format=url image is served")
     url_store_max_bytes: int = Field(512 * 2**20, ge=1, description="memory bound of the URL image store")
+    job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished async job (Prefer: respond-async) "
+                             "and its result are kept; then 404")
+    max_jobs_kept: int = Field(1000, ge=1, description="most finished async jobs kept (the oldest go first)")
+    job_store_max_bytes: int = Field(256 * 2**20, ge=1, description="memory bound of the finished async jobs' "
+                                     "results and events (the oldest go first)")
+    webhook_hosts: str = Field("", description="comma-separated hosts that async jobs' webhook_url may name; "
+                               "empty: every webhook_url is refused")
+    webhook_secret: Optional[str] = Field(None, description="Standard Webhooks signing secret, 'whsec_' + base64 "
+                                          "of 24-64 random bytes; needed with webhook_hosts")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="tries of one webhook delivery")
+    webhook_backoff_s: float = Field(5.0, gt=0, description="wait before a webhook's first retry, doubled for "
+                                     "each next one")
     max_upload_bytes: int = Field(4 * 2**20, ge=1, description="per uploaded image (OpenAI: less than 4 MB)")
     max_request_body_bytes: int = Field(20 * 2**20, ge=1, description="whole request body; beyond it 413")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="decoded pixel limit of an upload (uploads are "
@@ -50,6 +73,40 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long running jobs may finish")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="log level of the server and uvicorn")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: Optional[str]) -> Optional[str]:
+        if value:
+            secret_key(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_host_set and not self.webhook_secret:
+            raise ValueError("webhook_hosts needs webhook_secret (whsec_...) to sign the webhooks")
+        return self
+
+    @property
+    def webhook_host_set(self) -> frozenset[str]:
+        """The hosts webhooks may go to (empty: none)."""
+        return parse_hosts(self.webhook_hosts)
+
+    @field_validator("stage_batch")
+    @classmethod
+    def _stage_batch(cls, value: str) -> str:
+        parse_overrides(value)
+        return value
+
+    @field_validator("batch_profile_dir", mode="before")
+    @classmethod
+    def _no_cache(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def stage_caps(self) -> dict[str, int]:
+        """The `stage_batch` overrides, by stage."""
+        return parse_overrides(self.stage_batch)
 
     @classmethod
     def from_cli(cls, argv: Optional[Sequence[str]] = None) -> Settings:

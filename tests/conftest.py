@@ -3,6 +3,8 @@ directory on disk and as a loaded pipeline."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,12 @@ from pipelines.config import StackConfig
 from pipelines.unclip import UnCLIP
 
 torch.set_num_threads(2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Servers started in tests cache measured batch profiles in the test's own folder,
+    not in the user's ~/.cache."""
+    os.environ.setdefault("UNCLIP_BATCH_PROFILE_DIR", tempfile.mkdtemp(prefix="unclip-batch-profiles-"))
 
 
 @pytest.fixture(scope="session")

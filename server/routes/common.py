@@ -9,13 +9,17 @@ its operation, and hands both to `serve`:
 
 `serve` refuses at once (400) an operation whose estimated run time exceeds the deadline,
 runs it on the engine and answers with OpenAI's images response (with `size`, `quality`,
-`output_format`, `background` and `usage`), or, for `stream=true`, with Server-Sent Events.
+`output_format`, `background` and `usage`), or, for `stream=true`, with Server-Sent Events,
+or, with `Prefer: respond-async`, with 202 and a job to poll (server/routes/background.py).
+The three share `prepare` (admission, metadata, usage, headers) and `images_body` (the
+result's images response, built once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
 import secrets
@@ -32,12 +36,14 @@ from pipelines.unclip import Operation, Sampling
 
 from ..errors import APIError, bad_request, from_validation
 from ..images import DEFAULT_FRAME_MS, FileFormat, ImageMeta, encode, image_items, thetas_of
+from ..job_records import EVENT_PREFIX as JOB_EVENT_PREFIX
 from ..quality import STEP_SCALE, Preset, preset
 from ..runtime import Runtime
 from ..schemas import UNSUPPORTED, ImagesResponse, Usage
 from ..url_store import StoreTooSmall
 from ..usage import truncation, usage
 from .admission import admit, check_limits
+from .background import Following, check_delivery, prefers_async, start
 from .running import await_job, submit
 from .stream import Delivery, Partials, progress_queue, stream_response
 
@@ -50,7 +56,7 @@ OPENAI_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt
 # images carry anyway (seed per image, theta per frame).
 NOT_RECORDED = frozenset({"user", "safety_identifier", "response_format", "stream", "model", "seed", "thetas",
                           "output_format", "output_compression", "background", "moderation", "partial_images",
-                          "frame_duration_ms"})
+                          "frame_duration_ms", "webhook_url"})
 GIF_KINDS = ("generation", "interpolation", "text_diff")  # the operations whose images are frames
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
 SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: "²x²" is no size
@@ -154,38 +160,61 @@ def sampling(params: BaseModel) -> Sampling:
     return Sampling(**{f: v for f, v in given.items() if v is not None}, step_scale=scale)
 
 
-async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Any:
-    """Run the plan's operation and answer: the images response, or SSE when params ask to stream."""
+@dataclass
+class Prepared:
+    """What `prepare` knows of a plan before it runs: its estimated run time alone, the
+    files' metadata, the usage, and the answer's headers (the truncation notice)."""
+
+    cost_s: Optional[float]
+    meta: ImageMeta
+    usage: Usage
+    headers: dict[str, str]
+
+
+def prepare(rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Prepared:
+    """Admission (400 for what cannot finish within the deadline), the files' metadata, the
+    usage and the headers: what every way of answering shares."""
     cost_s = admit(rt, params, plan.work)
     clip = rt.pipe.stack.clip
     cut = truncation(clip, plan.texts)
-    meta = meta_for(rt, plan, out, params, cut)
-    spent = usage(clip, plan.texts, plan.input_images)
     headers = {"x-prompt-truncated": cut} if cut else {}
-    if getattr(params, "stream", None):
-        partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
-        queue, hook = progress_queue(partials)
-        job = submit(rt, plan.op, plan.kind, on_progress=hook, cost_s=cost_s)
-        delivery = Delivery(meta, out.size, out.fmt, out.quality, spent, STREAM_PREFIX[plan.kind])
-        return stream_response(request, job, queue, delivery, headers)
-    result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=cost_s))
-    return await respond(request, rt, result, meta, out, spent, headers)
+    return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(clip, plan.texts, plan.input_images), headers)
 
 
-async def respond(request: Request, rt: Runtime, result: OpResult, meta: ImageMeta, out: Target, spent: Usage,
-                  headers: dict[str, str]) -> JSONResponse:
-    """Encode the result's images (in a worker thread) and build the response."""
-    files = await asyncio.to_thread(encode, result, meta, out.fmt)
+async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Any:
+    """Run the plan's operation and answer: the images response; SSE when params ask to
+    stream; 202 and a job with `Prefer: respond-async` (server/routes/background.py)."""
+    background = prefers_async(request)
+    webhook_url = check_delivery(rt, params, background)
+    ready = prepare(rt, params, out, plan)
     base = rt.settings.public_url or str(request.base_url)
+    if not background and not getattr(params, "stream", None):
+        result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=ready.cost_s))
+        return JSONResponse(await images_body(rt, result, ready, out, base), headers=ready.headers)
+    partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
+    prefix = JOB_EVENT_PREFIX if background else STREAM_PREFIX[plan.kind]
+    delivery = Delivery(ready.meta, out.size, out.fmt, out.quality, ready.usage, prefix)
+    queue, hook = progress_queue(partials)
+    job = submit(rt, plan.op, plan.kind, on_progress=hook, cost_s=ready.cost_s)
+    if not background:
+        return stream_response(request, job, queue, delivery, ready.headers)
+    build = functools.partial(images_body, rt, ready=ready, out=out, base_url=base)
+    return await start(request, rt, job, queue, Following(plan.work, delivery, build), webhook_url, ready.headers)
+
+
+async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Target, base_url: str) -> dict[str, Any]:
+    """The images response of a result, as JSON data: the files encoded (in a worker
+    thread) with their metadata, then stored for URLs (under `base_url`) or in base64."""
+    files = await asyncio.to_thread(encode, result, ready.meta, out.fmt)
     try:
-        data = image_items(files, thetas_of(result), out.response_format, rt.store, base, out.fmt)
+        data = image_items(files, thetas_of(result), out.response_format, rt.store, base_url, out.fmt)
     except StoreTooSmall as err:
         log.error("%s", err)
         raise APIError(500, "The image is too large for the URL store; use response_format=b64_json.",
                        "server_error", code="url_store_too_small") from None
     body = ImagesResponse(created=int(time.time()), data=data, size=f"{out.size}x{out.size}", quality=out.quality,
-                          output_format=out.fmt.format, background="opaque", usage=spent)
-    return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
+                          output_format=out.fmt.format, background="opaque", usage=ready.usage)
+    return body.model_dump(exclude_none=True)
 
 
 def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:

@@ -110,9 +110,10 @@ def progress_queue(partials: Optional[Partials] = None) -> tuple[asyncio.Queue, 
     return queue, hook
 
 
-def sse(event: str, data: dict) -> str:
-    """One Server-Sent Event."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+def sse(event: str, data: dict, event_id: Optional[int] = None) -> str:
+    """One Server-Sent Event (with an `id:` line when `event_id` is given)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 def progress_event(prefix: str, p: Progress) -> str:
@@ -120,12 +121,16 @@ def progress_event(prefix: str, p: Progress) -> str:
                                       "total": p.total, "created_at": int(time.time())})
 
 
-def image_event(kind: str, d: Delivery, index: int, data: bytes, **extra) -> str:
-    """A partial_image or completed event with OpenAI's fields."""
-    body = {"type": kind, "index": index, "b64_json": base64.b64encode(data).decode("ascii"),
+def image_fields(kind: str, d: Delivery, index: int, data: bytes, **extra) -> dict:
+    """The data of a partial_image or completed event: OpenAI's fields."""
+    return {"type": kind, "index": index, "b64_json": base64.b64encode(data).decode("ascii"),
             "size": f"{d.size}x{d.size}", "output_format": d.fmt.format, "quality": d.quality,
             "background": "opaque", "created_at": int(time.time()), **extra}
-    return sse(kind, body)
+
+
+def image_event(kind: str, d: Delivery, index: int, data: bytes, **extra) -> str:
+    """A partial_image or completed event with OpenAI's fields."""
+    return sse(kind, image_fields(kind, d, index, data, **extra))
 
 
 def partial_files(pixels: np.ndarray, d: Delivery) -> list[bytes]:

@@ -93,11 +93,13 @@ def wait_ready(server: ServerProc, timeout: float = 180.0, path: str = "/ready")
 
 
 def launch(model_dir: Path, log_dir: Path, env: Optional[dict[str, str]] = None, wait: bool = True) -> ServerProc:
-    """Start `python -m server` on a free port with the given UNCLIP_* settings."""
+    """Start `python -m server` on a free port with the given UNCLIP_* settings. Every
+    stage batches up to max_batch unless a test asks for the measured caps
+    (UNCLIP_BATCH_PROFILE=measure, tests/server/test_batch_caps.py)."""
     port = free_port()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "UNCLIP_MODEL_DIR": str(model_dir), "UNCLIP_HOST": "127.0.0.1",
                 "UNCLIP_PORT": str(port), "UNCLIP_DEVICE": "cpu", "UNCLIP_LOG_LEVEL": "info",
-                "OMP_NUM_THREADS": "1", **(env or {})}
+                "OMP_NUM_THREADS": "1", "UNCLIP_BATCH_PROFILE": "off", **(env or {})}
     log_path = log_dir / f"server-{port}.log"
     out = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=full_env, stdout=out,

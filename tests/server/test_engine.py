@@ -14,7 +14,6 @@ import torch
 from pipelines import operations as ops
 from pipelines.errors import InvalidInput
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct
-from server import scheduler
 from server.engine import Engine, EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
 
 FAST = Sampling(prior_steps=3, decoder_steps=3, upsampler_steps=2, best_of=2)
@@ -433,22 +432,6 @@ def test_progress_events(make_engine, tiny_pipe: UnCLIP) -> None:
         [("upsampler.0", i, 2) for i in (1, 2)]
     assert {p.job_id for p in events} == {job.id}
     assert job.state == "done"
-
-
-def test_scheduler_serves_the_longest_waiting_group_first() -> None:
-    class J:
-        def __init__(self, seq: int):
-            self.seq = seq
-
-    def entry(job, key, tick, pos=0):
-        return scheduler.Entry(job, None, key[0], key, tick, pos)
-
-    a, b, c = J(0), J(1), J(2)
-    prior = [entry(b, ("prior",), 5, i) for i in range(4)] + [entry(c, ("prior",), 6)]
-    upsampler = [entry(a, ("upsampler.0",), 3)]
-    assert scheduler.pick(prior + upsampler, 4) == upsampler  # waited longest, though alone
-    assert scheduler.pick(prior, 4) == prior[:4]  # filled in age order, up to max_batch
-    assert scheduler.pick([], 4) == []
 
 
 def test_loader_runs_on_the_engine_thread_before_any_job(tiny_pipe: UnCLIP) -> None:

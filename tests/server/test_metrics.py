@@ -24,6 +24,7 @@ EXPECTED = {  # family (as the parser names it) -> type
     "unclip_step_duration_seconds": "histogram",
     "unclip_batch_size": "histogram",
     "unclip_batch_mixed": "counter",
+    "unclip_stage_batch_cap": "gauge",
     "unclip_queue_depth": "gauge",
     "unclip_running_jobs": "gauge",
     "unclip_images_generated": "counter",

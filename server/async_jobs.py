@@ -1,0 +1,136 @@
+"""The async jobs of this process (`Prefer: respond-async`): their records and events in a
+`JobStore` (server/job_records.py), the engine jobs behind the records not yet finished
+(to cancel them, and to tell a queued job's place), the tasks that follow them
+(server/routes/background.py) and the webhooks they send (server/webhooks.py).
+
+A record moves queued -> in_progress -> completed | failed | cancelled | expired (the
+engine's deadline passed). `finish` makes it final exactly once: it sets the end time and
+the expiry, appends the terminal event (`image.job.<status>`), counts the outcome and
+sends the webhook. A cancel is final at once, even for a running job (the engine stops it
+at its next step boundary; a result that comes meanwhile is dropped). Everything here runs
+on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Coroutine, Optional
+
+from .engine import Engine, Job
+from .job_records import EVENT_PREFIX, JobRecord, JobStore, Status
+from .webhooks import WebhookSender, check_url
+
+log = logging.getLogger(__name__)
+
+
+def wall_time(monotonic_s: float) -> int:
+    """A time.monotonic() instant as unix seconds."""
+    return int(time.time() - (time.monotonic() - monotonic_s))
+
+
+class AsyncJobs:
+    """Async jobs: their store, the engine jobs behind them, their followers and webhooks.
+    `on_end(kind, status)` hears every job that ends (metrics)."""
+
+    def __init__(self, store: JobStore, ttl_s: float, webhooks: Optional[WebhookSender] = None,
+                 on_end: Optional[Callable[[str, str], None]] = None):
+        self.store, self.ttl_s, self.webhooks, self.on_end = store, ttl_s, webhooks, on_end
+        self._engine_jobs: dict[str, Job] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def check_webhook(self, url: str) -> str:
+        """The request's webhook URL if its host is allowed (400 naming `webhook_url` otherwise)."""
+        return check_url(url, self.webhooks.hosts if self.webhooks is not None else ())
+
+    async def add(self, record: JobRecord, job: Job, follower: Coroutine[Any, Any, None]) -> None:
+        """Keep a new record, the engine job behind it, and run its follower in the background."""
+        await self.store.put(record)
+        self._engine_jobs[record.id] = job
+        task = asyncio.create_task(follower, name=f"follow-{record.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def view(self, record: JobRecord, engine: Optional[Engine]) -> dict[str, Any]:
+        """The job object, with the live state of its engine job when this process runs it."""
+        job = self._engine_jobs.get(record.id)
+        if job is None or record.finished:
+            return record.to_api()
+        if job.state == "running" and record.status == "queued":
+            record.status, record.started_at = "in_progress", wall_time(job.started)
+        position = engine.queue_position(job) if engine is not None and job.state == "queued" else None
+        return record.to_api(queue_position=position)
+
+    async def progress(self, job_id: str, job: Job, fraction: float, event: dict[str, Any]) -> None:
+        """The engine job advanced: the record is in progress at `fraction`; append `event`."""
+        record = await self.store.get(job_id)
+        if record is None or record.finished:
+            return
+        if record.started_at is None:
+            record.started_at = wall_time(job.started) if job.started is not None else int(time.time())
+        record.status, record.progress = "in_progress", max(record.progress, fraction)
+        await self.store.put(record)
+        await self.store.append_event(job_id, f"{EVENT_PREFIX}.progress", event)
+
+    async def event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Append an event of the job unless it is gone or finished."""
+        record = await self.store.get(job_id)
+        if record is not None and not record.finished:
+            await self.store.append_event(job_id, f"{EVENT_PREFIX}.{kind}", data)
+
+    async def finish(self, job_id: str, status: Status, result: Optional[dict[str, Any]] = None,
+                     error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> Optional[JobRecord]:
+        """Make the record final (once: a final or missing record is returned as it is);
+        `started`: the engine job's start (monotonic), if it started."""
+        record = await self.store.get(job_id)
+        if record is None or record.finished:
+            return record
+        now = int(time.time())
+        if record.started_at is None and started is not None:
+            record.started_at = wall_time(started)
+        record.status, record.completed_at, record.expires_at = status, now, now + int(round(self.ttl_s))
+        record.result, record.error = result, error
+        if status == "completed":
+            record.progress = 1.0
+        await self.store.put(record)
+        await self.store.append_event(job_id, f"{EVENT_PREFIX}.{status}", {"type": f"{EVENT_PREFIX}.{status}"})
+        self._engine_jobs.pop(job_id, None)
+        self._ended(record)
+        return record
+
+    async def cancel(self, record: JobRecord) -> JobRecord:
+        """Cancel a job not yet finished (its engine job stops now or at its next step);
+        a finished one is returned unchanged."""
+        if record.finished:
+            return record
+        job = self._engine_jobs.get(record.id)
+        if job is not None:
+            job.cancel()
+        return await self.finish(record.id, "cancelled", started=job.started if job is not None else None) or record
+
+    async def delete(self, record: JobRecord) -> None:
+        """Cancel the job if it still runs, then drop its record, result and events."""
+        await self.cancel(record)
+        await self.store.delete(record.id)
+
+    def _ended(self, record: JobRecord) -> None:
+        """Count the outcome and send the webhook of a record that just turned final."""
+        if self.on_end is not None:
+            try:
+                self.on_end(record.operation, record.status)
+            except Exception:  # noqa: BLE001 - metrics never break a job
+                log.debug("async job metrics failed", exc_info=True)
+        if record.webhook_url and self.webhooks is not None:
+            self.webhooks.send(record.webhook_url, f"{EVENT_PREFIX}.{record.status}", record.to_api())
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """At shutdown: let followers finish for up to `grace_s` (the engine has stopped, so
+        their jobs have ended) and webhooks as long again; cancel what is left."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.webhooks is not None:
+            await self.webhooks.close(grace_s)

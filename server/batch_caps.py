@@ -1,0 +1,179 @@
+"""Per-stage batch caps: the most tracks one batched model call of a stage takes.
+
+Batching pays where the device has idle width: on a GPU, and on a CPU for the small
+networks (the prior, the 64 px decoder). The shipped model's 128 and 256 px upsamplers
+already fill a 2-core CPU at batch 1 and get slower per image in bigger batches (0.59 ->
+0.89 s per image at batch 8), so one cap for every stage either wastes the small ones or
+slows the big ones. Each stage gets its own, chosen by measurement:
+
+- `measure` times steps of every stage at batch sizes 1, 2, 4, ... up to `max_batch`
+  (generations at the largest output size, in interleaved sweeps, the fastest step
+  counting) and returns samples/s per stage and size;
+- `choose` takes the smallest size within `TOLERANCE` of the best samples/s: beyond it a
+  bigger batch only adds latency (every track in the call waits for the whole call);
+- `profile` caches the measurement in a JSON file keyed by what it depends on (the
+  architecture, device, dtype, memory format, torch version, threads and sizes tried,
+  not the weights' values), so a restart does not measure again;
+- `caps_for` combines them with the operator's overrides (`UNCLIP_STAGE_BATCH`,
+  e.g. `upsampler.1=1,prior=8`), which win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Optional
+
+import torch
+
+from pipelines.operations import generate
+from pipelines.unclip import Operation, Sampling, UnCLIP
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 0.05  # a bigger batch must be more than 5% faster per sample to be chosen
+ROUNDS = 2  # sweeps over the batch sizes
+STEPS = 2  # steps per stage of each measuring generation
+PROMPT = "a red square above a blue circle"
+
+Rates = dict[str, dict[int, float]]  # stage -> batch size -> samples/s
+
+
+def sizes_to_try(max_batch: int) -> list[int]:
+    """1, 2, 4, ... below max_batch, and max_batch."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch]
+
+
+def choose(rates: Mapping[int, float], tolerance: float = TOLERANCE) -> int:
+    """The smallest batch size whose samples/s is within `tolerance` of the best."""
+    best = max(rates.values())
+    return min(b for b, rate in rates.items() if rate >= (1 - tolerance) * best)
+
+
+def parse_overrides(text: str) -> dict[str, int]:
+    """'upsampler.1=1, prior=8' -> {'upsampler.1': 1, 'prior': 8}; ValueError when malformed."""
+    caps: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"stage_batch: expected 'stage=N' with N >= 1, got {item!r}")
+        caps[stage.strip()] = int(value)
+    return caps
+
+
+def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS) -> Rates:
+    """Samples/s of a step of each stage at each batch size of `sizes_to_try(max_batch)`:
+    `rounds` sweeps over the sizes, one generation per size at the largest output size
+    (its images are discarded) with `STEPS` steps per stage. The fastest step of each
+    stage and size counts: a shape's first call pays one-time setup, and on a shared host
+    the other processes only add interference."""
+    best: dict[str, dict[int, float]] = {key: {} for key in pipe.stages}
+    opts = Sampling(prior_steps=STEPS, decoder_steps=STEPS, upsampler_steps=STEPS, best_of=1)
+    for _ in range(rounds):
+        for b in sizes_to_try(max_batch):
+            for stage, seconds in _step_times(pipe, generate(pipe, PROMPT, n=b, seed=0, size=max(pipe.sizes),
+                                                             opts=opts)):
+                best[stage][b] = min(seconds, best[stage].get(b, seconds))
+    return {stage: {b: b / s for b, s in by_size.items()} for stage, by_size in best.items() if by_size}
+
+
+def _step_times(pipe: UnCLIP, op: Operation) -> Iterator[tuple[str, float]]:
+    """Run the op, each stage request's tracks stepped together to their end; yield
+    (stage, seconds) per step."""
+    try:
+        request = next(op)
+        while True:
+            tracks = request.tracks
+            while not all(tr.done for tr in tracks):
+                started = time.perf_counter()
+                pipe.stages[request.stage].step([tr for tr in tracks if not tr.done])
+                yield request.stage, time.perf_counter() - started
+            request = op.send(None)
+    except StopIteration:
+        return
+
+
+def profile_key(pipe: UnCLIP, max_batch: int) -> str:
+    """What step times depend on, hashed: not the weights' values."""
+    stack = pipe.stack
+    what = {"config": stack.cfg.to_json(), "device": str(stack.device), "dtype": str(stack.dtype),
+            "channels_last": stack.channels_last, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "sizes": sizes_to_try(max_batch), "device_name": _device_name(stack.device)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _device_name(device: torch.device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def profile(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path]) -> Rates:
+    """The measured rates, from `cache_dir` when this profile was measured before."""
+    name = f"batch-profile-{profile_key(pipe, max_batch)}.json"
+    path = None if cache_dir is None else Path(cache_dir).expanduser() / name
+    cached = _read(path)
+    if cached is not None:
+        return cached
+    started = time.perf_counter()
+    rates = measure(pipe, max_batch)
+    log.info("measured the stages' batch profile in %.1f s", time.perf_counter() - started)
+    _write(path, rates)
+    return rates
+
+
+def _read(path: Optional[Path]) -> Optional[Rates]:
+    if path is None or not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        return {stage: {int(b): float(r) for b, r in by_size.items()} for stage, by_size in cached.items()}
+    except (ValueError, AttributeError):
+        log.warning("ignoring an unreadable batch profile %s", path)
+        return None
+
+
+def _write(path: Optional[Path], rates: Rates) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rates, indent=1))
+    except OSError as err:
+        log.warning("could not cache the batch profile in %s: %s", path, err)
+
+
+class BadCaps(ValueError):
+    """`stage_batch` names a stage the model lacks, or a cap above max_batch."""
+
+
+def check_overrides(overrides: Mapping[str, int], stages: Iterable[str], max_batch: int) -> None:
+    """Raise BadCaps unless every override names one of `stages` with a cap <= max_batch."""
+    unknown = sorted(set(overrides) - set(stages))
+    if unknown:
+        raise BadCaps(f"stage_batch names unknown stages {unknown}; this model has {sorted(stages)}")
+    too_big = {k: v for k, v in overrides.items() if v > max_batch}
+    if too_big:
+        raise BadCaps(f"stage_batch {too_big} exceeds max_batch={max_batch}")
+
+
+def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measured: bool,
+             cache_dir: Optional[Path] = None) -> dict[str, int]:
+    """Each stage's cap: the override, else the measured choice (`measured`), else max_batch."""
+    check_overrides(overrides, pipe.stages, max_batch)
+    caps = {stage: max_batch for stage in pipe.stages}
+    if measured and set(overrides) != set(pipe.stages):
+        rates = profile(pipe, max_batch, cache_dir)
+        caps.update({stage: choose(by_size) for stage, by_size in rates.items()})
+        for stage, by_size in rates.items():
+            log.info("stage %s: samples/s by batch size %s -> cap %d", stage,
+                     {b: round(r, 2) for b, r in sorted(by_size.items())}, caps[stage])
+    caps.update(overrides)
+    return caps

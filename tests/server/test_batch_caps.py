@@ -1,0 +1,100 @@
+"""Per-stage batch caps (server/batch_caps.py): the choice rule, the overrides, the cached
+profile, and a real server that measures its caps at start and exports them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines.unclip import UnCLIP
+from server import batch_caps
+from server.batch_caps import BadCaps
+from server.settings import Settings
+
+from .conftest import REPO, ServerProc
+
+
+def test_choose_takes_the_smallest_batch_within_tolerance_of_the_best() -> None:
+    assert batch_caps.choose({1: 10.0, 2: 10.4, 4: 10.6, 8: 9.0}) == 2  # 4 is only 2% better
+    assert batch_caps.choose({1: 1.0, 2: 0.7, 4: 0.6}) == 1  # bigger only slower: the big upsamplers on CPU
+    assert batch_caps.choose({1: 100.0, 2: 190.0, 4: 350.0, 8: 600.0}) == 8
+
+
+def test_sizes_to_try_and_overrides() -> None:
+    assert batch_caps.sizes_to_try(8) == [1, 2, 4, 8]
+    assert batch_caps.sizes_to_try(6) == [1, 2, 4, 6]
+    assert batch_caps.sizes_to_try(1) == [1]
+    assert batch_caps.parse_overrides(" upsampler.1=1, prior=8 ") == {"upsampler.1": 1, "prior": 8}
+    assert batch_caps.parse_overrides("") == {}
+    for bad in ("prior", "prior=0", "prior=x", "prior=-1"):
+        with pytest.raises(ValueError, match="stage=N"):
+            batch_caps.parse_overrides(bad)
+    with pytest.raises(ValueError, match="stage_batch"):
+        Settings(stage_batch="prior=none")
+
+
+def test_overrides_win_and_are_checked_against_the_model(tiny_pipe: UnCLIP, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setattr(batch_caps, "measure", lambda pipe, max_batch: pytest.fail("measured"))
+    every = {"prior": 3, "decoder": 2, "upsampler.0": 1}
+    assert batch_caps.caps_for(tiny_pipe, 4, every, measured=True, cache_dir=tmp_path) == every
+    assert batch_caps.caps_for(tiny_pipe, 4, {}, measured=False) == {"prior": 4, "decoder": 4, "upsampler.0": 4}
+    with pytest.raises(BadCaps, match="upsampler.1"):
+        batch_caps.caps_for(tiny_pipe, 4, {"upsampler.1": 1}, measured=False)
+    with pytest.raises(BadCaps, match="max_batch=4"):
+        batch_caps.caps_for(tiny_pipe, 4, {"prior": 5}, measured=False)
+
+
+def test_the_profile_is_measured_once_and_then_read_from_the_cache(tiny_pipe: UnCLIP, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = {"prior": {1: 10.0, 2: 19.0, 4: 30.0}, "decoder": {1: 5.0, 2: 5.1, 4: 4.0},
+            "upsampler.0": {1: 2.0, 2: 1.5, 4: 1.2}}
+    monkeypatch.setattr(batch_caps, "measure", lambda pipe, max_batch: calls.append(max_batch) or fake)
+    first = batch_caps.caps_for(tiny_pipe, 4, {"decoder": 3}, measured=True, cache_dir=tmp_path)
+    again = batch_caps.caps_for(tiny_pipe, 4, {}, measured=True, cache_dir=tmp_path)
+    assert first == {"prior": 4, "decoder": 3, "upsampler.0": 1}
+    assert again == {"prior": 4, "decoder": 1, "upsampler.0": 1}
+    assert calls == [4]
+    batch_caps.caps_for(tiny_pipe, 2, {}, measured=True, cache_dir=tmp_path)  # another profile: measured
+    assert calls == [4, 2] and len(list(tmp_path.glob("batch-profile-*.json"))) == 2
+
+
+def test_measure_times_every_stage_at_every_size(tiny_pipe: UnCLIP) -> None:
+    rates = batch_caps.measure(tiny_pipe, 2, rounds=1)
+    assert set(rates) == set(tiny_pipe.stages)
+    assert all(set(by_size) == {1, 2} and min(by_size.values()) > 0 for by_size in rates.values())
+
+
+def cap_samples(server: ServerProc) -> dict[str, float]:
+    text = httpx.get(server.url("/metrics")).text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "unclip_stage_batch_cap")
+    return {s.labels["stage"]: s.value for s in family.samples}
+
+
+def test_a_server_measures_its_caps_at_start_and_exports_them(launch_server: Callable[..., ServerProc],
+                                                              tmp_path: Path) -> None:
+    env = {"UNCLIP_BATCH_PROFILE": "measure", "UNCLIP_BATCH_PROFILE_DIR": str(tmp_path),
+           "UNCLIP_MAX_BATCH": "4", "UNCLIP_STAGE_BATCH": "upsampler.0=1"}
+    server = launch_server(env=env)
+    caps = cap_samples(server)
+    assert set(caps) == {"prior", "decoder", "upsampler.0"} and caps["upsampler.0"] == 1
+    assert all(1 <= c <= 4 for c in caps.values())
+    profiles = list(tmp_path.glob("batch-profile-*.json"))
+    assert len(profiles) == 1 and set(json.loads(profiles[0].read_text())) == {"prior", "decoder", "upsampler.0"}
+    assert "samples/s by batch size" in server.log()
+    server.stop()
+
+
+def test_a_stage_batch_the_model_cannot_take_exits_2_naming_it(tiny_model_dir: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir),
+                          "--stage-batch", "upsampler.3=1", "--port", "0"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2 and "upsampler.3" in run.stderr, run.stderr[-2000:]
