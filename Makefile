@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision are pinned together: these builds pair with each other.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-dev serve lint browser test
+.PHONY: setup setup-dev serve lint browser redis test gpu-wheels
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,17 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: lint browser
+# Debian's Redis for tests/server/test_redis_shared.py (each run starts its own redis-server
+# on a free port; nothing is kept).
+redis:
+	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+
+test: lint browser redis
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Wheels that bench/gpu.py installs on the GPU machine (no network there), for its python.
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: setup
+	GPU_PYTHON_VERSION=$(GPU_PYTHON_VERSION) PY=$(PY) bash bench/gpu_wheels.sh

@@ -131,7 +131,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         task.cancel()
         await asyncio.to_thread(rt.stop)
-        await rt.jobs.close(grace_s=ASYNC_GRACE_S)
+        await rt.close(grace_s=ASYNC_GRACE_S)
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:

@@ -3,8 +3,8 @@ exception handlers that produce them.
 
 Status codes: 400 invalid input (naming `param`), 401 missing/invalid key, 404 unknown
 route or expired image, 405, 413 body too large, 429 queue full (with Retry-After),
-500 job failure (no internals), 503 not ready / draining / job cancelled by the server,
-504 the job's deadline passed before it finished.
+500 job failure (no internals), 503 not ready / draining / job cancelled by the server /
+the shared store (Redis) unreachable, 504 the job's deadline passed before it finished.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.errors import InvalidInput
 
 from .engine import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull, ServerShutdown
+
+
+class StoreUnavailable(Exception):
+    """The shared store (Redis, UNCLIP_REDIS_URL) did not answer: 503 `store_unavailable`."""
 
 
 class APIError(Exception):
@@ -82,6 +86,8 @@ def from_exception(exc: Exception) -> APIError:
         return unavailable("The server is shutting down and accepts no new work.", "draining")
     if isinstance(exc, JobCancelled):
         return unavailable("The job was cancelled.", "cancelled")
+    if isinstance(exc, StoreUnavailable):
+        return unavailable("The server's shared store is unreachable; retry shortly.", "store_unavailable")
     if isinstance(exc, JobExpired):
         return APIError(504, "The request's deadline passed before the images were ready.", "server_error",
                         code="deadline_exceeded")
@@ -90,7 +96,7 @@ def from_exception(exc: Exception) -> APIError:
 
 
 def unavailable(message: str, code: str) -> APIError:
-    """503: not ready (loading, warming up) or draining."""
+    """503: not ready (loading, warming up, the shared store down) or draining."""
     return APIError(503, message, "server_error", code=code, headers={"Retry-After": "5"})
 
 
@@ -122,5 +128,5 @@ def install_handlers(app: FastAPI) -> None:
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         return error_response(from_exception(exc))
 
-    for cls in (InvalidInput, QueueFull, EngineStopped, JobCancelled, JobExpired):
+    for cls in (InvalidInput, QueueFull, EngineStopped, JobCancelled, JobExpired, StoreUnavailable):
         app.add_exception_handler(cls, _mapped)

@@ -25,7 +25,7 @@ from pipelines.imageio import to_uint8
 from pipelines.operations import OpResult
 
 from .schemas import ImageData, OutputFormat
-from .url_store import UrlStore
+from .url_store import ImageStore
 
 SOFTWARE = "unclip-server"
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
@@ -142,9 +142,10 @@ def gif_bytes(frames: np.ndarray, frame_ms: int, comment: str) -> bytes:
     return buf.getvalue()
 
 
-def image_items(files: list[bytes], thetas: list[Optional[float]], response_format: str, store: UrlStore,
-                base_url: str, fmt: FileFormat = FileFormat()) -> list[ImageData]:
-    """The response's `data`: URLs (`{base_url}/v1/files/images/{id}.{format}`) or base64."""
+async def image_items(files: list[bytes], thetas: list[Optional[float]], response_format: str, store: ImageStore,
+                      base_url: str, fmt: FileFormat = FileFormat()) -> list[ImageData]:
+    """The response's `data`: URLs (`{base_url}/v1/files/images/{id}.{format}`, the files
+    put in `store`) or base64."""
     if fmt.format == "gif":
         thetas = [None]
     items = []
@@ -152,6 +153,6 @@ def image_items(files: list[bytes], thetas: list[Optional[float]], response_form
         if response_format == "b64_json":
             items.append(ImageData(b64_json=base64.b64encode(data).decode("ascii"), theta=theta))
         else:
-            url = f"{base_url.rstrip('/')}/v1/files/images/{store.put(data)}.{fmt.format}"
+            url = f"{base_url.rstrip('/')}/v1/files/images/{await store.put(data)}.{fmt.format}"
             items.append(ImageData(url=url, theta=theta))
     return items

@@ -7,18 +7,22 @@ response `result`, built once, or an OpenAI error object `error`), plus its owne
 digest of the API key that made it; None without keys) and its webhook URL. A job's
 events are numbered from 1, in order; `events_after(id, n)` returns those after event n,
 waiting up to `wait_s` seconds for one when there is none yet (a resumable SSE stream).
+A final record never changes: `put` over it is refused (False), so that of two replicas
+ending one job (one completes it, the other cancels it) only the first one's end holds.
 
-`MemoryJobStore` keeps both in this process. A finished record lives `ttl_s` seconds
-after it ended (its `expires_at`); then it is gone (404, like an id never seen). At most
-`max_kept` finished records, and their results and events within `max_bytes`, are kept:
-beyond that the oldest finished go first (the newest always stays). Records of jobs not
-yet finished are never evicted: the engine's queue bounds them.
+`MemoryJobStore` keeps both in this process (server/redis_store.py: in Redis, shared by
+every replica). A finished record lives `ttl_s` seconds after it ended (its `expires_at`);
+then it is gone (404, like an id never seen). At most `max_kept` finished records, and
+their results and events within `max_bytes`, are kept: beyond that the oldest finished go
+first (the newest always stays). Records of jobs not yet finished are never evicted: the
+engine's queue bounds them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -58,6 +62,17 @@ class JobRecord:
                 "created_at": self.created_at, "started_at": self.started_at, "completed_at": self.completed_at,
                 "expires_at": self.expires_at, "result": self.result, "error": self.error}
 
+    def to_json(self) -> str:
+        """The whole record (owner and webhook included) as JSON, for a store outside the process."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobRecord:
+        """A record from `to_json`'s text; fields this version does not know are ignored (a
+        newer replica's, during a rolling update)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
 
 @dataclass(frozen=True)
 class JobEvent:
@@ -71,8 +86,9 @@ class JobEvent:
 class JobStore(Protocol):
     """Where async jobs' records and events live. Every method runs on the event loop."""
 
-    async def put(self, record: JobRecord) -> None:
-        """Insert or replace a record (a copy is kept: change a record, then put it again)."""
+    async def put(self, record: JobRecord) -> bool:
+        """Insert or replace a record (a copy is kept: change a record, then put it again);
+        False, and nothing changes, when the kept record is final."""
 
     async def get(self, job_id: str) -> Optional[JobRecord]:
         """The record (a copy), or None when unknown, deleted or expired."""
@@ -111,10 +127,12 @@ class MemoryJobStore:
     def size_bytes(self) -> int:
         return self._bytes
 
-    async def put(self, record: JobRecord) -> None:
+    async def put(self, record: JobRecord) -> bool:
         self._purge_expired()
         job_id = record.id
         old = self._records.get(job_id)
+        if old is not None and old.finished:
+            return False
         self._records[job_id] = copy.copy(record)
         self._events.setdefault(job_id, [])
         if old is None or old.result is not record.result or old.error is not record.error:
@@ -122,6 +140,7 @@ class MemoryJobStore:
         if record.finished and job_id not in self._finished:
             self._finished[job_id] = record.expires_at or self.clock() + self.ttl_s
             self._evict()
+        return True
 
     async def get(self, job_id: str) -> Optional[JobRecord]:
         self._purge_expired()

@@ -24,6 +24,8 @@ Series:
   unclip_webhook_deliveries_total{outcome}      counter   webhook attempts (delivered, retried, failed)
   unclip_model_info{model,sizes}                gauge (info) the served model
   unclip_ready                                  gauge     1 when accepting work
+  unclip_store_up                               gauge     1 while the shared store answers (Redis; always 1 in
+                                                          memory)
   unclip_gpu_memory_bytes                       gauge     CUDA memory allocated (0 without CUDA)
   unclip_gpu_memory_reserved_bytes              gauge     CUDA memory reserved by the caching allocator
   unclip_process_resident_memory_bytes          gauge     the server process's RSS (and the other
@@ -76,6 +78,8 @@ class Metrics:
             self.rejections.labels(reason)
         self.ready = Gauge("unclip_ready", "1 when the server accepts work (loaded, warmed up, not draining)",
                            registry=r)
+        self.store_up = Gauge("unclip_store_up", "1 while the store of async jobs and URL images answers "
+                              "(UNCLIP_REDIS_URL; always 1 in process)", registry=r)
 
     def _jobs(self, r: CollectorRegistry) -> None:
         self.jobs = Counter("unclip_jobs", "Jobs ended, by operation kind and outcome", ["kind", "outcome"], registry=r)
@@ -114,6 +118,9 @@ class Metrics:
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
+
+    def set_store_up(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
 
     def set_batch_caps(self, caps: Mapping[str, int]) -> None:
         for stage, cap in caps.items():

@@ -1,11 +1,15 @@
 """The runtime: everything a request needs besides itself (settings, model, engine,
 metrics, URL store, async jobs, lifecycle state), one per app, and how routes reach it.
+The URL store and the async jobs' store are this process's, or shared by every replica
+through Redis (server/shared_state.py).
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
 /health 200 "loading", /ready 503) and sets each stage's batch cap (measured, or from the
 cached profile), then one tiny generation warms it up and the state
 turns "ready". `begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503,
-new work refused with 503, the engine finishes what it holds.
+new work refused with 503, the engine finishes what it holds. With Redis, the runtime is
+ready only while Redis answers too: /ready 503 and new work 503 `store_unavailable` while
+it does not (liveness stays 200), ready again by itself once it is back.
 
 Routes take the runtime as a FastAPI dependency: `AppRuntime` (any state) or
 `ReadyRuntime` (503 unless new work is accepted).
@@ -29,11 +33,10 @@ from pipelines.unclip import Sampling, UnCLIP
 from .async_jobs import AsyncJobs
 from .batch_caps import caps_for, check_overrides
 from .engine import Engine, ServerShutdown
-from .errors import unavailable
-from .job_records import MemoryJobStore
+from .errors import StoreUnavailable, unavailable
 from .metrics import Metrics
 from .settings import Settings
-from .url_store import UrlStore
+from .shared_state import SharedState, shared_state
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,10 @@ class Runtime:
         stages = [PRIOR, DECODER] + [upsampler_key(i) for i in range(len(cfg.upsamplers))]
         check_overrides(settings.stage_caps, stages, settings.max_batch)  # BadCaps before anything starts
         self.metrics = Metrics(self.model_name, self.sizes)
-        self.store = UrlStore(settings.url_ttl_s, settings.url_store_max_bytes)
-        self.jobs = async_jobs(settings, self.metrics)
+        self.shared = shared_state(settings, self.metrics.set_store_up)
+        self.metrics.set_store_up(self.shared.up)
+        self.store = self.shared.images  # the URL images
+        self.jobs = async_jobs(settings, self.metrics, self.shared)
         self.pipe: Optional[UnCLIP] = None
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
@@ -62,7 +67,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready" and self.engine is not None and self.engine.alive
+        return self.state == "ready" and self.engine is not None and self.engine.alive and self.shared.up
 
     @property
     def alive(self) -> bool:
@@ -73,12 +78,16 @@ class Runtime:
         """Raise 503 unless new work is accepted."""
         if self.state == "draining":
             raise unavailable("The server is shutting down and accepts no new work.", "draining")
+        if self.state == "ready" and not self.shared.up:
+            raise StoreUnavailable()
         if not self.ready:
             raise unavailable("The model is not ready yet.", "not_ready")
 
     async def start(self) -> None:
-        """Load the model, start the engine, warm up; then ready."""
+        """Connect the shared stores, load the model, start the engine, warm up; then ready."""
         s = self.settings
+        await self.shared.start()
+        self.jobs.start()
         self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())
                                             .use_channels_last(s.channels_last)),
                              max_batch=s.max_batch, queue_size=s.queue_size,
@@ -128,13 +137,18 @@ class Runtime:
         if self.engine is not None:
             self.engine.stop(timeout=5.0)
 
+    async def close(self, grace_s: float) -> None:
+        """After `stop`: let async jobs end (up to `grace_s`, see AsyncJobs.close), then
+        close the shared stores."""
+        await self.jobs.close(grace_s=grace_s)
+        await self.shared.close()
 
-def async_jobs(s: Settings, metrics: Metrics) -> AsyncJobs:
-    """The async jobs' store (in this process) and webhook sender (when hosts are allowed)."""
-    store = MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes)
+
+def async_jobs(s: Settings, metrics: Metrics, shared: SharedState) -> AsyncJobs:
+    """The async jobs over the shared stores, with a webhook sender when hosts are allowed."""
     webhooks = WebhookSender(s.webhook_secret, s.webhook_host_set, s.webhook_attempts, s.webhook_backoff_s,
                              metrics.webhook_attempt) if s.webhook_host_set else None
-    return AsyncJobs(store, s.job_ttl_s, webhooks, metrics.async_job_ended)
+    return AsyncJobs(shared.jobs, s.job_ttl_s, webhooks, metrics.async_job_ended, shared.cancels)
 
 
 def app_runtime(request: Request) -> Runtime:

@@ -15,6 +15,7 @@ from .batch_caps import parse_overrides
 from .webhooks import parse_hosts, secret_key
 
 PROG = "python -m server"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     max_jobs_kept: int = Field(1000, ge=1, description="most finished async jobs kept (the oldest go first)")
     job_store_max_bytes: int = Field(256 * 2**20, ge=1, description="memory bound of the finished async jobs' "
                                      "results and events (the oldest go first)")
+    redis_url: Optional[str] = Field(None, description="Redis shared by every replica (redis://[:password@]host:"
+                                     "6379/0, rediss://, unix://): async jobs, their events, url images and "
+                                     "cancels; empty: all in this process")
     webhook_hosts: str = Field("", description="comma-separated hosts that async jobs' webhook_url may name; "
                                "empty: every webhook_url is refused")
     webhook_secret: Optional[str] = Field(None, description="Standard Webhooks signing secret, 'whsec_' + base64 "
@@ -91,6 +95,15 @@ class Settings(BaseSettings):
     def webhook_host_set(self) -> frozenset[str]:
         """The hosts webhooks may go to (empty: none)."""
         return parse_hosts(self.webhook_hosts)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str) or not value.strip().startswith(REDIS_SCHEMES):
+            raise ValueError(f"a Redis URL starts with {' or '.join(REDIS_SCHEMES)}")
+        return value.strip()
 
     @field_validator("stage_batch")
     @classmethod

@@ -121,7 +121,7 @@ async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction
         status, result, error = "failed", None, error_body(from_exception(exc))["error"]
         if not job.future.done():
             job.cancel()
-    await rt.jobs.finish(job.id, status, result, error, started=job.started)
+    await rt.jobs.settle(job.id, status, result, error, started=job.started)
 
 
 async def relay(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction, following: Following) -> None:
@@ -149,10 +149,10 @@ async def outcome(rt: Runtime, job: Job, following: Following) -> tuple[Status, 
     exc = job.future.exception()
     if exc is not None:
         err = from_exception(exc)
-        if err.status >= 500:
-            log.error("async job %s failed: %s", job.id, err.code, exc_info=exc if err.status == 500 else None)
         status: Status = "cancelled" if isinstance(exc, JobCancelled) else (
             "expired" if isinstance(exc, JobExpired) else "failed")
+        if err.status >= 500 and status != "cancelled":
+            log.error("async job %s failed: %s", job.id, err.code, exc_info=exc if err.status == 500 else None)
         return status, None, error_body(err)["error"]
     record = await rt.jobs.store.get(job.id)
     if record is None or record.finished:

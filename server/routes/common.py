@@ -207,7 +207,7 @@ async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Targe
     thread) with their metadata, then stored for URLs (under `base_url`) or in base64."""
     files = await asyncio.to_thread(encode, result, ready.meta, out.fmt)
     try:
-        data = image_items(files, thetas_of(result), out.response_format, rt.store, base_url, out.fmt)
+        data = await image_items(files, thetas_of(result), out.response_format, rt.store, base_url, out.fmt)
     except StoreTooSmall as err:
         log.error("%s", err)
         raise APIError(500, "The image is too large for the URL store; use response_format=b64_json.",

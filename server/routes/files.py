@@ -3,7 +3,8 @@
 Open without an API key unless `files_require_key` is set: the unguessable id is the
 capability. Gone after the URL TTL (or earlier, when the bounded store evicts the oldest
 images): 404. The content type follows the file's own bytes; a URL whose extension is not
-the file's format is a 404 too.
+the file's format is a 404 too. With UNCLIP_REDIS_URL any replica serves any replica's
+images (503 `store_unavailable` while Redis is unreachable).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def format_of(data: bytes) -> Optional[str]:
     responses={200: {"content": {ctype: {} for ctype in CONTENT_TYPES.values()}}},
 )
 async def get_image(image_id: str, ext: str, rt: AppRuntime) -> Response:
-    data = rt.store.get(image_id)
+    data = await rt.store.get(image_id)
     if data is None or format_of(data) != ext:
         raise APIError(404, "This image does not exist or has expired.", param="image_id", code="not_found")
-    max_age = math.floor(rt.store.expires_in(image_id))
+    max_age = math.floor(await rt.store.expires_in(image_id))
     return Response(data, media_type=CONTENT_TYPES[ext], headers={"Cache-Control": f"private, max-age={max_age}"})

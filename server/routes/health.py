@@ -2,7 +2,9 @@
 
 /health: 200 while the process is sound (loading, or the engine thread alive); 503 when
 loading failed or the engine thread died. /ready: 200 once the model is loaded and warmed
-up, 503 while loading and while draining. /metrics: Prometheus text format.
+up, 503 while loading, while draining and while the shared store (Redis) is unreachable;
+its body says which store (`memory` or `redis`) and whether it answers. /metrics:
+Prometheus text format.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ async def health(rt: AppRuntime) -> JSONResponse:
 
 @router.get("/ready", summary="Readiness")
 async def ready(rt: AppRuntime) -> JSONResponse:
-    body = {"status": rt.state, "model": rt.model_name}
+    body = {"status": rt.state, "model": rt.model_name, "store": rt.shared.kind, "store_up": rt.shared.up}
     if rt.engine is not None:
         body.update(queue_depth=rt.engine.queue_depth, running=rt.engine.running)
     return JSONResponse(body, status_code=200 if rt.ready else 503)

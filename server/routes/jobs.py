@@ -13,23 +13,27 @@ server/routes/background.py):
 
 With API keys a job is its key's alone: for another key it does not exist (404
 `job_not_found`, as an unknown or expired id). Finished jobs are gone (404) after
-`UNCLIP_JOB_TTL_S`, or earlier when more than the store's bounds are kept.
+`UNCLIP_JOB_TTL_S`, or earlier when more than the store's bounds are kept. With
+`UNCLIP_REDIS_URL` every replica answers for every job (503 `store_unavailable` while Redis
+is unreachable; an event stream then ends, to be resumed with `Last-Event-ID`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import AsyncIterator, Optional
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..auth import key_owner
-from ..errors import APIError, bad_request
+from ..errors import APIError, StoreUnavailable, bad_request
 from ..job_records import EVENT_PREFIX, FINAL, JobEvent, JobRecord
 from ..runtime import AppRuntime, Runtime
 from ..schemas import ImageJob, ImageJobDeleted, ImageJobList
 from .stream import sse
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 KEEPALIVE_S = 15.0
@@ -118,6 +122,15 @@ async def job_events(request: Request, job_id: str, rt: AppRuntime,
 
 
 async def replay(rt: Runtime, job_id: str, after: int) -> AsyncIterator[str]:
+    """`follow_events`, ended early (the client may resume) when the store becomes unreachable."""
+    try:
+        async for chunk in follow_events(rt, job_id, after):
+            yield chunk
+    except StoreUnavailable:
+        log.warning("store unreachable: the event stream of job %s ends", job_id)
+
+
+async def follow_events(rt: Runtime, job_id: str, after: int) -> AsyncIterator[str]:
     """The job's events after `after`, then live ones until its terminal event; a comment
     line every KEEPALIVE_S seconds while none comes. Ends when the job is gone."""
     store = rt.jobs.store

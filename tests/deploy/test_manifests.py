@@ -79,10 +79,18 @@ def all_docs() -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
-def the(kind: str) -> dict[str, Any]:
-    found = [d for _, d in all_docs() if d["kind"] == kind]
-    assert len(found) == 1, f"expected exactly one {kind} in deploy/k8s, found {len(found)}"
+def the(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one manifest of `kind` (named `name`, when several are)."""
+    found = [d for _, d in all_docs() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected exactly one {kind} {name or ''} in deploy/k8s, found {len(found)}"
     return found[0]
+
+
+def secret_env(container: dict[str, Any], name: str) -> dict[str, Any]:
+    """The secretKeyRef of the container's variable `name` (never an inline value)."""
+    found = [e for e in container["env"] if e["name"] == name]
+    assert len(found) == 1 and "value" not in found[0], f"{name} comes from a Secret, not inline"
+    return found[0]["valueFrom"]["secretKeyRef"]
 
 
 def server_container(deploy: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +137,7 @@ def test_manifest_set_is_complete() -> None:
     kinds = sorted(d["kind"] for _, d in all_docs())
     assert kinds == sorted([
         "Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "ServiceMonitor",
-        "Secret", "PersistentVolumeClaim",
+        "Secret", "Secret", "PersistentVolumeClaim",
     ])
     assert (K8S / "README.md").is_file()
 
@@ -288,12 +296,20 @@ def test_weights_and_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     assert claim["readOnly"] is True
     assert claim["claimName"] == the("PersistentVolumeClaim")["metadata"]["name"]
 
-    keys = [e for e in c["env"] if e["name"] == "UNCLIP_API_KEYS"]
-    assert len(keys) == 1 and "value" not in keys[0], "API keys come from a Secret, not inline"
-    ref = keys[0]["valueFrom"]["secretKeyRef"]
-    secret = the("Secret")
-    assert ref["name"] == secret["metadata"]["name"]
+    ref = secret_env(c, "UNCLIP_API_KEYS")
+    secret = the("Secret", ref["name"])
     assert ref["key"] in secret.get("stringData", {}) or ref["key"] in secret.get("data", {})
+    assert not ref.get("optional", False), "no API keys would mean no authentication"
+
+
+def test_redis_url_from_an_optional_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNCLIP_REDIS_URL comes from its own Secret, optional (without it each pod keeps its
+    jobs to itself); the example's value is a URL the server's settings accept."""
+    ref = secret_env(server_container(the("Deployment")), "UNCLIP_REDIS_URL")
+    assert ref["optional"] is True
+    secret = the("Secret", ref["name"])
+    url = secret["stringData"][ref["key"]]
+    assert server_settings({"UNCLIP_REDIS_URL": url}, monkeypatch).redis_url == url
 
 
 def test_selectors_and_references_agree() -> None:
@@ -566,6 +582,23 @@ def test_compose_server_service(monkeypatch: pytest.MonkeyPatch) -> None:
         (mount,) = [v for v in svc["volumes"] if v["target"] == str(settings.model_dir)]
         assert mount["read_only"] is True
         assert any(p.endswith(f":{settings.port}") for p in svc["ports"])
+
+
+def test_compose_servers_share_one_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's Redis: the official image without persistence, memory bounded; every
+    server names it in UNCLIP_REDIS_URL (parsed by the server's settings) and starts after it."""
+    services = compose()["services"]
+    redis = services["redis"]
+    assert redis["image"].split(":")[0] == "redis" and "ports" not in redis, "inside the stack only"
+    flags = redis["command"]
+    assert flags[0] == "redis-server"
+    assert flags[flags.index("--save") + 1] == "" and flags[flags.index("--appendonly") + 1] == "no"
+    assert "--maxmemory" in flags and flags[flags.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    for name in ("unclip", "unclip-gpu"):
+        svc = services[name]
+        url = server_settings({"UNCLIP_REDIS_URL": svc["environment"]["UNCLIP_REDIS_URL"]}, monkeypatch).redis_url
+        assert url is not None and url.split("://")[1].split(":")[0] == "redis", url
+        assert "redis" in svc["depends_on"]
 
 
 def test_prometheus_scrapes_the_compose_servers() -> None:

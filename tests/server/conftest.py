@@ -3,6 +3,8 @@ the tiny random-weight model, waited for until /ready, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import io
 import os
 import signal
@@ -12,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Coroutine, Iterator, Optional
 
 import httpx
 import numpy as np
@@ -26,6 +28,13 @@ KEY = "sk-test-key"
 # Few steps everywhere: the tiny model is random, only the plumbing is under test.
 FAST_DECODER = {"decoder_steps": 2, "upsampler_steps": 2}
 FAST = {"prior_steps": 2, "best_of": 1, **FAST_DECODER}
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on a fresh event loop in its own thread (a browser test's
+    Playwright may hold a running loop on the main thread)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def free_port() -> int:

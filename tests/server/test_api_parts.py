@@ -15,6 +15,8 @@ from server.images import ImageMeta, encode, image_items, thetas_of
 from server.settings import Settings
 from server.url_store import StoreTooSmall, UrlStore
 
+from .conftest import run
+
 
 class Clock:
     def __init__(self) -> None:
@@ -27,22 +29,22 @@ class Clock:
 def test_url_store_expiry_and_ids() -> None:
     clock = Clock()
     store = UrlStore(ttl_s=10, max_bytes=1000, clock=clock)
-    a, b = store.put(b"a" * 10), store.put(b"b" * 10)
+    a, b = run(store.put(b"a" * 10)), run(store.put(b"b" * 10))
     assert a != b and len(a) >= 32  # 192-bit random ids
-    assert store.get(a) == b"a" * 10 and store.expires_in(a) == 10
+    assert run(store.get(a)) == b"a" * 10 and run(store.expires_in(a)) == 10
     clock.t = 10.5
-    assert store.get(a) is None and store.get("guess") is None
-    store.put(b"c")
+    assert run(store.get(a)) is None and run(store.get("guess")) is None
+    run(store.put(b"c"))
     assert len(store) == 1 and store.size_bytes == 1  # expired entries purged on put
 
 
 def test_url_store_bounded_in_bytes() -> None:
     store = UrlStore(ttl_s=100, max_bytes=25)
-    keys = [store.put(bytes([i]) * 10) for i in range(3)]
-    assert store.get(keys[0]) is None and store.get(keys[2]) is not None  # oldest evicted
+    keys = [run(store.put(bytes([i]) * 10)) for i in range(3)]
+    assert run(store.get(keys[0])) is None and run(store.get(keys[2])) is not None  # oldest evicted
     assert store.size_bytes <= 25
     with pytest.raises(StoreTooSmall):
-        store.put(b"x" * 26)
+        run(store.put(b"x" * 26))
 
 
 def test_keys() -> None:
@@ -72,5 +74,5 @@ def test_pngs_carry_parameters_and_thetas() -> None:
     assert img.text["seed"] == "41" and img.text["theta"] == "0.5" and img.text["prompt"] == "p"
     assert "eta" not in img.text and json.loads(img.text["unclip"])["decoder_steps"] == 3
     assert img.text["parameters"].startswith("p\nSteps: 3, Seed: 41, Model: tiny")
-    items = image_items(pngs, thetas_of(result), "url", UrlStore(60, 10**6), "http://h:1/")
+    items = run(image_items(pngs, thetas_of(result), "url", UrlStore(60, 10**6), "http://h:1/"))
     assert items[0].url.startswith("http://h:1/v1/files/images/") and items[1].theta == 0.5

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
-from typing import Any, Optional
+from typing import Optional
 
 import httpx
 import pytest
@@ -15,6 +14,8 @@ from server.errors import APIError
 from server.job_records import JobRecord, MemoryJobStore
 from server.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
 
+from .conftest import run
+
 
 class Clock:
     def __init__(self) -> None:
@@ -22,13 +23,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def run(coro: Any) -> Any:
-    """Run a coroutine on a fresh event loop in its own thread (a browser test's
-    Playwright may hold a running loop on the main thread)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def record(job_id: str, owner: Optional[str] = None, status: str = "queued", expires_at: Optional[int] = None,
@@ -81,6 +75,18 @@ def test_records_are_copies() -> None:
         got = await store.get("a")
         got.progress = 0.5
         assert (await store.get("a")).status == "queued" and (await store.get("a")).progress == 0.0
+
+    run(scenario())
+
+
+def test_a_final_record_never_changes() -> None:
+    store = MemoryJobStore(ttl_s=60, max_kept=2, max_bytes=3000)
+
+    async def scenario() -> None:
+        assert await store.put(record("a")) and await store.put(record("a", status="in_progress"))
+        assert await store.put(record("a", status="completed", result={"data": []}))
+        assert not await store.put(record("a", status="cancelled"))  # e.g. another replica's late cancel
+        assert (await store.get("a")).status == "completed"
 
     run(scenario())
 

@@ -30,6 +30,7 @@ EXPECTED = {  # family (as the parser names it) -> type
     "unclip_images_generated": "counter",
     "unclip_model_info": "gauge",
     "unclip_ready": "gauge",
+    "unclip_store_up": "gauge",
     "unclip_gpu_memory_bytes": "gauge",
     "unclip_gpu_memory_reserved_bytes": "gauge",
     "unclip_process_resident_memory_bytes": "gauge",
