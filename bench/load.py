@@ -11,8 +11,8 @@ process for the direct references; then runs, with generations at the model's la
   operation at --mixed-concurrency);
 - a burst: --burst generations sent at once (mean and max latency: processor sharing gives
   mean/max ~ 1, one job after another ~ 0.5);
-- open loops: Poisson arrivals at 50% and 80% of the capacity the closed loops measured,
-  for --duration seconds each (p50/p99);
+- open loops: --arrivals Poisson arrivals at 50% and 80% of the capacity the closed loops
+  measured (p50/p99);
 - small behind big: a generation at the smallest size sent 0.5 s after an n=10
   generation at the largest, against the same small generation alone;
 - best direct: `run_many` of --burst generations in this process with each stage batched at
@@ -96,18 +96,25 @@ class Server:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
+        try:
+            self._wait_ready(300.0)
+        except BaseException:  # not ready, or interrupted: never leave the process behind
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: see {self.log_path}")
             try:
                 if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"server not ready after 300 s: see {self.log_path}")
+        raise RuntimeError(f"server not ready after {timeout:.0f} s: see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -329,14 +336,13 @@ def burst(server: Server, send: Send, n: int) -> dict[str, float]:
             "mean_over_max": statistics.fmean(lat) / max(lat)}
 
 
-def open_loop(server: Server, send: Send, rate: float, duration: float, seed: int) -> dict[str, float]:
-    """Poisson arrivals at `rate` per second for `duration` s (each request on its own
-    connection, whatever the ones before it are doing): p50 / p99 latency, achieved rate."""
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * duration * 3) + 8)
-    times = [t for t in np.cumsum(gaps) if t < duration]
+def open_loop(server: Server, send: Send, rate: float, arrivals: int, seed: int) -> dict[str, float]:
+    """`arrivals` Poisson arrivals at `rate` per second (each request on its own connection,
+    whatever the ones before it are doing): p50 / p99 latency."""
+    times = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=arrivals)) - 1.0 / rate
     samples = at_once(server.base, [(float(t), "generation", send) for t in times], 300_000 + 10_000 * seed)
     lat = [s.seconds for s in samples if s.status == 200]
-    return {"rate_per_s": rate, "requests": len(times), "ok": len(lat), "p50_s": percentile(lat, 50),
+    return {"rate_per_s": rate, "requests": len(samples), "ok": len(lat), "p50_s": percentile(lat, 50),
             "p99_s": percentile(lat, 99)}
 
 
@@ -426,6 +432,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mixed-concurrency", type=int, default=0, help="clients of the mixed run (0: skip)")
     p.add_argument("--burst", type=int, default=16, help="generations of the burst and of best direct")
     p.add_argument("--open-loop", default="0.5,0.8", help="Poisson arrival rates as fractions of capacity")
+    p.add_argument("--arrivals", type=int, default=24, help="requests of each open loop")
     p.add_argument("--steps", default="", help="prior,decoder,upsampler steps (default: the model's)")
     p.add_argument("--size", type=int, default=None, help="output size (default: the model's largest)")
     p.add_argument("--max-batch", type=int, default=8)
@@ -483,7 +490,7 @@ def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: S
     print(f"  burst: {extra['burst']}", flush=True)
     capacity = max(r.images_per_s for r in runs if r.name == "generation")
     for k, frac in enumerate(float(f) for f in args.open_loop.split(",") if f):
-        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.duration, k)
+        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.arrivals, k)
         print(f"  open loop {frac:.0%}: {extra[f'open_loop_{round(frac * 100)}']}", flush=True)
     extra["small_behind_big"] = small_behind_big(server, generation_sender(args.size, steps, n=10),
                                                  generation_sender(min(cfg.sizes), steps))
