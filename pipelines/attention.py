@@ -1,4 +1,5 @@
-"""The one attention function of the project: xformers on CUDA when importable, else SDPA."""
+"""The one attention function of the project: xformers on CUDA when it imports and runs,
+else SDPA."""
 
 from __future__ import annotations
 
@@ -27,11 +28,30 @@ def set_backend(name: Optional[str]) -> None:
     _force_backend = name
 
 
-def backend_for(device: torch.device) -> str:
-    """The backend that `attention` uses on `device`."""
+def backend_for(device: torch.device, dtype: torch.dtype = torch.float16) -> str:
+    """The backend that `attention` uses on `device` for `dtype`: xformers where it imports
+    and a first tiny call succeeds (a wheel built for another torch imports but has no
+    kernels), else SDPA."""
     if _force_backend == "sdpa" or _xops is None or device.type != "cuda":
         return "sdpa"
-    return "xformers"
+    return "xformers" if _force_backend == "xformers" or _xformers_runs(device, dtype) else "sdpa"
+
+
+_probed: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _xformers_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """One [1, 8, 1, 64] call per device and dtype, remembered; a failure is logged once."""
+    key = (str(device), dtype)
+    if key not in _probed:
+        try:
+            x = torch.zeros(1, 8, 1, 64, device=device, dtype=dtype)
+            _xops.memory_efficient_attention(x, x, x)
+            _probed[key] = True
+        except Exception as exc:  # noqa: BLE001 - any failure means "use SDPA"
+            log.warning("xformers does not run on %s (%s): %s; attention uses SDPA", device, dtype, exc)
+            _probed[key] = False
+    return _probed[key]
 
 
 def _log_once(name: str) -> None:
@@ -48,7 +68,7 @@ def attention(
     q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias: additive, broadcastable to [B, H, Lq, Lk]
     (0 to keep, -inf to mask). Returns [B, H, Lq, D].
     """
-    name = backend_for(q.device)
+    name = backend_for(q.device, q.dtype)
     _log_once(name)
     if name == "xformers":
         return _xformers_attention(q, k, v, bias)

@@ -74,3 +74,23 @@ def test_backend_choice_logged_once(caplog: pytest.LogCaptureFixture, monkeypatc
         A.attention(q, k, v)
     records = [r for r in caplog.records if "attention backend" in r.getMessage()]
     assert [r.getMessage() for r in records] == ["attention backend: sdpa"]
+
+
+def test_xformers_that_imports_but_cannot_run_falls_back_to_sdpa(monkeypatch, caplog) -> None:
+    """A wheel built for another torch imports and then fails at its first call: probed once
+    per device and dtype, it leaves attention on SDPA instead of failing every request."""
+    calls = []
+
+    class Broken:
+        def memory_efficient_attention(self, *args, **kw):
+            calls.append(1)
+            raise NotImplementedError("no operator found for memory_efficient_attention_forward")
+
+    monkeypatch.setattr(A, "_xops", Broken())
+    monkeypatch.setattr(A, "_probed", {})
+    cuda = torch.device("cuda")
+    with caplog.at_level("WARNING", logger=A.__name__):
+        assert A.backend_for(cuda, torch.float16) == "sdpa"
+        assert A.backend_for(cuda, torch.float16) == "sdpa"
+    assert list(A._probed.values()) == [False] and len(calls) <= 1
+    assert sum("attention uses SDPA" in r.getMessage() for r in caplog.records) == 1
