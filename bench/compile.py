@@ -91,6 +91,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from bench import write_result
 from pipelines.checkpoints import load_model_dir, random_stack, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.operations import generate
@@ -98,7 +99,6 @@ from pipelines.sampling import Stage, Track
 from pipelines.unclip import Sampling, UnCLIP
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 PROMPT = "a red circle above a blue square"
 
 
@@ -294,10 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     for code, reasons in dyn["guard_failures"].items():
         print(f"  recompiled {code}: {reasons}")
     print("verdict:", out["verdict"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"compile-{args.model}-{args.stage}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(f'compile-{args.model}-{args.stage}', out)}")
     return out
 
 

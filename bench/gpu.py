@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from bench import terminate
+
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / "bench" / "wheels"
 VENV = Path(tempfile.gettempdir()) / "unclip-gpu-bench-venv"
@@ -667,12 +669,7 @@ def http_load(plan: Plan, model: Path, out: Path, deadline: float) -> dict[str, 
 
 def stop(server: Any, grace_s: float = STOP_S) -> None:
     """SIGTERM, then SIGKILL after grace_s (Server.__exit__ alone may wait a minute)."""
-    server.proc.send_signal(signal.SIGTERM)
-    try:
-        server.proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
+    terminate(server.proc, grace_s)
 
 
 def run_levels(plan: Plan, server: Any, send: Any, deadline: float) -> dict[str, Any]:

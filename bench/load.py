@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,9 +50,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as MetricSample
 
+from bench import terminate, write_result
+
 REPO = Path(__file__).resolve().parents[1]
 
-RESULTS = REPO / "bench" / "results"
 PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow star on black", "a purple ring"]
 
 
@@ -117,13 +117,8 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout:.0f} s: see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 60.0)
 
     def samples(self) -> Iterator[MetricSample]:
         """Every sample of the server's /metrics, as prometheus_client parses them."""
@@ -535,13 +530,10 @@ def main() -> int:
             runs, extra = scenarios(server, direct, args, steps, cfg)
     ratios = ratios_of(runs, extra, args.max_batch)
     report(runs, extra, ratios, extra["alternated_s"]["direct"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"load-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"model": cfg.name, "size": args.size, "steps": asdict(steps), "device": args.device,
-                               "max_batch": args.max_batch, "duration_s": args.duration, **extra,
-                               "ratios": ratios, "runs": [asdict(r) for r in runs], "cpu_count": os.cpu_count()},
-                              indent=2))
-    print(f"wrote {out}")
+    out = {"model": cfg.name, "size": args.size, "steps": asdict(steps), "device": args.device,
+           "max_batch": args.max_batch, "duration_s": args.duration, **extra, "ratios": ratios,
+           "runs": [asdict(r) for r in runs], "cpu_count": os.cpu_count()}
+    print(f"wrote {write_result(f'load-{cfg.name}', out)}")
     return 0
 
 

@@ -11,17 +11,16 @@ Writes bench/results/pipeline-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from bench import write_result
 from pipelines.config import StackConfig
 from pipelines.operations import generate
 from pipelines.sampling import run_to_end
@@ -29,7 +28,6 @@ from pipelines.unclip import Sampling, UnCLIP
 from tests.pipelines._diffusers_ref import build_pipeline, parity_config, random_parity_stack
 
 PROMPT = "a red square above a blue circle"
-RESULTS = Path(__file__).parent / "results"
 
 
 def small_config() -> StackConfig:
@@ -190,10 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"config": args.config, "channels_last": not args.contiguous, "steps": steps, "repeats": args.repeats,
            "threads": args.threads, "torch": torch.__version__, "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"pipeline-{args.config}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {write_result(f'pipeline-{args.config}', out)}")
     return out
 
 

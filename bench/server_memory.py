@@ -13,16 +13,15 @@ Writes bench/results/server_memory-<model>-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from bench.load import REPO, RESULTS, Server
+from bench import write_result
+from bench.load import REPO, Server
 
 MIB = 2**20
 
@@ -66,10 +65,7 @@ def main() -> int:
         out[f"after_{args.concurrency}_concurrent_mib"] = resident_bytes(server) / MIB
     for key, value in out.items():
         print(f"{key:28s} {value:.1f}" if isinstance(value, float) else f"{key:28s} {value}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"server_memory-{args.model_dir.name}-{time.strftime('%Y%m%d_%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result(f'server_memory-{args.model_dir.name}', out)}")
     return 0
 
 
