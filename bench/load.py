@@ -24,11 +24,13 @@ bench/results/load-<model>-<time>.json.
 
     .venv/bin/python -m bench.load [--model weights/default|tiny|DIR] [--duration 20]
         [--concurrency 1,4,16] [--burst 16] [--steps 25,8,4] [--max-batch 8] [--device cpu]
+    .venv/bin/python -m bench.load --redis   # c=1 latency through Redis / in process
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -80,7 +82,7 @@ def model_dir(tmp: Path, name: str = "tiny") -> Path:
 class Server:
     """`python -m server` as a subprocess, ready on enter, SIGTERM on exit."""
 
-    def __init__(self, model: Path, args: argparse.Namespace, log_path: Path):
+    def __init__(self, model: Path, args: argparse.Namespace, log_path: Path, env: Optional[dict] = None):
         self.port, self.log_path = free_port(), log_path
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "UNCLIP_MODEL_DIR": str(model),
                     "UNCLIP_HOST": "127.0.0.1", "UNCLIP_PORT": str(self.port), "UNCLIP_DEVICE": args.device,
@@ -88,7 +90,7 @@ class Server:
                     "UNCLIP_LOG_LEVEL": "warning", "UNCLIP_API_KEYS": "",
                     "UNCLIP_BATCH_PROFILE": getattr(args, "batch_profile", "measure"),
                     "UNCLIP_BATCH_PROFILE_DIR": str(log_path.parent / "profiles"),
-                    "UNCLIP_STAGE_BATCH": getattr(args, "stage_batch", "")}
+                    "UNCLIP_STAGE_BATCH": getattr(args, "stage_batch", ""), **(env or {})}
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
 
@@ -350,6 +352,45 @@ def small_behind_big(server: Server, big: Send, small: Send, repeats: int = 3) -
             "big_s": samples["big"].seconds, "ratio": samples["small"].seconds / alone}
 
 
+# ---- through Redis ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Debian's redis-server on a free loopback port, without persistence; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        yield url
+    finally:
+        terminate(proc, 5.0)
+
+
+def redis_overhead(model: Path, args: argparse.Namespace, send: Send, tmp: Path) -> dict[str, float]:
+    """Median c=1 latency of the same generation on a server in process and on one with
+    UNCLIP_REDIS_URL, sent alternately one at a time (`--pairs` each, after one warm-up)."""
+    with redis_server() as url, Server(model, args, tmp / "local.log") as local, \
+            Server(model, args, tmp / "redis.log", {"UNCLIP_REDIS_URL": url}) as shared:
+        times: dict[str, list[float]] = defaultdict(list)
+        with httpx.Client(base_url=local.base, timeout=600) as a, httpx.Client(base_url=shared.base, timeout=600) as b:
+            for i in range(args.pairs + 1):
+                for name, c in (("in_process", a), ("redis", b)):
+                    sample = timed(c, name, send, 500_000 + i)
+                    assert sample.status == 200, sample
+                    times[name].append(sample.seconds)
+    out = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {**out, "ratio": out["redis"] / out["in_process"]}
+
+
 # ---- the direct reference ------------------------------------------------------------
 
 class Direct:
@@ -436,6 +477,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stage-batch", default="", help="the server's UNCLIP_STAGE_BATCH")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pairs", type=int, default=10, help="alternated direct/HTTP generations for the latency ratio")
+    p.add_argument("--redis", action="store_true", help="only compare c=1 latency in process and through Redis")
     return p.parse_args()
 
 
@@ -525,6 +567,11 @@ def main() -> int:
         cfg = StackConfig.load(model / CONFIG_FILE)
         args.size = args.size or max(cfg.sizes)
         print(f"model {cfg.name} at {model}, size {args.size}, steps {asdict(steps)}", flush=True)
+        if args.redis:
+            result = redis_overhead(model, args, generation_sender(args.size, steps), Path(tmp))
+            print(f"c=1 latency, median of {args.pairs}: {json.dumps(result)}")
+            print(f"wrote {write_result(f'load-redis-{cfg.name}', {'model': cfg.name, 'size': args.size, **result})}")
+            return 0
         direct = Direct(model, args, steps)
         with Server(model, args, Path(tmp) / "server.log") as server:
             runs, extra = scenarios(server, direct, args, steps, cfg)
