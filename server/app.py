@@ -19,6 +19,7 @@ from .auth import AuthMiddleware, bearer_scheme
 from .errors import APIError, error_response, install_handlers
 from .routes import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
 from .routes.background import ASYNC_RESPONSE, prefer_header
+from .routes.claimer import Claimer
 from .runtime import Runtime
 from .schemas import ErrorResponse
 from .settings import Settings
@@ -117,10 +118,12 @@ class BodyLimit:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start loading in the background; stop the engine at shutdown."""
     rt: Runtime = app.state.runtime
+    claimer = Claimer(rt)  # with Redis: runs jobs of the global queue here
 
     async def start() -> None:
         try:
             await rt.start()
+            claimer.start()
         except Exception:  # noqa: BLE001 - reported by /health and /ready
             rt.state = "failed"
             log.exception("could not start the model from %s", rt.settings.model_dir)
@@ -130,6 +133,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+        await claimer.close()
         await asyncio.to_thread(rt.stop)
         await rt.close(grace_s=ASYNC_GRACE_S)
 

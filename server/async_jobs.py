@@ -74,8 +74,13 @@ class AsyncJobs:
             job.cancel()
             follower.close()
             raise
-        self._engine_jobs[record.id] = job
-        task = asyncio.create_task(follower, name=f"follow-{record.id}")
+        self.adopt(record.id, job, follower)
+
+    def adopt(self, job_id: str, job: Job, follower: Coroutine[Any, Any, None]) -> None:
+        """Keep the engine job behind a stored record and run its follower in the background
+        (`add`, or a job of the global queue that this replica claimed)."""
+        self._engine_jobs[job_id] = job
+        task = asyncio.create_task(follower, name=f"follow-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -190,6 +195,8 @@ class AsyncJobs:
 
     def _ended(self, record: JobRecord) -> None:
         """Count the outcome and send the webhook of a record that just turned final."""
+        if not record.listed:  # a synchronous request's (global queue): not an async job
+            return
         if self.on_end is not None:
             try:
                 self.on_end(record.operation, record.status)

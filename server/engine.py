@@ -128,15 +128,17 @@ class Engine:
         self._thread.start()
 
     def submit(self, op: Operation, *, kind: str, deadline_s: Optional[float] = None,
-               on_progress: Optional[Callable[[Progress], None]] = None, cost_s: Optional[float] = None) -> Job:
-        """Queue an operation (`cost_s`: its estimated run time alone, see `estimate`).
+               on_progress: Optional[Callable[[Progress], None]] = None, cost_s: Optional[float] = None,
+               job_id: Optional[str] = None) -> Job:
+        """Queue an operation (`cost_s`: its estimated run time alone, see `estimate`;
+        `job_id`: the job's id, when it has one already: a job of the global queue).
         Raises QueueFull (queue at capacity), EngineStopped (draining or stopped) or
         EngineCrashed at once; never blocks on the engine."""
         budget = self._deadline(deadline_s)
         with self._cv:
             reason = self._refusal()
             if reason is None:
-                job = Job(op, kind, budget, on_progress, self._cancel, cost_s)
+                job = Job(op, kind, budget, on_progress, self._cancel, cost_s, job_id)
                 self._queue.append(job)
                 self._cv.notify_all()
             depth = len(self._queue)
@@ -173,12 +175,11 @@ class Engine:
     def abort(self, error: BaseException) -> None:
         """Stop now: every held job's future fails with `error` at once (from this thread),
         and the loop ends after the step it is in; nothing more is computed."""
-        with self._cv:
+        with self._cv:  # held while failing them: the loop's end (_abandon) must not fail them first
             self._stopping = self._draining = True
-            jobs = list(self._queue) + list(self._running)
+            for job in list(self._queue) + list(self._running):
+                job.fail_now(error)
             self._cv.notify_all()
-        for job in jobs:
-            job.fail_now(error)
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the loop after the current step; jobs still held fail with EngineStopped."""
@@ -241,6 +242,10 @@ class Engine:
         if self._crash is not None:
             return EngineCrashed("the engine thread died")
         return EngineStopped("the server is draining or stopped and accepts no new work")
+
+    def retry_after(self, depth: int) -> float:
+        """Seconds until one of `depth` waiting jobs likely starts (see `_retry_after`)."""
+        return self._retry_after(depth)
 
     def _retry_after(self, depth: int) -> float:
         """Seconds until a queue slot is likely free, i.e. until a running job ends. The

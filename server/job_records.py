@@ -50,14 +50,18 @@ class JobRecord:
     result: Optional[dict[str, Any]] = None  # the images response, as the synchronous call answers
     error: Optional[dict[str, Any]] = None  # {message, type, param, code}
     webhook_url: Optional[str] = None
+    replica: Optional[str] = None  # with the global queue: the replica that runs (or ran) it
+    listed: bool = True  # False: a synchronous request's record in the global queue (never listed)
 
     @property
     def finished(self) -> bool:
         return self.status in FINAL
 
     def to_api(self, queue_position: Optional[int] = None) -> dict[str, Any]:
-        """The job object (`queue_position`: jobs ahead of it while queued, else None)."""
-        return {"id": self.id, "object": "image.job", "operation": self.operation, "status": self.status,
+        """The job object (`queue_position`: jobs ahead of it while queued, else None;
+        `replica` only where the global queue ran it)."""
+        extra = {"replica": self.replica} if self.replica is not None else {}
+        return {**extra, "id": self.id, "object": "image.job", "operation": self.operation, "status": self.status,
                 "progress": self.progress, "queue_position": queue_position if self.status == "queued" else None,
                 "created_at": self.created_at, "started_at": self.started_at, "completed_at": self.completed_at,
                 "expires_at": self.expires_at, "result": self.result, "error": self.error}

@@ -72,14 +72,18 @@ class Progress:
 _SEQ = itertools.count()
 
 
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex[:20]
+
+
 class Job:
     """A submitted operation. `future` resolves to its OpResult or to the exception that
     ended it (the op's own, JobCancelled, JobExpired, EngineStopped, EngineCrashed)."""
 
     def __init__(self, op: Operation, kind: str, deadline_s: float,
                  on_progress: Optional[Callable[[Progress], None]], canceller: Callable[["Job"], None],
-                 cost_s: Optional[float] = None):
-        self.id = "job_" + uuid.uuid4().hex[:20]
+                 cost_s: Optional[float] = None, job_id: Optional[str] = None):
+        self.id = job_id or new_job_id()
         self.kind, self.op = kind, op
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.state: JobState = "queued"

@@ -54,7 +54,7 @@ local function drop(member)
 end
 """
 
-# ARGV: prefix, id, owner, status, json, ttl_ms, finished (0/1), expires_at, now, max_kept.
+# ARGV: prefix, id, owner, status, json, ttl_ms, finished (0/1), expires_at, now, max_kept, listed (0/1).
 PUT = DROP + """
 local FINAL = {%s}
 local id, owner = ARGV[2], ARGV[3]
@@ -64,6 +64,7 @@ if old and FINAL[old] then return 0 end
 redis.call('HSET', job, 's', ARGV[4], 'o', owner, 'r', ARGV[5])
 redis.call('PEXPIRE', job, ARGV[6])
 redis.call('PEXPIRE', P .. 'events:' .. id, ARGV[6])
+if ARGV[11] == '0' then return 1 end
 if not redis.call('ZSCORE', P .. 'jobs', id) then
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('ZADD', P .. 'jobs', seq, id)
@@ -115,7 +116,8 @@ class RedisJobStore:
         now = time.time()
         lasts = (record.expires_at or now + self.ttl_s) - now if record.finished else self.pending_ttl_s
         args = [PREFIX, record.id, record.owner or "", record.status, record.to_json(), max(1, int(lasts * 1000)),
-                int(record.finished), record.expires_at or int(now + self.ttl_s), now, self.max_kept]
+                int(record.finished), record.expires_at or int(now + self.ttl_s), now, self.max_kept,
+                int(record.listed)]
         async with self.link.guard():
             return bool(await self._put(args=args))
 

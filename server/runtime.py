@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 from fastapi import Depends, Request
 
@@ -56,13 +58,16 @@ class Runtime:
         stages = [PRIOR, DECODER] + [upsampler_key(i) for i in range(len(cfg.upsamplers))]
         check_overrides(settings.stage_caps, stages, settings.max_batch)  # BadCaps before anything starts
         self.metrics = Metrics(self.model_name, self.sizes)
-        self.shared = shared_state(settings, self.metrics.set_store_up)
+        self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the global queue's leases
+        self.shared = shared_state(settings, self.replica, self.metrics.set_store_up)
         self.metrics.set_store_up(self.shared.up)
         self.store = self.shared.images  # the URL images
         self.jobs = async_jobs(settings, self.metrics, self.shared)
         self.pipe: Optional[UnCLIP] = None
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
+        self.waiting = 0  # synchronous requests here waiting for a job of the global queue
+        self.wake_claimer: Callable[[], None] = lambda: None  # a job was queued (server/routes/claimer.py)
         self.created = time.time()
 
     @property
@@ -130,8 +135,14 @@ class Runtime:
             self.engine.abort(ServerShutdown("the server shut down before the job finished"))
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until the engine holds no job (True) or timeout passes (False)."""
-        return self.engine is None or self.engine.wait_idle(timeout)
+        """Block until the engine holds no job and no synchronous request here waits for a
+        job of the global queue (True), or timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        if self.engine is not None and not self.engine.wait_idle(timeout):
+            return False
+        while self.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.waiting
 
     def stop(self) -> None:
         if self.engine is not None:

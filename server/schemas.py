@@ -214,6 +214,7 @@ class ImageJob(BaseModel):
     expires_at: Optional[int] = Field(None, description="once finished: when the job and its result are gone")
     result: Optional[ImagesResponse] = Field(None, description="completed: the synchronous call's response")
     error: Optional[ErrorDetail] = Field(None, description="failed or expired: what went wrong")
+    replica: Optional[str] = Field(None, description="with several replicas: the one that ran it")
 
 
 class ImageJobList(BaseModel):

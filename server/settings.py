@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     redis_url: Optional[str] = Field(None, description="Redis shared by every replica (redis://[:password@]host:"
                                      "6379/0, rediss://, unix://): async jobs, their events, url images and "
                                      "cancels; empty: all in this process")
+    lease_s: float = Field(10.0, gt=0, description="with Redis: how long a replica's claim on a job lasts "
+                           "unrenewed; a replica gone that long has its jobs run elsewhere")
     webhook_hosts: str = Field("", description="comma-separated hosts that async jobs' webhook_url may name; "
                                "empty: every webhook_url is refused")
     webhook_secret: Optional[str] = Field(None, description="Standard Webhooks signing secret, 'whsec_' + base64 "

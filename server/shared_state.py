@@ -4,8 +4,8 @@ on another replica (`CancelBus`). Without `UNCLIP_REDIS_URL` all three are this 
 (today's single-replica server); with it they are in that Redis, so that replicas behind
 one Service answer as one.
 
-A replica keeps to itself its engine: its queue and the jobs it runs (a job runs on the
-replica that accepted it).
+With Redis the replicas also share one queue (`RedisQueue`, server/redis_queue.py): a job
+accepted by any replica runs on whichever has a free slot first (server/routes/claimer.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .cancels import CancelBus, LocalCancels
 from .job_records import JobStore, MemoryJobStore
 from .redis_cancels import RedisCancels
 from .redis_link import RedisLink
+from .redis_queue import RedisQueue
 from .redis_store import RedisJobStore
 from .redis_urls import RedisUrlStore
 from .settings import Settings
@@ -25,12 +26,14 @@ from .url_store import ImageStore, UrlStore
 
 @dataclass
 class SharedState:
-    """The three stores of one replica; `link` is the Redis connection behind them, if any."""
+    """The three stores of one replica; `link` is the Redis connection behind them, and
+    `queue` the global queue, if any."""
 
     jobs: JobStore
     images: ImageStore
     cancels: CancelBus
     link: Optional[RedisLink] = None
+    queue: Optional[RedisQueue] = None
 
     @property
     def kind(self) -> Literal["memory", "redis"]:
@@ -51,12 +54,15 @@ class SharedState:
             await self.link.close()
 
 
-def shared_state(s: Settings, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
-    """The stores the settings ask for; `on_change(up)` hears Redis come and go."""
+def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
+    """The stores the settings ask for (`replica`: this one's name in the global queue's
+    leases); `on_change(up)` hears Redis come and go."""
     if s.redis_url is None:
         return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
                            UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
     link = RedisLink(s.redis_url, on_change)
     # A record not yet finished lasts past its job's longest life, in case its replica dies.
-    jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=s.max_deadline_s + s.job_ttl_s)
-    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link)
+    pending_s = s.max_deadline_s + s.job_ttl_s
+    jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)
+    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, replica)
+    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue)

@@ -1,32 +1,41 @@
-"""What every image endpoint shares. Each route reads its body into a params model, builds
-its operation, and hands both to `serve`:
+"""What every image endpoint shares. Each route reads its body into a params model, fixes
+everything about the request (model, limits, size, seed, file format, quality, the uploads
+reduced to tensors) into a `Spec`, and hands it to `serve`:
 
     params = parse_params(Model, raw)          # unsupported fields and bad values -> 400
     out = target(rt, params, kind)             # model, limits, size, seed, file format, quality
-    opts = sampling(params)
-    op = operation(rt.pipe, ..., seed=out.seed, size=out.size, opts=opts)
-    return await serve(request, rt, params, out, Plan(op, kind, opts, work(rt.pipe, out.size, opts, ...), texts))
+    return await serve(request, rt, Spec(kind, params, out, tensors))
+
+The route's builder (registered with `@builds(kind, Model)`) turns a spec into its `Plan`
+(operation, work, texts): in this process, and, with the global queue (Redis), on whichever
+replica runs the job, from the spec stored as JSON (`spec_json`, `spec_from_json`).
 
 `serve` refuses at once (400) an operation whose estimated run time exceeds the deadline,
 runs it on the engine and answers with OpenAI's images response (with `size`, `quality`,
 `output_format`, `background` and `usage`), or, for `stream=true`, with Server-Sent Events,
 or, with `Prefer: respond-async`, with 202 and a job to poll (server/routes/background.py).
 The three share `prepare` (admission, metadata, usage, headers) and `images_body` (the
-result's images response, built once).
+result's images response, built once). With Redis, a synchronous or async request goes to
+the global queue instead (`enqueue`; server/routes/claimer.py runs it on some replica) and
+a synchronous one waits for its record's end (`await_record`); `stream=true` runs here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import functools
+import json
 import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -34,16 +43,20 @@ from pydantic import BaseModel, ValidationError
 from pipelines.operations import OpResult
 from pipelines.unclip import Operation, Sampling
 
-from ..errors import APIError, bad_request, from_validation
+from ..auth import key_owner
+from ..engine import QueueFull
+from ..errors import APIError, StoreUnavailable, bad_request, from_validation
 from ..images import DEFAULT_FRAME_MS, FileFormat, ImageMeta, encode, image_items, thetas_of
 from ..job_records import EVENT_PREFIX as JOB_EVENT_PREFIX
+from ..job_records import FINAL, JobRecord
+from ..jobs import new_job_id
 from ..quality import STEP_SCALE, Preset, preset
 from ..runtime import Runtime
 from ..schemas import UNSUPPORTED, ImagesResponse, Usage
 from ..url_store import StoreTooSmall
 from ..usage import truncation, usage
 from .admission import admit, check_limits
-from .background import Following, check_delivery, prefers_async, start
+from .background import PREFERENCE, Following, check_delivery, prefers_async, start
 from .running import await_job, submit
 from .stream import Delivery, Partials, progress_queue, stream_response
 
@@ -62,6 +75,8 @@ SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
 SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: "²x²" is no size
 # The SSE event prefix of the operations that stream (server/routes/stream.py).
 STREAM_PREFIX = {"generation": "image_generation", "edit": "image_edit"}
+TERMINAL = frozenset(f"{JOB_EVENT_PREFIX}.{status}" for status in FINAL)
+WAIT_S = 5.0  # one wait for a queued synchronous job's next event
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,54 @@ class Plan:
     work: dict[str, int]  # track-steps per stage (pipelines.operations.work)
     texts: Sequence[str] = ()  # the prompts CLIP encodes (usage, truncation notice)
     input_images: int = 0  # the images CLIP encodes (usage)
+
+
+@dataclass
+class Spec:
+    """A request with everything fixed: its operation kind, validated params, target, and
+    uploads as tensors. Any replica rebuilds the same plan from it (`plan_of`)."""
+
+    kind: str
+    params: BaseModel
+    out: Target
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Builder = Callable[[Runtime, Any, Target, dict[str, torch.Tensor]], Plan]
+BUILDERS: dict[str, tuple[type[BaseModel], Builder]] = {}
+
+
+def builds(kind: str, model: type[BaseModel]) -> Callable[[Builder], Builder]:
+    """Register the function that turns a spec of `kind` (params of `model`) into its plan."""
+    def register(fn: Builder) -> Builder:
+        BUILDERS[kind] = (model, fn)
+        return fn
+    return register
+
+
+def plan_of(rt: Runtime, spec: Spec) -> Plan:
+    """The spec's plan (operation, work, texts), by its kind's builder."""
+    return BUILDERS[spec.kind][1](rt, spec.params, spec.out, spec.tensors)
+
+
+def spec_json(spec: Spec, **extra: Any) -> str:
+    """The spec (and `extra` JSON fields) as JSON, for the global queue."""
+    tensors = {name: {"dtype": str(t.numpy().dtype), "shape": list(t.shape),
+                      "data": base64.b64encode(t.contiguous().numpy().tobytes()).decode("ascii")}
+               for name, t in spec.tensors.items()}
+    return json.dumps({"kind": spec.kind, "params": spec.params.model_dump(mode="json", exclude_unset=True),
+                       "out": dataclasses.asdict(spec.out), "tensors": tensors, **extra}, separators=(",", ":"))
+
+
+def spec_from_json(text: str) -> tuple[Spec, dict[str, Any]]:
+    """A spec from `spec_json`'s text, and its extra fields."""
+    raw = json.loads(text)
+    kind, params, out, tensors = raw.pop("kind"), raw.pop("params"), raw.pop("out"), raw.pop("tensors")
+    model = BUILDERS[kind][0]
+    target_ = Target(**{**out, "fmt": FileFormat(**out["fmt"])})
+    arrays = {name: torch.from_numpy(np.frombuffer(base64.b64decode(t["data"]), t["dtype"]).reshape(t["shape"]).copy())
+              for name, t in tensors.items()}
+    return Spec(kind, model.model_validate(params), target_, arrays), raw
 
 
 def parse_params(model: type[BaseModel], raw: dict[str, Any]) -> Any:
@@ -171,23 +234,30 @@ class Prepared:
     headers: dict[str, str]
 
 
-def prepare(rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Prepared:
+def prepare(rt: Runtime, params: BaseModel, out: Target, plan: Plan, *, admitted: bool = False,
+            cost_s: Optional[float] = None) -> Prepared:
     """Admission (400 for what cannot finish within the deadline), the files' metadata, the
-    usage and the headers: what every way of answering shares."""
-    cost_s = admit(rt, params, plan.work)
+    usage and the headers: what every way of answering shares. A claimed job of the global
+    queue was `admitted` where it was accepted, with its `cost_s`."""
+    if not admitted:
+        cost_s = admit(rt, params, plan.work)
     clip = rt.pipe.stack.clip
     cut = truncation(clip, plan.texts)
     headers = {"x-prompt-truncated": cut} if cut else {}
     return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(clip, plan.texts, plan.input_images), headers)
 
 
-async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, plan: Plan) -> Any:
-    """Run the plan's operation and answer: the images response; SSE when params ask to
-    stream; 202 and a job with `Prefer: respond-async` (server/routes/background.py)."""
+async def serve(request: Request, rt: Runtime, spec: Spec) -> Any:
+    """Run the spec's operation and answer: the images response; SSE when params ask to
+    stream; 202 and a job with `Prefer: respond-async` (server/routes/background.py). With
+    the global queue (Redis), all but streams run on whichever replica claims them."""
+    params, out, plan = spec.params, spec.out, plan_of(rt, spec)
     background = prefers_async(request)
     webhook_url = check_delivery(rt, params, background)
     ready = prepare(rt, params, out, plan)
     base = rt.settings.public_url or str(request.base_url)
+    if rt.shared.queue is not None and not getattr(params, "stream", None):
+        return await enqueue(request, rt, spec, ready, base, background, webhook_url)
     if not background and not getattr(params, "stream", None):
         result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=ready.cost_s))
         return JSONResponse(await images_body(rt, result, ready, out, base), headers=ready.headers)
@@ -200,6 +270,82 @@ async def serve(request: Request, rt: Runtime, params: BaseModel, out: Target, p
         return stream_response(request, job, queue, delivery, ready.headers)
     build = functools.partial(images_body, rt, ready=ready, out=out, base_url=base)
     return await start(request, rt, job, queue, Following(plan.work, delivery, build), webhook_url, ready.headers)
+
+
+async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, base_url: str, background: bool,
+                  webhook_url: Optional[str]) -> Any:
+    """Put the job in the global queue (429 with a Retry-After from the global depth when
+    `queue_size` jobs wait already); answer 202 with the job, or wait for its end. A
+    synchronous request's record is not listed, and goes once answered."""
+    owner = key_owner(request.headers.get("authorization"), rt.settings.keys)
+    record = JobRecord(new_job_id(), spec.kind, int(time.time()), owner=owner, webhook_url=webhook_url,
+                       listed=background)
+    text = spec_json(spec, base_url=base_url, cost_s=ready.cost_s, accepted_at=time.time())
+    await rt.jobs.store.put(record)
+    queued, depth = await rt.shared.queue.push(record.id, text, ready.cost_s)
+    if not queued:
+        await rt.jobs.store.delete(record.id)
+        raise QueueFull(rt.engine.retry_after(max(1, depth - rt.settings.queue_size + 1)), depth)
+    rt.wake_claimer()  # this replica takes it at once if it has a free slot
+    if background:
+        headers = {"Location": f"/v1/images/jobs/{record.id}", "Preference-Applied": PREFERENCE, **ready.headers}
+        return JSONResponse(rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
+    rt.waiting += 1
+    try:
+        return JSONResponse(await await_record(request, rt, record.id), headers=ready.headers)
+    finally:
+        rt.waiting -= 1
+        try:
+            await rt.jobs.store.delete(record.id)
+        except StoreUnavailable:
+            pass
+
+
+async def await_record(request: Request, rt: Runtime, job_id: str) -> dict[str, Any]:
+    """The images response of a queued synchronous job, wherever it runs: its events are
+    followed until the terminal one (a client disconnect cancels it); its failure is raised."""
+    watcher = asyncio.create_task(cancel_record_on_disconnect(request, rt, job_id))
+    limit = time.monotonic() + rt.settings.default_deadline_s + 3 * rt.settings.lease_s + 30
+    after = 0
+    try:
+        while time.monotonic() < limit:
+            events = await rt.jobs.store.events_after(job_id, after, wait_s=WAIT_S)
+            after = events[-1].id if events else after
+            if events and not any(e.type in TERMINAL for e in events):
+                continue
+            record = await rt.jobs.store.get(job_id)
+            if record is None:
+                raise APIError(500, "The job's record was lost.", "server_error", code="internal_error")
+            if record.finished:
+                if record.status == "completed" and record.result is not None:
+                    return record.result
+                raise record_error(record)
+        raise APIError(504, "The request's deadline passed before the images were ready.", "server_error",
+                       code="deadline_exceeded")
+    finally:
+        watcher.cancel()
+
+
+async def cancel_record_on_disconnect(request: Request, rt: Runtime, job_id: str) -> None:
+    """Wait for the client to go away, then cancel its queued job (wherever it runs)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            record = await rt.jobs.store.get(job_id)
+            if record is not None and not record.finished:
+                log.info("client went away: cancelling job %s", job_id)
+                await rt.jobs.cancel(record)
+            return
+
+
+def record_error(record: JobRecord) -> APIError:
+    """The API error of a record that ended without a result (as in process, by its code)."""
+    err = record.error or {"message": "The job was cancelled.", "type": "server_error", "code": "cancelled"}
+    code = err.get("code")
+    status = 400 if err.get("type") == "invalid_request_error" else {
+        "deadline_exceeded": 504, "internal_error": 500, "url_store_too_small": 500}.get(code, 503)
+    return APIError(status, err.get("message", "The job failed."), err.get("type", "server_error"),
+                    param=err.get("param"), code=code, headers={"Retry-After": "5"} if status == 503 else None)
 
 
 async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Target, base_url: str) -> dict[str, Any]:

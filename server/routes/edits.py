@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 
 from pipelines.operations import DEFAULTS, inpaint, work
 
-from ..runtime import ReadyRuntime
+from ..runtime import ReadyRuntime, Runtime
 from ..schemas import EditRequest, ImagesResponse
 from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import Plan, parse_params, sampling, serve, target
+from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
 from .stream import SSE_RESPONSE
 
 router = APIRouter()
@@ -37,8 +38,14 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     image = await load_image(rt, one_upload(form, "image"), "image")
     mask_file = one_upload(form, "mask", required=False)
     mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
+    tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
+    return await serve(request, rt, Spec("edit", params, out, tensors))
+
+
+@builds("edit", EditRequest)
+def edit_plan(rt: Runtime, params: EditRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
     opts, resample = sampling(params), params.resample or DEFAULTS.resample
-    op = inpaint(rt.pipe, square_tensor(image), edit_mask(image, mask), params.prompt, n=params.n,
+    op = inpaint(rt.pipe, tensors["image"], tensors["keep"], params.prompt, n=params.n,
                  seed=out.seed, size=out.size, resample=resample, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return await serve(request, rt, params, out, Plan(op, "edit", opts, cost, [params.prompt]))
+    return Plan(op, "edit", opts, cost, [params.prompt])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 
 from pipelines.operations import DEFAULTS, generate, walk, walk_keys, work
 
-from ..runtime import ReadyRuntime
+from ..runtime import ReadyRuntime, Runtime
 from ..schemas import GenerationRequest, ImagesResponse
 from .bodies import json_body, read_json
-from .common import Plan, parse_params, sampling, serve, target
+from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
 from .stream import SSE_RESPONSE
 
 router = APIRouter()
@@ -24,7 +25,12 @@ router = APIRouter()
 )
 async def create_generation(request: Request, rt: ReadyRuntime) -> Any:
     params: GenerationRequest = parse_params(GenerationRequest, await read_json(request))
-    out, opts = target(rt, params, "generation"), sampling(params)
+    return await serve(request, rt, Spec("generation", params, target(rt, params, "generation")))
+
+
+@builds("generation", GenerationRequest)
+def generation_plan(rt: Runtime, params: GenerationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
+    opts = sampling(params)
     if out.fmt.format == "gif":  # the frames of a walk through the prompt's image embeddings
         frames = params.frame_count or DEFAULTS.walk_frames
         op = walk(rt.pipe, params.prompt, frames=frames, seed=out.seed, size=out.size, opts=opts)
@@ -32,4 +38,4 @@ async def create_generation(request: Request, rt: ReadyRuntime) -> Any:
     else:
         op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts)
         cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
-    return await serve(request, rt, params, out, Plan(op, "generation", opts, cost, [params.prompt]))
+    return Plan(op, "generation", opts, cost, [params.prompt])

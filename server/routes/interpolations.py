@@ -21,7 +21,7 @@ from ..errors import bad_request
 from ..runtime import ReadyRuntime, Runtime
 from ..schemas import MAX_PROMPT, ImagesResponse, InterpolationRequest
 from .bodies import load_image, multipart_body, read_form, square_tensor, text_fields, uploads
-from .common import Plan, parse_params, sampling, serve, target
+from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
 
 router = APIRouter()
 Ends = tuple[Optional[list[torch.Tensor]], Optional[list[str]]]
@@ -62,12 +62,22 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
     form = await read_form(request)
     raw = split_thetas(text_fields(form, files=tuple(FILES), lists=("prompt", "thetas")))
     params: InterpolationRequest = parse_params(InterpolationRequest, raw)
-    out, thetas = target(rt, params, "interpolation"), interpolation_thetas(params.thetas, params.frames)
-    images, prompts = await endpoints(form, rt, params)
+    out = target(rt, params, "interpolation")
+    interpolation_thetas(params.thetas, params.frames)  # 400 for bad thetas before the uploads are read
+    images, _ = await endpoints(form, rt, params)
+    tensors = {f"image{i}": image for i, image in enumerate(images or [])}
+    return await serve(request, rt, Spec("interpolation", params, out, tensors))
+
+
+@builds("interpolation", InterpolationRequest)
+def interpolation_plan(rt: Runtime, params: InterpolationRequest, out: Target,
+                       tensors: dict[str, torch.Tensor]) -> Plan:
+    thetas = interpolation_thetas(params.thetas, params.frames)
+    images = [tensors["image0"], tensors["image1"]] if tensors else None
+    prompts = None if images else params.prompt
     opts = sampling(params)
     op = interpolate(rt.pipe, images=images, prompts=prompts, thetas=thetas, mode=params.mode, seed=out.seed,
                      size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
                 inversions=2 if images else 0)
-    plan = Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []))
-    return await serve(request, rt, params, out, plan)
+    return Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []))

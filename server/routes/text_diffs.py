@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 
 from pipelines.operations import DEFAULTS, text_diff, work
 
-from ..runtime import ReadyRuntime
+from ..runtime import ReadyRuntime, Runtime
 from ..schemas import ImagesResponse, TextDiffRequest
 from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import Plan, parse_params, sampling, serve, target
+from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
 
 router = APIRouter()
 
@@ -33,9 +34,14 @@ async def create_text_diff(request: Request, rt: ReadyRuntime) -> Any:
     params: TextDiffRequest = parse_params(TextDiffRequest, text_fields(form, files=tuple(FILES)))
     out = target(rt, params, "text_diff")
     image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
+    return await serve(request, rt, Spec("text_diff", params, out, {"image": image}))
+
+
+@builds("text_diff", TextDiffRequest)
+def text_diff_plan(rt: Runtime, params: TextDiffRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
     opts, frames = sampling(params), params.frames or DEFAULTS.frames
-    op = text_diff(rt.pipe, image, params.prompt, params.source_prompt, frames=frames,
+    op = text_diff(rt.pipe, tensors["image"], params.prompt, params.source_prompt, frames=frames,
                    max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
     texts = [params.prompt, params.source_prompt]
-    return await serve(request, rt, params, out, Plan(op, "text_diff", opts, cost, texts, input_images=1))
+    return Plan(op, "text_diff", opts, cost, texts, input_images=1)

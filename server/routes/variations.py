@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 
 from pipelines.operations import variations, work
 
-from ..runtime import ReadyRuntime
+from ..runtime import ReadyRuntime, Runtime
 from ..schemas import ImagesResponse, VariationRequest
 from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import Plan, parse_params, sampling, serve, target
+from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
 
 router = APIRouter()
 
@@ -32,7 +33,12 @@ async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
     params: VariationRequest = parse_params(VariationRequest, text_fields(form, files=tuple(FILES)))
     out = target(rt, params, "variation")
     image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
+    return await serve(request, rt, Spec("variation", params, out, {"image": image}))
+
+
+@builds("variation", VariationRequest)
+def variation_plan(rt: Runtime, params: VariationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
     opts = sampling(params)
-    op = variations(rt.pipe, image, n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
+    op = variations(rt.pipe, tensors["image"], n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
-    return await serve(request, rt, params, out, Plan(op, "variation", opts, cost, input_images=1))
+    return Plan(op, "variation", opts, cost, input_images=1)

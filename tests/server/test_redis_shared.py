@@ -8,29 +8,38 @@ import asyncio
 import base64
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
 import httpx
+import numpy as np
 import pytest
 import redis
+import torch
 
+from server.app import create_app  # noqa: F401 - imports every route: their builders of plans
+from server.images import FileFormat
 from server.job_records import JobRecord
 from server.redis_link import RedisLink
+from server.redis_queue import RedisQueue
 from server.redis_store import RedisJobStore
 from server.redis_urls import RedisUrlStore
+from server.routes.common import Spec, Target, spec_from_json, spec_json
+from server.schemas import EditRequest, GenerationRequest, InterpolationRequest, TextDiffRequest, VariationRequest
 from server.url_store import StoreTooSmall
 
-from .conftest import FAST, ServerProc, free_port, open_png, run, wait_ready
-from .test_jobs_api import events, submit, wait
+from .conftest import FAST, FAST_DECODER, ServerProc, free_port, half_transparent, open_png, png, run, wait_ready
+from .test_jobs_api import ASYNC, events, submit, wait
 
 REDIS_SERVER = shutil.which("redis-server")
 KEYS = ("sk-a", "sk-b")
 STORE_DB = 1  # the stores' own tests; the servers use database 0
 # Long enough to still run when cancelled, with a progress report at every one of its steps.
 LONG = {"prompt": "slow", "size": "32x32", "n": 1, "best_of": 1, "prior_steps": 250, "decoder_steps": 250}
+MEDIUM = {**LONG, "prior_steps": 2, "decoder_steps": 60}
 
 
 @dataclass
@@ -171,6 +180,52 @@ def test_redis_url_store(redis_server: RedisProc) -> None:
     with_store(redis_server, scenario)
 
 
+def test_redis_queue_bound_claims_leases_and_reaping(redis_server: RedisProc) -> None:
+    async def scenario(link: RedisLink) -> None:
+        one = RedisQueue(link, bound=2, lease_s=0.2, ttl_s=60, replica="one")
+        two = RedisQueue(link, bound=2, lease_s=0.2, ttl_s=60, replica="two")
+        assert await one.push("slow", "s", cost_s=5.0) == (True, 1)
+        assert await two.push("quick", "q", cost_s=0.1) == (True, 2)
+        assert await one.push("over", "o", cost_s=0.1) == (False, 2)  # the bound is global
+        assert await two.claim() == ("quick", "q")  # the earliest virtual finish first
+        assert await one.claim() == ("slow", "s") and await one.claim() is None
+        assert await one.renew(["slow", "quick"]) == ["quick"]  # two's lease, not one's
+        await asyncio.sleep(0.3)
+        assert await two.renew(["quick"]) == ["quick"]  # expired
+        requeued, failed = await one.reap()
+        assert sorted(requeued) == ["quick", "slow"] and failed == []
+        assert await two.reap() == ([], [])  # one reaper acts
+        assert sorted([(await two.claim())[0], (await two.claim())[0]]) == ["quick", "slow"]  # back in front
+        await two.done("slow")
+        await asyncio.sleep(0.3)
+        assert await one.reap() == ([], ["quick"])  # its second lost claim: it fails
+        assert await one.depth() == 0 and not await link.client.exists(link.key("spec", "quick"))
+
+    with_store(redis_server, scenario)
+
+
+def test_specs_round_trip_through_json() -> None:
+    """What the global queue stores of a request gives back the same params, target and uploads."""
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    keep = (torch.rand(1, 1, 32, 32) > 0.5).float()
+    cases = [("generation", GenerationRequest, {"prompt": "p", "n": 2, "seed": 3, "decoder_steps": 4}, {}),
+             ("edit", EditRequest, {"prompt": "p", "n": 1}, {"image": image, "keep": keep}),
+             ("variation", VariationRequest, {"eta": 0.5}, {"image": image}),
+             ("interpolation", InterpolationRequest, {"thetas": [0, 0.5, 1], "mode": "fixed"},
+              {"image0": image, "image1": image.flip(-1)}),
+             ("interpolation", InterpolationRequest, {"prompt": ["a", "b"], "frames": 3}, {}),
+             ("text_diff", TextDiffRequest, {"prompt": "p", "source_prompt": "q", "frames": 3}, {"image": image})]
+    out = Target(32, 7, FileFormat("webp", 80), "low", "b64_json")
+    for kind, model, fields, tensors in cases:
+        spec = Spec(kind, model.model_validate(fields), out, tensors)
+        back, extra = spec_from_json(spec_json(spec, base_url="http://x/", cost_s=None))
+        assert (back.kind, back.params, back.out) == (kind, spec.params, out) and back.params.model_fields_set == \
+            spec.params.model_fields_set
+        assert extra == {"base_url": "http://x/", "cost_s": None}
+        assert back.tensors.keys() == tensors.keys()
+        assert all(torch.equal(back.tensors[k], t) and back.tensors[k].dtype == t.dtype for k, t in tensors.items())
+
+
 # ---- two replicas ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -203,6 +258,11 @@ def pixels(b64: str) -> bytes:
 
 def load(server: ServerProc) -> dict:
     return httpx.get(server.url("/ready"), timeout=10).json()
+
+
+def replica(server: ServerProc) -> str:
+    """The name the server gives itself in the global queue (its host and process id)."""
+    return f"{socket.gethostname()}-{server.proc.pid}"
 
 
 def test_a_job_made_on_a_is_polled_and_fetched_on_b(clients: dict[str, httpx.Client]) -> None:
@@ -241,28 +301,42 @@ def soon(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
-def cancel_and_delete_on_b(a: httpx.Client, b: httpx.Client, a_server: ServerProc) -> None:
-    """Three long jobs on A (two run, one waits in A's queue); B cancels the waiting one,
-    then the running one, and deletes the other: A's engine stops all three."""
-    running, other, waiting = (submit(a, LONG)["id"] for _ in range(3))
-    assert wait(b, running, lambda j: j["progress"] > 0, 20)["status"] == "in_progress"  # A's progress, on B
-    assert (load(a_server)["running"], load(a_server)["queue_depth"]) == (2, 1)
-    assert b.post(f"/v1/images/jobs/{waiting}/cancel").json()["status"] == "cancelled"
-    assert soon(lambda: load(a_server)["queue_depth"] == 0, 3)  # heard at once, not at a reconciliation
+def busy(server: ServerProc) -> int:
+    """Jobs the server's engine holds (running and queued)."""
+    state = load(server)
+    return state["running"] + state["queue_depth"]
 
+
+def cancel_and_delete_on_b(a: httpx.Client, b: httpx.Client, pair: tuple[ServerProc, ServerProc]) -> None:
+    """Five long jobs sent to A: four run (two slots on each replica), one waits in the
+    global queue; B cancels the waiting one, then a running one on A, and deletes another:
+    they stop; the rest are cancelled on A and both engines go idle."""
+    ids = [submit(a, LONG)["id"] for _ in range(5)]
+    assert soon(lambda: busy(pair[0]) == 2 and busy(pair[1]) == 2, 20), (load(pair[0]), load(pair[1]))
+    jobs = {job_id: a.get(f"/v1/images/jobs/{job_id}").json() for job_id in ids}
+    waiting = [j for j, job in jobs.items() if job.get("replica") is None]
+    on_a = [j for j, job in jobs.items() if job.get("replica") == replica(pair[0])]
+    assert len(waiting) == 1 and len(on_a) == 2, jobs
+    assert b.post(f"/v1/images/jobs/{waiting[0]}/cancel").json()["status"] == "cancelled"
+    running, other = on_a
+    assert wait(b, running, lambda j: j["progress"] > 0, 20)["status"] == "in_progress"  # A's progress, on B
     stopped = b.post(f"/v1/images/jobs/{running}/cancel")
     assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled", stopped.text
     assert b.delete(f"/v1/images/jobs/{other}").json() == {"id": other, "object": "image.job.deleted",
                                                            "deleted": True}
     assert a.get(f"/v1/images/jobs/{other}").status_code == 404
-    assert soon(lambda: load(a_server)["running"] == 0, 15)
+    assert soon(lambda: busy(pair[0]) == 0, 15)  # A stopped both
+    for job_id in ids:
+        a.post(f"/v1/images/jobs/{job_id}/cancel")
+    assert soon(lambda: busy(pair[1]) == 0, 15)
     assert a.get(f"/v1/images/jobs/{running}").json() == stopped.json()  # A's own end did not overwrite it
     assert events(a.get(f"/v1/images/jobs/{running}/events").text)[-1]["event"] == "image.job.cancelled"
+    assert a.get(f"/v1/images/jobs/{waiting[0]}").json().get("replica") is None  # it never ran
 
 
 def test_cancel_and_delete_on_b_stop_the_jobs_on_a(clients: dict[str, httpx.Client],
                                                    pair: tuple[ServerProc, ServerProc]) -> None:
-    cancel_and_delete_on_b(clients["a"], clients["b"], pair[0])
+    cancel_and_delete_on_b(clients["a"], clients["b"], pair)
 
 
 def test_openai_client_url_made_on_a_is_served_by_b(pair: tuple[ServerProc, ServerProc]) -> None:
@@ -286,6 +360,101 @@ def test_another_keys_job_does_not_exist_on_b(clients: dict[str, httpx.Client]) 
     assert wait(clients["b"], job_id)["status"] == "completed"  # its own key sees it on B
 
 
+# ---- the global queue ------------------------------------------------------------------------
+
+def test_jobs_sent_only_to_a_run_partly_on_b(clients: dict[str, httpx.Client],
+                                              pair: tuple[ServerProc, ServerProc]) -> None:
+    a = clients["a"]
+    ids = [submit(a, decoder_steps=10, seed=i)["id"] for i in range(8)]
+    done = [wait(a, job_id, timeout=60) for job_id in ids]
+    assert all(j["status"] == "completed" for j in done), done
+    ran = [j.get("replica") for j in done]
+    assert set(ran) == {replica(pair[0]), replica(pair[1])}, ran  # two slots on A: B took some
+
+
+def test_sync_request_on_a_runs_on_b(clients: dict[str, httpx.Client], pair: tuple[ServerProc, ServerProc]) -> None:
+    """A's slots are full: its synchronous request runs on B, and A answers it."""
+    a, b = clients["a"], clients["b"]
+    body = {"prompt": "a red circle", "size": "32x32", **FAST, "seed": 9, "response_format": "b64_json"}
+    reference = wait(a, submit(a, body)["id"])
+    ids = [submit(a, LONG)["id"] for _ in range(4)]
+    assert soon(lambda: busy(pair[0]) == 2 and busy(pair[1]) == 2, 20), (load(pair[0]), load(pair[1]))
+    on_a = [j for j in ids if a.get(f"/v1/images/jobs/{j}").json().get("replica") == replica(pair[0])]
+    for job_id in set(ids) - set(on_a):
+        assert b.post(f"/v1/images/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    sync = a.post("/v1/images/generations", json=body)
+    assert sync.status_code == 200, sync.text
+    assert pixels(sync.json()["data"][0]["b64_json"]) == pixels(reference["result"]["data"][0]["b64_json"])
+    assert sync.json()["usage"] == reference["result"]["usage"]
+    assert [a.get(f"/v1/images/jobs/{j}").json()["status"] for j in on_a] == ["in_progress"] * 2  # A stayed full
+    assert a.get("/v1/images/jobs").json()["data"][0]["id"] == ids[-1]  # the synchronous job is not listed
+    for job_id in on_a:
+        a.post(f"/v1/images/jobs/{job_id}/cancel")
+    assert soon(lambda: busy(pair[0]) == 0, 15)
+
+
+def test_global_queue_full_is_429(clients: dict[str, httpx.Client], pair: tuple[ServerProc, ServerProc]) -> None:
+    """Four jobs run (two slots on each replica) and 32 wait (UNCLIP_QUEUE_SIZE): the next,
+    sent to either replica, is refused, with a Retry-After."""
+    a, b = clients["a"], clients["b"]
+    ids = [submit(a, LONG)["id"] for _ in range(4)]
+    assert soon(lambda: busy(pair[0]) == 2 and busy(pair[1]) == 2, 20)
+    ids += [submit(a if i % 2 else b, LONG)["id"] for i in range(32)]
+    for c in (a, b):
+        r = c.post("/v1/images/generations", json={"prompt": "x", "size": "32x32", **FAST}, headers=ASYNC)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full", r.text
+        assert int(r.headers["retry-after"]) >= 1
+    for job_id in ids:
+        a.post(f"/v1/images/jobs/{job_id}/cancel")
+    assert soon(lambda: busy(pair[0]) == 0 and busy(pair[1]) == 0, 15)
+    assert wait(a, submit(b)["id"])["status"] == "completed"  # the cancelled ones left the queue
+
+
+def test_an_edit_sent_to_a_runs_from_its_stored_spec(clients: dict[str, httpx.Client]) -> None:
+    """The upload travels in the spec: the opaque half comes back exactly."""
+    image = png(32, seed=1)
+    r = clients["a"].post("/v1/images/edits", data={"prompt": "a green field", "size": "32x32",
+                                                     "response_format": "b64_json", "seed": "3", **FAST},
+                          files={"image": ("in.png", image, "image/png"),
+                                 "mask": ("mask.png", png(32, half_transparent(32)), "image/png")})
+    assert r.status_code == 200, r.text
+    out = np.asarray(open_png(base64.b64decode(r.json()["data"][0]["b64_json"])).convert("RGB"))
+    assert np.array_equal(out[:, 16:], np.asarray(open_png(image).convert("RGB"))[:, 16:])
+
+
+def test_an_interpolation_of_two_images_runs_from_its_stored_spec(clients: dict[str, httpx.Client]) -> None:
+    r = clients["a"].post("/v1/images/interpolations", data={"frames": "3", "size": "32x32", "response_format":
+                                                                 "b64_json", **FAST_DECODER},
+                          files=[("image[]", ("a.png", png(32, seed=1), "image/png")),
+                                 ("image[]", ("b.png", png(32, seed=2), "image/png"))])
+    assert r.status_code == 200, r.text
+    assert [d["theta"] for d in r.json()["data"]] == [0.0, 0.5, 1.0]
+
+
+def test_sigkill_of_the_replica_running_a_job_hands_it_to_another(
+        launch_server: Callable[..., ServerProc], redis_server: RedisProc, clients: dict[str, httpx.Client],
+        pair: tuple[ServerProc, ServerProc]) -> None:
+    """C (lease 2 s) runs two of six jobs when it is killed: they complete on A and B."""
+    a = clients["a"]
+    c = launch_server(env={"UNCLIP_REDIS_URL": redis_server.url(), "UNCLIP_API_KEYS": ",".join(KEYS),
+                           "UNCLIP_MAX_BATCH": "1", "UNCLIP_LEASE_S": "2"})
+    ids = [submit(a, MEDIUM, seed=i)["id"] for i in range(6)]
+
+    def on_c() -> list[str]:
+        jobs = [a.get(f"/v1/images/jobs/{j}").json() for j in ids]
+        return [j["id"] for j in jobs if j.get("replica") == replica(c) and j["progress"] > 0 and not j["completed_at"]]
+
+    assert soon(lambda: len(on_c()) > 0, 20)
+    lost = on_c()
+    c.proc.send_signal(signal.SIGKILL)
+    c.proc.wait(10)
+    started = time.monotonic()
+    done = [wait(a, job_id, timeout=60) for job_id in ids]
+    assert all(j["status"] == "completed" for j in done), done
+    assert {j.get("replica") for j in done if j["id"] in lost} <= {replica(pair[0]), replica(pair[1])}
+    assert time.monotonic() - started < 60
+
+
 def test_redis_down_is_503_and_recovers(clients: dict[str, httpx.Client], pair: tuple[ServerProc, ServerProc],
                                         redis_server: RedisProc) -> None:
     a, b = clients["a"], clients["b"]
@@ -307,4 +476,4 @@ def test_redis_down_is_503_and_recovers(clients: dict[str, httpx.Client], pair: 
     assert "unclip_store_up 1.0" in httpx.get(pair[0].url("/metrics")).text
     again = wait(b, submit(a)["id"])
     assert again["status"] == "completed", again
-    cancel_and_delete_on_b(a, b, pair[0])  # A listens for cancels again
+    cancel_and_delete_on_b(a, b, pair)  # A listens for cancels again, both claim again
