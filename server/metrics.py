@@ -17,7 +17,9 @@ Series:
   unclip_batch_size{stage}                      histogram samples (tracks) per model call
   unclip_batch_mixed_total{stage}               counter   model calls mixing operation kinds
   unclip_stage_batch_cap{stage}                 gauge     most samples per model call of a stage
-  unclip_queue_depth                            gauge     jobs waiting to start
+  unclip_queue_depth                            gauge     jobs waiting to start in this replica's engine
+  unclip_global_queue_depth                     gauge     jobs waiting in the shared queue (Redis), all
+                                                          replicas; 0 without Redis
   unclip_running_jobs                           gauge     jobs admitted and running
   unclip_images_generated_total{kind}           counter   images of finished jobs
   unclip_async_jobs_total{kind,outcome}         counter   async jobs ended (completed/failed/cancelled/expired)
@@ -103,6 +105,8 @@ class Metrics:
         self.batch_cap = Gauge("unclip_stage_batch_cap", "Most samples per batched model call of a stage "
                                "(measured or set by UNCLIP_STAGE_BATCH)", ["stage"], registry=r)
         self.queue_depth = Gauge("unclip_queue_depth", "Jobs waiting to start", registry=r)
+        self.global_queue = Gauge("unclip_global_queue_depth", "Jobs waiting in the shared queue (Redis) of "
+                                  "every replica; 0 without Redis", registry=r)
         self.running = Gauge("unclip_running_jobs", "Jobs admitted and running", registry=r)
         self.gpu_allocated = Gauge("unclip_gpu_memory_bytes", "CUDA memory allocated by tensors (0 without CUDA)",
                                    registry=r)
@@ -121,6 +125,9 @@ class Metrics:
 
     def set_store_up(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def set_global_queue(self, depth: int) -> None:
+        self.global_queue.set(depth)
 
     def set_batch_caps(self, caps: Mapping[str, int]) -> None:
         for stage, cap in caps.items():

@@ -88,7 +88,9 @@ class Claimer:
             self._wake.clear()
 
     async def _reap(self) -> None:
+        """Hand on the jobs of lost replicas; report the global queue's depth."""
         requeued, failed = await self.rt.shared.queue.reap()
+        self.rt.metrics.set_global_queue(await self.rt.shared.queue.depth())
         if requeued:
             log.warning("jobs of a lost replica queued again: %s", requeued)
         for job_id in failed:

@@ -26,6 +26,7 @@ EXPECTED = {  # family (as the parser names it) -> type
     "unclip_batch_mixed": "counter",
     "unclip_stage_batch_cap": "gauge",
     "unclip_queue_depth": "gauge",
+    "unclip_global_queue_depth": "gauge",
     "unclip_running_jobs": "gauge",
     "unclip_images_generated": "counter",
     "unclip_model_info": "gauge",

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app  # noqa: F401 - imports every route: their builders of plans
 from server.images import FileFormat
@@ -393,6 +394,12 @@ def test_sync_request_on_a_runs_on_b(clients: dict[str, httpx.Client], pair: tup
     assert soon(lambda: busy(pair[0]) == 0, 15)
 
 
+def global_depth(server: ServerProc) -> float:
+    text = httpx.get(server.url("/metrics")).text
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "unclip_global_queue_depth")
+
+
 def test_global_queue_full_is_429(clients: dict[str, httpx.Client], pair: tuple[ServerProc, ServerProc]) -> None:
     """Four jobs run (two slots on each replica) and 32 wait (UNCLIP_QUEUE_SIZE): the next,
     sent to either replica, is refused, with a Retry-After."""
@@ -404,6 +411,8 @@ def test_global_queue_full_is_429(clients: dict[str, httpx.Client], pair: tuple[
         r = c.post("/v1/images/generations", json={"prompt": "x", "size": "32x32", **FAST}, headers=ASYNC)
         assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full", r.text
         assert int(r.headers["retry-after"]) >= 1
+    for server in pair:  # every replica reports the one global depth (refreshed each second)
+        assert soon(lambda s=server: global_depth(s) == 32, 5), global_depth(server)
     for job_id in ids:
         a.post(f"/v1/images/jobs/{job_id}/cancel")
     assert soon(lambda: busy(pair[0]) == 0 and busy(pair[1]) == 0, 15)
