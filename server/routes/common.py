@@ -57,6 +57,7 @@ from ..url_store import StoreTooSmall
 from ..usage import truncation, usage
 from .admission import admit, check_limits
 from .background import PREFERENCE, Following, check_delivery, prefers_async, start
+from .bodies import load_image, one_upload, read_form, square_tensor, text_fields
 from .running import await_job, submit
 from .stream import Delivery, Partials, progress_queue, stream_response
 
@@ -149,6 +150,15 @@ def spec_from_json(text: str) -> tuple[Spec, dict[str, Any]]:
     arrays = {name: torch.from_numpy(np.frombuffer(base64.b64decode(t["data"]), t["dtype"]).reshape(t["shape"]).copy())
               for name, t in tensors.items()}
     return Spec(kind, model.model_validate(params), target_, arrays), raw
+
+
+async def image_spec(request: Request, rt: Runtime, model: type[BaseModel], kind: str) -> Spec:
+    """The spec of a multipart request with one square `image` upload and `model`'s fields."""
+    form = await read_form(request)
+    params = parse_params(model, text_fields(form, files=("image",)))
+    out = target(rt, params, kind)
+    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
+    return Spec(kind, params, out, {"image": image})
 
 
 def parse_params(model: type[BaseModel], raw: dict[str, Any]) -> Any:

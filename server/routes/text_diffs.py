@@ -16,8 +16,8 @@ from pipelines.operations import DEFAULTS, text_diff, work
 
 from ..runtime import ReadyRuntime, Runtime
 from ..schemas import ImagesResponse, TextDiffRequest
-from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
+from .bodies import multipart_body
+from .common import Plan, Target, builds, image_spec, sampling, serve
 
 router = APIRouter()
 
@@ -30,11 +30,7 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
     summary="Text diffs: change an image along the direction between two descriptions (extension)",
 )
 async def create_text_diff(request: Request, rt: ReadyRuntime) -> Any:
-    form = await read_form(request)
-    params: TextDiffRequest = parse_params(TextDiffRequest, text_fields(form, files=tuple(FILES)))
-    out = target(rt, params, "text_diff")
-    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
-    return await serve(request, rt, Spec("text_diff", params, out, {"image": image}))
+    return await serve(request, rt, await image_spec(request, rt, TextDiffRequest, "text_diff"))
 
 
 @builds("text_diff", TextDiffRequest)

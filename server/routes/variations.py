@@ -15,8 +15,8 @@ from pipelines.operations import variations, work
 
 from ..runtime import ReadyRuntime, Runtime
 from ..schemas import ImagesResponse, VariationRequest
-from .bodies import load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
-from .common import Plan, Spec, Target, builds, parse_params, sampling, serve, target
+from .bodies import multipart_body
+from .common import Plan, Target, builds, image_spec, sampling, serve
 
 router = APIRouter()
 
@@ -29,11 +29,7 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
     summary="Create variations of an image",
 )
 async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
-    form = await read_form(request)
-    params: VariationRequest = parse_params(VariationRequest, text_fields(form, files=tuple(FILES)))
-    out = target(rt, params, "variation")
-    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
-    return await serve(request, rt, Spec("variation", params, out, {"image": image}))
+    return await serve(request, rt, await image_spec(request, rt, VariationRequest, "variation"))
 
 
 @builds("variation", VariationRequest)
