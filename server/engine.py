@@ -40,7 +40,7 @@ Costs: every batch updates the stage's moving average of seconds per track-step,
 admission check), and each job accumulates its share of the calls it was in.
 
 Admission control: at most `queue_size` jobs wait; beyond that `submit` raises QueueFull
-at once with a Retry-After estimate (see `_retry_after`: the work left in the running
+at once with a Retry-After estimate (see `retry_after`: the work left in the running
 jobs). Deadlines default to `default_deadline_s` and are capped at `max_deadline_s`.
 `drain()` refuses new work while queued and running jobs finish; `abort(error)` fails
 every held job at once and ends the loop after the current step; `stop()` ends the loop
@@ -238,16 +238,12 @@ class Engine:
 
     def _refusal_error(self, reason: str, depth: int) -> Exception:
         if reason == "queue_full":
-            return QueueFull(self._retry_after(depth), depth)
+            return QueueFull(self.retry_after(depth), depth)
         if self._crash is not None:
             return EngineCrashed("the engine thread died")
         return EngineStopped("the server is draining or stopped and accepts no new work")
 
     def retry_after(self, depth: int) -> float:
-        """Seconds until one of `depth` waiting jobs likely starts (see `_retry_after`)."""
-        return self._retry_after(depth)
-
-    def _retry_after(self, depth: int) -> float:
         """Seconds until a queue slot is likely free, i.e. until a running job ends. The
         scheduler runs the job with the least work left first (its estimated cost less
         the step time it had), so it ends after about that much. Without estimates:
