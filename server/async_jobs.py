@@ -13,7 +13,7 @@ With a store shared by several replicas (server/redis_store.py) a job may be can
 deleted on a replica that does not run it: that one ends the record and publishes the
 cancel on the `CancelBus` (server/cancels.py); the replica running the job stops it when
 it hears so, and also whenever it finds the record of one of its jobs final or gone (at
-each progress report, and when the bus reconciles). A store that is down drops progress
+each progress report of a listed job, and when the bus reconciles). A store that is down drops progress
 events (the job goes on) and delays the end of a job, retried for up to SETTLE_S.
 Everything here runs on the event loop.
 """
@@ -30,6 +30,7 @@ from .cancels import CancelBus, LocalCancels
 from .engine import Engine, Job
 from .errors import StoreUnavailable
 from .job_records import EVENT_PREFIX, JobRecord, JobStore, Status
+from .redis_queue import RedisQueue
 from .webhooks import WebhookSender, check_url
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,12 @@ class AsyncJobs:
     hears every job that ends (metrics)."""
 
     def __init__(self, store: JobStore, ttl_s: float, webhooks: Optional[WebhookSender] = None,
-                 on_end: Optional[Callable[[str, str], None]] = None, cancels: Optional[CancelBus] = None):
-        self.store, self.ttl_s, self.webhooks, self.on_end = store, ttl_s, webhooks, on_end
+                 on_end: Optional[Callable[[str, str], None]] = None, cancels: Optional[CancelBus] = None,
+                 queue: Optional[RedisQueue] = None):
+        self.store, self.ttl_s, self.webhooks, self.on_end, self.queue = store, ttl_s, webhooks, on_end, queue
         self.cancels: CancelBus = cancels or LocalCancels()
         self._engine_jobs: dict[str, Job] = {}
+        self._records: dict[str, JobRecord] = {}  # the record each of them last wrote
         self._tasks: set[asyncio.Task] = set()
         self._listener: Optional[asyncio.Task] = None
 
@@ -74,39 +77,49 @@ class AsyncJobs:
             job.cancel()
             follower.close()
             raise
-        self.adopt(record.id, job, follower)
+        self.adopt(record, job, follower)
 
-    def adopt(self, job_id: str, job: Job, follower: Coroutine[Any, Any, None]) -> None:
+    def adopt(self, record: JobRecord, job: Job, follower: Coroutine[Any, Any, None]) -> None:
         """Keep the engine job behind a stored record and run its follower in the background
         (`add`, or a job of the global queue that this replica claimed)."""
-        self._engine_jobs[job_id] = job
-        task = asyncio.create_task(follower, name=f"follow-{job_id}")
+        self._engine_jobs[record.id], self._records[record.id] = job, record
+        task = asyncio.create_task(follower, name=f"follow-{record.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def view(self, record: JobRecord, engine: Optional[Engine]) -> dict[str, Any]:
-        """The job object, with the live state of its engine job when this process runs it."""
+    async def views(self, records: list[JobRecord], engine: Optional[Engine]) -> list[dict[str, Any]]:
+        """The job objects, with the live state of their engine jobs where this process runs
+        them; a job still in the global queue has its place there."""
+        waiting = [r.id for r in records if r.status == "queued" and r.id not in self._engine_jobs]
+        places = dict(zip(waiting, await self.queue.positions(waiting))) if self.queue and waiting else {}
+        return [self._view(r, engine, places.get(r.id)) for r in records]
+
+    async def view(self, record: JobRecord, engine: Optional[Engine]) -> dict[str, Any]:
+        return (await self.views([record], engine))[0]
+
+    def _view(self, record: JobRecord, engine: Optional[Engine], place: Optional[int]) -> dict[str, Any]:
         job = self._engine_jobs.get(record.id)
         if job is None or record.finished:
-            return record.to_api()
+            return record.to_api(queue_position=place)
         if job.state == "running" and record.status == "queued":
             record.status, record.started_at = "in_progress", wall_time(job.started)
         position = engine.queue_position(job) if engine is not None and job.state == "queued" else None
         return record.to_api(queue_position=position)
 
     async def progress(self, job_id: str, job: Job, fraction: float, event: dict[str, Any]) -> None:
-        """The engine job advanced: the record is in progress at `fraction`; append `event`.
-        A record found final or gone (cancelled or deleted on another replica) stops the job."""
+        """The engine job advanced: the record is in progress at `fraction`; append `event`
+        (one store change). A record found final or gone (cancelled or deleted on another
+        replica) stops the job. A synchronous request's record (not listed) has no progress:
+        its one reader waits for the end, and its cancel comes through the bus."""
+        record = self._records.get(job_id)
+        if record is None or not record.listed:
+            return
+        if record.started_at is None:
+            record.started_at = wall_time(job.started) if job.started is not None else int(time.time())
+        record.status, record.progress = "in_progress", max(record.progress, fraction)
         with self._unless_down(job_id):
-            record = await self.store.get(job_id)
-            if record is None or record.finished:
-                return self._stop_here(job_id)
-            if record.started_at is None:
-                record.started_at = wall_time(job.started) if job.started is not None else int(time.time())
-            record.status, record.progress = "in_progress", max(record.progress, fraction)
-            if not await self.store.put(record):
-                return self._stop_here(job_id)
-            await self.store.append_event(job_id, f"{EVENT_PREFIX}.progress", event)
+            if await self.store.advance(record, f"{EVENT_PREFIX}.progress", event) is None:
+                self._stop_here(job_id)
 
     async def event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         """Append an event of the job unless it is gone or finished."""
@@ -119,7 +132,7 @@ class AsyncJobs:
                      error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> Optional[JobRecord]:
         """Make the record final (once, whichever replica tries: a final or missing record
         is returned as it is); `started`: the engine job's start (monotonic), if it started."""
-        self._engine_jobs.pop(job_id, None)
+        self._forget(job_id)
         record = await self.store.get(job_id)
         if record is None or record.finished:
             return record
@@ -173,10 +186,15 @@ class AsyncJobs:
 
     def _stop_here(self, job_id: str) -> None:
         """Stop this process's engine job of `job_id`, if it runs one (its record is final or gone)."""
-        job = self._engine_jobs.pop(job_id, None)
+        job = self._forget(job_id)
         if job is not None:
             log.info("async job %s was ended elsewhere: stopping it", job_id)
             job.cancel()
+
+    def _forget(self, job_id: str) -> Optional[Job]:
+        """Drop the engine job of `job_id` (and its record) from this process's; return it."""
+        self._records.pop(job_id, None)
+        return self._engine_jobs.pop(job_id, None)
 
     async def _reconcile(self) -> None:
         """Stop the engine jobs whose record is final or gone (a cancel this process missed)."""

@@ -107,6 +107,10 @@ class JobStore(Protocol):
     async def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
         """Add the job's next event (None if the record is gone)."""
 
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+        """`put` of a record not yet final and `append_event` of its event, as one change (a
+        progress report); None, and nothing changes, when the kept record is final or gone."""
+
     async def events_after(self, job_id: str, after: int, wait_s: float = 0.0) -> list[JobEvent]:
         """The job's events numbered above `after`; with none yet, wait up to `wait_s` seconds
         for one (returns [] on timeout, or at once when the record is gone)."""
@@ -176,6 +180,13 @@ class MemoryJobStore:
         self._resize(job_id, self._sizes.get(job_id, 0) + _size(data))
         self._wake(job_id)
         return event
+
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+        kept = self._records.get(record.id)
+        if kept is None or kept.finished or record.finished:
+            return None
+        await self.put(record)
+        return await self.append_event(record.id, type, data)
 
     async def events_after(self, job_id: str, after: int, wait_s: float = 0.0) -> list[JobEvent]:
         events = self._events.get(job_id)

@@ -2,24 +2,17 @@
 with the job's id on the channel `unclip:cancels`; every replica subscribes, and the one
 running the job stops it.
 
-Pub/sub keeps no message for a replica that is not subscribed at that moment (Redis
-restarted, the connection broke): at each subscription and every RECONCILE_S after it,
-the replica checks its own jobs' records instead (server/async_jobs.py stops those whose
-record is final or gone). A lost subscription is made again every RETRY_S until it holds.
+A cancel published while a replica was not subscribed is missed (server/redis_link.py
+`listen`): at each subscription and every RECONCILE_S after it, the replica checks its own
+jobs' records instead (server/async_jobs.py stops those whose record is final or gone).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Awaitable, Callable
 
-from .errors import StoreUnavailable
-from .redis_link import DOWN, RedisLink
+from .redis_link import RedisLink
 
-log = logging.getLogger(__name__)
-
-RETRY_S = 1.0  # between two subscription attempts; also the longest wait for one message
 RECONCILE_S = 10.0
 
 
@@ -35,27 +28,4 @@ class RedisCancels:
             await self.link.client.publish(self.channel, job_id)
 
     async def listen(self, on_cancel: Callable[[str], None], reconcile: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await self._subscribed(on_cancel, reconcile)
-            except (StoreUnavailable, *DOWN) as err:
-                log.debug("cancel subscription lost: %s", err)
-            except Exception:  # noqa: BLE001 - listening goes on whatever happened
-                log.exception("cancel subscription failed")
-            await asyncio.sleep(RETRY_S)
-
-    async def _subscribed(self, on_cancel: Callable[[str], None], reconcile: Callable[[], Awaitable[None]]) -> None:
-        """Subscribe, reconcile, then hear cancels (and reconcile every RECONCILE_S) until
-        the connection breaks."""
-        loop = asyncio.get_running_loop()
-        async with self.link.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(self.channel)
-            await reconcile()
-            checked = loop.time()
-            while True:
-                message = await pubsub.get_message(timeout=RETRY_S)
-                if message is not None and message["type"] == "message":
-                    on_cancel(message["data"].decode())
-                if loop.time() - checked >= RECONCILE_S:
-                    await reconcile()
-                    checked = loop.time()
+        await self.link.listen(self.channel, on_cancel, reconcile, RECONCILE_S)

@@ -7,15 +7,21 @@ unreachable, or is made while it is known to be, into StoreUnavailable (503
 redis-py reconnects by itself: a pooled connection that broke (Redis restarted, the
 network dropped) fails its next command, is discarded, and the command is retried once on
 a new connection. Nothing here keeps a connection across calls, except the pub/sub
-subscription of server/redis_cancels.py, which subscribes again when it breaks.
+subscriptions (`listen`: cancels, server/redis_cancels.py, and queued jobs,
+server/routes/claimer.py), which subscribe again when they break.
+
+Pub/sub keeps no message for a replica that is not subscribed at that moment (Redis
+restarted, the connection broke), so a listener also hears of each new subscription, to
+look for what it may have missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -32,6 +38,7 @@ CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0  # longer than any blocking read here (BLOCK_S, server/redis_store.py)
 CHECK_S = 1.0  # between two PINGs
 HEALTH_S = 5.0  # an idle connection (the pub/sub one) is PINGed before use after this long
+RETRY_S = 1.0  # between two subscription attempts; also the longest wait for one message
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -86,6 +93,34 @@ class RedisLink:
         while True:
             await asyncio.sleep(CHECK_S)
             await self.check()
+
+    async def listen(self, channel: str, on_message: Callable[[str], None],
+                     on_subscribed: Callable[[], Awaitable[None]], every_s: float = math.inf) -> None:
+        """Hear `channel`'s messages until cancelled, subscribing again every RETRY_S while
+        that fails; `on_subscribed()` runs at each subscription and every `every_s` after it."""
+        while True:
+            try:
+                await self._subscribed(channel, on_message, on_subscribed, every_s)
+            except (StoreUnavailable, *DOWN) as err:
+                log.debug("subscription to %s lost: %s", channel, err)
+            except Exception:  # noqa: BLE001 - listening goes on whatever happened
+                log.exception("subscription to %s failed", channel)
+            await asyncio.sleep(RETRY_S)
+
+    async def _subscribed(self, channel: str, on_message: Callable[[str], None],
+                          on_subscribed: Callable[[], Awaitable[None]], every_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(channel)
+            await on_subscribed()
+            checked = loop.time()
+            while True:
+                message = await pubsub.get_message(timeout=RETRY_S)
+                if message is not None and message["type"] == "message":
+                    on_message(message["data"].decode())
+                if loop.time() - checked >= every_s:
+                    await on_subscribed()
+                    checked = loop.time()
 
     async def close(self) -> None:
         """Stop checking and close the connections."""

@@ -8,7 +8,9 @@ Keys (prefix `unclip:`, server/redis_link.py):
 - `spec:<id>`: the job's spec (JSON, server/routes/specs.py), expiring with the job;
 - `lease:<id>`: the replica running it, with a TTL of `lease_s`, renewed by that replica;
 - `claimed`: the claimed ids, scored by their lease's last known expiry (ms), for the reaper;
-- `attempts:<id>`: how many times a claim of it was lost.
+- `attempts:<id>`: how many times a claim of it was lost;
+- the channel `queued`: a message each time jobs are queued (or queued again), so that the
+  replicas with a free slot claim at once instead of polling.
 
 Each step is one Lua script, atomic in Redis: a job is claimed by one replica, and a lost
 lease is handled by one reaper, which puts the job back in front of the queue, or, after
@@ -33,6 +35,7 @@ local depth = redis.call('ZCARD', P .. 'queue')
 if depth >= tonumber(ARGV[5]) then return {0, depth} end
 redis.call('SET', P .. 'spec:' .. ARGV[2], ARGV[3], 'PX', ARGV[6])
 redis.call('ZADD', P .. 'queue', ARGV[4], ARGV[2])
+redis.call('PUBLISH', P .. 'queued', ARGV[2])
 return {1, depth + 1}
 """
 
@@ -93,6 +96,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'claimed', '-inf', ARGV[2])
     end
   end
 end
+if #requeued > 0 then redis.call('PUBLISH', P .. 'queued', requeued[1]) end
 return {requeued, failed}
 """
 
@@ -127,6 +131,14 @@ class RedisQueue:
     async def depth(self) -> int:
         async with self.link.guard():
             return int(await self.link.client.zcard(self.link.key("queue")))
+
+    async def positions(self, job_ids: list[str]) -> list[Optional[int]]:
+        """How many jobs wait ahead of each of these (None: not waiting)."""
+        async with self.link.guard():
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.zrank(self.link.key("queue"), job_id)
+                return await pipe.execute()
 
     async def claim(self) -> Optional[tuple[str, str]]:
         """The next job (id, spec), now leased to this replica; None when none waits."""

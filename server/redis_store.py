@@ -54,9 +54,11 @@ local function drop(member)
 end
 """
 
+# Lua: the final statuses, a set.
+FINALS = "local FINAL = {%s}\n" % ", ".join(f"{status}=true" for status in sorted(FINAL))
+
 # ARGV: prefix, id, owner, status, json, ttl_ms, finished (0/1), expires_at, now, max_kept, listed (0/1).
-PUT = DROP + """
-local FINAL = {%s}
+PUT = DROP + FINALS + """
 local id, owner = ARGV[2], ARGV[3]
 local job = P .. 'job:' .. id
 local old = redis.call('HGET', job, 's')
@@ -79,7 +81,7 @@ if ARGV[7] == '1' then
   end
 end
 return 1
-""" % ", ".join(f"{status}=true" for status in sorted(FINAL))
+"""
 
 # ARGV: prefix, id. 1 if there was a record.
 DELETE = DROP + """
@@ -100,6 +102,20 @@ if ttl > 0 then redis.call('PEXPIRE', events, ttl) end
 return entry
 """
 
+# ARGV: prefix, id, status, json, ttl_ms, type, data (JSON). The new entry's id, or nil (and
+# nothing changes) when the record is final or gone: a progress report in one round trip.
+ADVANCE = FINALS + """
+local P, id = ARGV[1], ARGV[2]
+local job, events = P .. 'job:' .. id, P .. 'events:' .. id
+local old = redis.call('HGET', job, 's')
+if not old or FINAL[old] then return false end
+redis.call('HSET', job, 's', ARGV[3], 'r', ARGV[4])
+redis.call('PEXPIRE', job, ARGV[5])
+local entry = redis.call('XADD', events, '0-*', 't', ARGV[6], 'd', ARGV[7])
+redis.call('PEXPIRE', events, ARGV[5])
+return entry
+"""
+
 
 class RedisJobStore:
     """A JobStore in Redis: records with their TTL, events in a Stream per job, listing per
@@ -111,6 +127,7 @@ class RedisJobStore:
         self._put: AsyncScript = r.register_script(PUT)
         self._delete: AsyncScript = r.register_script(DELETE)
         self._append: AsyncScript = r.register_script(APPEND)
+        self._advance: AsyncScript = r.register_script(ADVANCE)
 
     async def put(self, record: JobRecord) -> bool:
         now = time.time()
@@ -142,6 +159,15 @@ class RedisJobStore:
     async def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
         async with self.link.guard():
             entry = await self._append(args=[PREFIX, job_id, type, json.dumps(data, separators=(",", ":"))])
+        return JobEvent(event_number(entry), type, data) if entry is not None else None
+
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+        if record.finished:
+            return None
+        args = [PREFIX, record.id, record.status, record.to_json(), max(1, int(self.pending_ttl_s * 1000)), type,
+                json.dumps(data, separators=(",", ":"))]
+        async with self.link.guard():
+            entry = await self._advance(args=args)
         return JobEvent(event_number(entry), type, data) if entry is not None else None
 
     async def events_after(self, job_id: str, after: int, wait_s: float = 0.0) -> list[JobEvent]:

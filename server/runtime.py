@@ -159,7 +159,7 @@ def async_jobs(s: Settings, metrics: Metrics, shared: SharedState) -> AsyncJobs:
     """The async jobs over the shared stores, with a webhook sender when hosts are allowed."""
     webhooks = WebhookSender(s.webhook_secret, s.webhook_host_set, s.webhook_attempts, s.webhook_backoff_s,
                              metrics.webhook_attempt) if s.webhook_host_set else None
-    return AsyncJobs(shared.jobs, s.job_ttl_s, webhooks, metrics.async_job_ended, shared.cancels)
+    return AsyncJobs(shared.jobs, s.job_ttl_s, webhooks, metrics.async_job_ended, shared.cancels, shared.queue)
 
 
 def app_runtime(request: Request) -> Runtime:

@@ -106,7 +106,7 @@ async def start(request: Request, rt: Runtime, job: Job, queue: asyncio.Queue, f
     record = JobRecord(job.id, job.kind, wall_time(job.submitted), owner=owner, webhook_url=webhook_url)
     await rt.jobs.add(record, job, follow(rt, job, queue, Fraction(following.work), following))
     headers = {"Location": f"/v1/images/jobs/{job.id}", "Preference-Applied": PREFERENCE, **headers}
-    return JSONResponse(rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
+    return JSONResponse(await rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
 
 
 async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction, following: Following) -> None:
@@ -130,6 +130,8 @@ async def relay(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction,
     while (item := await queue.get()) is not _DONE:
         progress, pixels = item
         share = fraction.update(progress)
+        if pixels is None and not queue.empty():
+            continue  # a newer report waits already: only that one is written
         event = {"type": f"{EVENT_PREFIX}.progress", "stage": progress.stage, "step": progress.step,
                  "total": progress.total, "progress": share, "created_at": int(time.time())}
         await rt.jobs.progress(job.id, job, share, event)

@@ -1,7 +1,8 @@
 """The global queue's worker on this replica (with Redis; server/redis_queue.py).
 
 While this replica is ready and its engine has a free slot (fewer jobs held than
-`max_running`), it claims the next job of the global queue (a lease in Redis, renewed every
+`max_running`), it claims the next job of the global queue (woken by the `queued` channel
+when any replica queues one, by its own jobs' ends, and every POLL_S in any case) (a lease in Redis, renewed every
 third of `lease_s`), rebuilds its plan from the stored spec with the route's own builder
 (server/routes/common.py `plan_of`), submits it to the engine under the job's id, and
 follows it into its record as an async job is followed (server/routes/background.py): its
@@ -30,7 +31,7 @@ from .stream import Delivery, Partials, progress_queue
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.05  # between two looks at the queue (sooner when a job is queued here, or one ends here)
+POLL_S = 0.5  # between two looks at the queue, at the latest (a queued job or a free slot wakes it)
 REAP_S = 1.0
 REPLICA_LOST = error_body(unavailable(f"The replica running the job was lost {MAX_ATTEMPTS} times; retry the "
                                       "request.", "replica_lost"))["error"]
@@ -42,18 +43,27 @@ class Claimer:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.held: set[str] = set()
-        self._task: Optional[asyncio.Task] = None
+        self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
 
     def start(self) -> None:
-        if self.rt.shared.queue is not None:
+        shared = self.rt.shared
+        if shared.queue is not None and shared.link is not None:
             self.rt.wake_claimer = self._wake.set
-            self._task = asyncio.create_task(self._run(), name="global-queue")
+            self._tasks = [asyncio.create_task(self._run(), name="global-queue"),
+                           asyncio.create_task(shared.link.listen(shared.link.key("queued"), self._heard,
+                                                                  self._subscribed), name="queued-listener")]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _heard(self, job_id: str) -> None:
+        self._wake.set()
+
+    async def _subscribed(self) -> None:
+        self._wake.set()  # what was queued while not subscribed
 
     def free(self) -> bool:
         """Whether this replica takes another job now."""
@@ -127,7 +137,7 @@ class Claimer:
             return
         build = functools.partial(images_body, rt, ready=ready, out=out, base_url=extra["base_url"])
         self.held.add(job_id)
-        rt.jobs.adopt(job_id, job, self._follow(job, progress, Fraction(plan.work), Following(plan.work, delivery,
+        rt.jobs.adopt(record, job, self._follow(job, progress, Fraction(plan.work), Following(plan.work, delivery,
                                                                                                  build)))
 
     async def _follow(self, job: Job, progress: asyncio.Queue, fraction: Fraction, following: Following) -> None:

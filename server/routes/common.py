@@ -299,7 +299,7 @@ async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, ba
     rt.wake_claimer()  # this replica takes it at once if it has a free slot
     if background:
         headers = {"Location": f"/v1/images/jobs/{record.id}", "Preference-Applied": PREFERENCE, **ready.headers}
-        return JSONResponse(rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
+        return JSONResponse(await rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
     rt.waiting += 1
     try:
         return JSONResponse(await await_record(request, rt, record.id), headers=ready.headers)

@@ -84,7 +84,7 @@ async def list_jobs(request: Request, rt: AppRuntime, limit: int = Query(20, ge=
         if record is None or record.owner != owner:
             raise bad_request("after", f"No job '{after}' to list after (it may have expired or been deleted).")
     records, more = await rt.jobs.store.list(owner, limit, after)
-    data = [rt.jobs.view(r, rt.engine) for r in records]
+    data = await rt.jobs.views(records, rt.engine)
     return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": more})
 
@@ -92,14 +92,14 @@ async def list_jobs(request: Request, rt: AppRuntime, limit: int = Query(20, ge=
 @router.get("/images/jobs/{job_id}", response_class=JSONResponse, responses={200: {"model": ImageJob}},
             summary="Get an async job: its status, progress, and result or error (extension)")
 async def get_job(request: Request, job_id: str, rt: AppRuntime) -> JSONResponse:
-    return JSONResponse(rt.jobs.view(await owned(request, rt, job_id), rt.engine))
+    return JSONResponse(await rt.jobs.view(await owned(request, rt, job_id), rt.engine))
 
 
 @router.post("/images/jobs/{job_id}/cancel", response_class=JSONResponse, responses={200: {"model": ImageJob}},
              summary="Cancel an async job (a finished one is returned unchanged) (extension)")
 async def cancel_job(request: Request, job_id: str, rt: AppRuntime) -> JSONResponse:
     record = await rt.jobs.cancel(await owned(request, rt, job_id))
-    return JSONResponse(rt.jobs.view(record, rt.engine))
+    return JSONResponse(await rt.jobs.view(record, rt.engine))
 
 
 @router.delete("/images/jobs/{job_id}", response_class=JSONResponse, responses={200: {"model": ImageJobDeleted}},
@@ -156,5 +156,5 @@ async def render(rt: Runtime, job_id: str, event: JobEvent) -> str:
     data = event.data
     if event.type in TERMINAL:
         record = await rt.jobs.store.get(job_id)
-        data = {"type": event.type, "job": rt.jobs.view(record, rt.engine) if record is not None else None}
+        data = {"type": event.type, "job": await rt.jobs.view(record, rt.engine) if record is not None else None}
     return sse(event.type, data, event_id=event.id)

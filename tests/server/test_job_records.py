@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import Optional
 
 import httpx
 import pytest
 
 from server.errors import APIError
-from server.job_records import JobRecord, MemoryJobStore
+from server.job_records import JobRecord, JobStore, MemoryJobStore
 from server.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
 
 from .conftest import run
@@ -126,6 +127,30 @@ def test_events_are_numbered_and_waited_for() -> None:
         assert await store.append_event("a", "x", {}) is None and not await store.delete("a")
 
     run(scenario())
+
+
+async def check_advance(store: JobStore) -> None:
+    """`advance` (a progress report) changes the record and appends its event as one change,
+    and changes nothing once the record is final or gone (either store)."""
+    job = record("a")
+    assert await store.advance(job, "image.job.progress", {"step": 1}) is None  # no record yet
+    await store.put(job)
+    job.status, job.progress = "in_progress", 0.25
+    event = await store.advance(job, "image.job.progress", {"step": 1})
+    assert event is not None and (event.id, event.data) == (1, {"step": 1})
+    kept = await store.get("a")
+    assert (kept.status, kept.progress) == ("in_progress", 0.25)
+    assert await store.put(record("a", status="cancelled", expires_at=int(time.time()) + 60))
+    job.progress = 0.5
+    assert await store.advance(job, "image.job.progress", {"step": 2}) is None  # cancelled meanwhile
+    assert (await store.get("a")).status == "cancelled"
+    assert [e.id for e in await store.events_after("a", 0)] == [1]
+    await store.delete("a")
+    assert await store.advance(job, "image.job.progress", {"step": 3}) is None
+
+
+def test_advance_is_refused_once_final_or_gone() -> None:
+    run(check_advance(MemoryJobStore(ttl_s=60, max_kept=10, max_bytes=10**6)))
 
 
 # ---- webhooks ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from server.schemas import EditRequest, GenerationRequest, InterpolationRequest,
 from server.url_store import StoreTooSmall
 
 from .conftest import FAST, FAST_DECODER, ServerProc, free_port, half_transparent, open_png, png, run, wait_ready
+from .test_job_records import check_advance
 from .test_jobs_api import ASYNC, events, submit, wait
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -153,6 +154,10 @@ def test_redis_store_events_resume_and_wait(redis_server: RedisProc) -> None:
     with_store(redis_server, scenario)
 
 
+def test_redis_store_advance(redis_server: RedisProc) -> None:
+    with_store(redis_server, lambda link: check_advance(RedisJobStore(link, ttl_s=60, max_kept=10, pending_ttl_s=120)))
+
+
 def test_redis_store_keeps_at_most_max_kept_finished(redis_server: RedisProc) -> None:
     async def scenario(link: RedisLink) -> None:
         store = RedisJobStore(link, ttl_s=60, max_kept=2, pending_ttl_s=120)
@@ -201,6 +206,37 @@ def test_redis_queue_bound_claims_leases_and_reaping(redis_server: RedisProc) ->
         await asyncio.sleep(0.3)
         assert await one.reap() == ([], ["quick"])  # its second lost claim: it fails
         assert await one.depth() == 0 and not await link.client.exists(link.key("spec", "quick"))
+
+    with_store(redis_server, scenario)
+
+
+def test_redis_queue_tells_listeners_and_places(redis_server: RedisProc) -> None:
+    """Queueing (and queueing again) is published on `queued`; a job's place is its rank."""
+    async def scenario(link: RedisLink) -> None:
+        queue = RedisQueue(link, bound=4, lease_s=0.2, ttl_s=60, replica="one")
+        heard: list[str] = []
+        subscribed = asyncio.Event()
+
+        async def on_subscribed() -> None:
+            subscribed.set()
+
+        listener = asyncio.create_task(link.listen(link.key("queued"), heard.append, on_subscribed))
+        try:
+            await asyncio.wait_for(subscribed.wait(), 5)
+            await queue.push("a", "s", cost_s=1.0)
+            await queue.push("b", "s", cost_s=2.0)
+            assert await queue.positions(["b", "a", "c"]) == [1, 0, None]
+            assert (await queue.claim())[0] == "a"
+            assert await queue.positions(["b", "a"]) == [0, None]
+            await asyncio.sleep(0.3)
+            assert await queue.reap() == (["a"], [])
+            for _ in range(50):
+                if len(heard) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert heard == ["a", "b", "a"]
+        finally:
+            listener.cancel()
 
     with_store(redis_server, scenario)
 
@@ -381,6 +417,11 @@ def test_sync_request_on_a_runs_on_b(clients: dict[str, httpx.Client], pair: tup
     ids = [submit(a, LONG)["id"] for _ in range(4)]
     assert soon(lambda: busy(pair[0]) == 2 and busy(pair[1]) == 2, 20), (load(pair[0]), load(pair[1]))
     on_a = [j for j in ids if a.get(f"/v1/images/jobs/{j}").json().get("replica") == replica(pair[0])]
+    waiting = [submit(a, LONG)["id"] for _ in range(2)]  # every slot is taken: these wait in Redis
+    places = [b.get(f"/v1/images/jobs/{j}").json()["queue_position"] for j in waiting]
+    assert sorted(places) == [0, 1], places  # their order is their estimated finish's, not only arrival
+    for job_id in waiting:
+        assert b.post(f"/v1/images/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     for job_id in set(ids) - set(on_a):
         assert b.post(f"/v1/images/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     sync = a.post("/v1/images/generations", json=body)
@@ -388,7 +429,7 @@ def test_sync_request_on_a_runs_on_b(clients: dict[str, httpx.Client], pair: tup
     assert pixels(sync.json()["data"][0]["b64_json"]) == pixels(reference["result"]["data"][0]["b64_json"])
     assert sync.json()["usage"] == reference["result"]["usage"]
     assert [a.get(f"/v1/images/jobs/{j}").json()["status"] for j in on_a] == ["in_progress"] * 2  # A stayed full
-    assert a.get("/v1/images/jobs").json()["data"][0]["id"] == ids[-1]  # the synchronous job is not listed
+    assert a.get("/v1/images/jobs").json()["data"][0]["id"] == waiting[-1]  # the synchronous job is not listed
     for job_id in on_a:
         a.post(f"/v1/images/jobs/{job_id}/cancel")
     assert soon(lambda: busy(pair[0]) == 0, 15)
