@@ -44,7 +44,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import httpx
 import numpy as np
@@ -130,6 +130,17 @@ class Server:
     def caps(self) -> dict[str, int]:
         """Each stage's batch cap, from /metrics."""
         return {s.labels["stage"]: int(s.value) for s in self.samples() if s.name == "unclip_stage_batch_cap"}
+
+    def seconds_totals(self) -> dict[str, float]:
+        """Cumulative seconds from /metrics: in HTTP requests (every route) and in the
+        stages' batched model calls."""
+        out: dict[str, float] = defaultdict(float)
+        for s in self.samples():
+            if s.name == "unclip_request_duration_seconds_sum":
+                out["request"] += s.value
+            elif s.name == "unclip_step_duration_seconds_sum":
+                out["steps"] += s.value
+        return out
 
     def batch_totals(self) -> dict[str, float]:
         """Cumulative engine counters from /metrics: samples and calls per stage, mixed calls."""
@@ -333,14 +344,26 @@ def burst(server: Server, send: Send, n: int) -> dict[str, float]:
             "mean_over_max": statistics.fmean(lat) / max(lat)}
 
 
-def open_loop(server: Server, send: Send, rate: float, arrivals: int, seed: int) -> dict[str, float]:
+def open_loop(server: Server, send: Send, rate: float, arrivals: int, seed: int, service_s: float) -> dict[str, float]:
     """`arrivals` Poisson arrivals at `rate` per second (each request on its own connection,
-    whatever the ones before it are doing): p50 / p99 latency."""
+    whatever the ones before it are doing): p50 / p99 latency; and, for reference, the p50
+    of the same arrivals at an ideal server that runs one job at a time in arrival order,
+    each taking `service_s` (the c=1 latency): what batching and ordering have to beat."""
     times = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=arrivals)) - 1.0 / rate
     samples = at_once(server.base, [(float(t), "generation", send) for t in times], 300_000 + 10_000 * seed)
     lat = [s.seconds for s in samples if s.status == 200]
     return {"rate_per_s": rate, "requests": len(samples), "ok": len(lat), "p50_s": percentile(lat, 50),
-            "p99_s": percentile(lat, 99)}
+            "p99_s": percentile(lat, 99), "one_at_a_time_p50_s": percentile(one_at_a_time(times, service_s), 50)}
+
+
+def one_at_a_time(arrivals: Sequence[float], service_s: float) -> list[float]:
+    """Latencies of jobs arriving at `arrivals` (ascending) at a server that runs one at a
+    time, first come first served, each for `service_s`."""
+    free, out = float("-inf"), []
+    for t in arrivals:
+        free = max(free, t) + service_s
+        out.append(free - t)
+    return out
 
 
 def small_behind_big(server: Server, big: Send, small: Send, repeats: int = 3) -> dict[str, float]:
@@ -377,18 +400,34 @@ def redis_server() -> Iterator[str]:
 
 def redis_overhead(model: Path, args: argparse.Namespace, send: Send, tmp: Path) -> dict[str, float]:
     """Median c=1 latency of the same generation on a server in process and on one with
-    UNCLIP_REDIS_URL, sent alternately one at a time (`--pairs` each, after one warm-up)."""
+    UNCLIP_REDIS_URL, sent alternately one at a time (`--pairs` each, after one warm-up).
+
+    Two processes differ in compute speed by a few % from run to run (same model, same
+    seeds), which hides what Redis adds. So each server's time outside its model calls
+    (request seconds minus step seconds, from /metrics) is measured too: their difference
+    is Redis's share, and `net_ratio` is the in-process median plus that share, over it."""
     with redis_server() as url, Server(model, args, tmp / "local.log") as local, \
             Server(model, args, tmp / "redis.log", {"UNCLIP_REDIS_URL": url}) as shared:
         times: dict[str, list[float]] = defaultdict(list)
+        servers = {"in_process": local, "redis": shared}
+        before: dict[str, dict[str, float]] = {}
         with httpx.Client(base_url=local.base, timeout=600) as a, httpx.Client(base_url=shared.base, timeout=600) as b:
             for i in range(args.pairs + 1):
                 for name, c in (("in_process", a), ("redis", b)):
                     sample = timed(c, name, send, 500_000 + i)
                     assert sample.status == 200, sample
                     times[name].append(sample.seconds)
+                if i == 0:
+                    before = {name: server.seconds_totals() for name, server in servers.items()}
+        outside = {}
+        for name, server in servers.items():
+            after = server.seconds_totals()
+            outside[name] = ((after["request"] - before[name]["request"]) - (after["steps"] - before[name]["steps"])
+                             ) / args.pairs
     out = {k: statistics.median(v[1:]) for k, v in times.items()}
-    return {**out, "ratio": out["redis"] / out["in_process"]}
+    added = outside["redis"] - outside["in_process"]
+    return {**out, "ratio": out["redis"] / out["in_process"], "outside_model_s": outside, "added_by_redis_s": added,
+            "net_ratio": (out["in_process"] + added) / out["in_process"]}
 
 
 # ---- the direct reference ------------------------------------------------------------
@@ -527,7 +566,8 @@ def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: S
     print(f"  burst: {extra['burst']}", flush=True)
     capacity = max(r.images_per_s for r in runs if r.name == "generation")
     for k, frac in enumerate(float(f) for f in args.open_loop.split(",") if f):
-        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.arrivals, k)
+        c1 = next((r.p50_s for r in runs if r.name == "generation" and r.concurrency == 1), float("nan"))
+        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.arrivals, k, c1)
         print(f"  open loop {frac:.0%}: {extra[f'open_loop_{round(frac * 100)}']}", flush=True)
     extra["small_behind_big"] = small_behind_big(server, generation_sender(args.size, steps, n=10),
                                                  generation_sender(min(cfg.sizes), steps))
@@ -550,6 +590,8 @@ def ratios_of(runs: list[RunResult], extra: dict, max_batch: int) -> dict[str, f
         ratios["http p50 latency at c=1 / direct latency"] = gen[1].p50_s / direct_s
         for key in (k for k in extra if k.startswith("open_loop_")):
             ratios[f"open loop {key[10:]}%: p50 / c=1 p50"] = extra[key]["p50_s"] / gen[1].p50_s
+            ratios[f"open loop {key[10:]}%: one at a time, ideal: p50 / c=1 p50"] = (
+                extra[key]["one_at_a_time_p50_s"] / gen[1].p50_s)
     ratios[f"burst of {extra['burst']['n']}: mean / max latency"] = extra["burst"]["mean_over_max"]
     ratios["small behind big / small alone"] = extra["small_behind_big"]["ratio"]
     ratios[f"ceiling: direct images/s at batch {max_batch} / at batch 1"] = extra["ceiling"]
