@@ -52,17 +52,17 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
         """x: [B, ch, H, W] -> [B, out_ch, H', W']."""
-        h = self.in_layers[:-1](x)
-        h = self.in_layers[-1](self._resample(h))
+        norm, act, conv = self.in_layers  # unpacked, not sliced: a slice builds a new Sequential
+        h = conv(self._resample(act(norm(x))))
         x = self._resample(x)
         emb = self.emb_layers(cond.emb).to(h.dtype)[..., None, None]
+        norm, act, drop, conv = self.out_layers
         if self.scale_shift:
             scale, shift = emb.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = norm(h) * (1 + scale) + shift
         else:
-            h = self.out_layers(h + emb)
-        return self.skip_connection(x) + h
+            h = norm(h + emb)
+        return self.skip_connection(x) + conv(drop(act(h)))
 
 
 class AttentionBlock(nn.Module):
