@@ -4,7 +4,7 @@ on a noisy machine, and the grain of flat backgrounds (median per-channel standa
 deviation of the top and bottom bands, 0 for a render of the shapes world). Attribute
 accuracy per preset comes from `python -m bench.eval_shapes --quality Q`.
 
-    .venv/bin/python -m bench.quality [--model-dir weights/default] [--repeats 3]
+    .venv/bin/python -m bench.quality [--model-dir weights/default] [--repeats 3] [--grain-per-prompt 2]
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def seconds(pipe: UnCLIP, preset: str, seed: int) -> float:
     return time.perf_counter() - started
 
 
-def grain(pipe: UnCLIP, preset: str) -> float:
-    """Median background noise (0-255 scale) over two images of each grain prompt."""
+def grain(pipe: UnCLIP, preset: str, per_prompt: int = 2) -> float:
+    """Median background noise (0-255 scale) over `per_prompt` images of each grain prompt."""
     opts = Sampling(step_scale=STEP_SCALE[preset])
-    ops = [generate(pipe, p, n=2, seed=10 + i, opts=opts) for i, p in enumerate(GRAIN_PROMPTS)]
+    ops = [generate(pipe, p, n=per_prompt, seed=10 + i, opts=opts) for i, p in enumerate(GRAIN_PROMPTS)]
     sigmas = []
     for result in run_many(pipe, ops, max_batch=8):
         x = (result.images.clamp(-1, 1) + 1) * 127.5
@@ -52,6 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", type=Path, default=Path("weights/default"))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--grain-per-prompt", type=int, default=2, help="images of each of the 4 grain prompts")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     pipe = UnCLIP(load_model_dir(args.model_dir).use_channels_last())  # as the server runs it
@@ -64,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for preset, ts in times.items():
         steps = pipe.settings_of(Sampling(step_scale=STEP_SCALE[preset]))
         print(f"{preset:<7} {statistics.median(ts):6.2f} s ({statistics.median(ts) / medium:.2f}x medium)  "
-              f"background noise {grain(pipe, preset):5.2f}  prior {steps['prior_steps']}, "
+              f"background noise {grain(pipe, preset, args.grain_per_prompt):5.2f}  prior {steps['prior_steps']}, "
               f"decoder {steps['decoder_steps']}, upsamplers {steps['upsampler_steps']}")
     return 0
 

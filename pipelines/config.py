@@ -106,6 +106,14 @@ class DiffusionConfig:
     steps: int = 50  # default respaced step count
     guidance: float = 1.0  # default classifier-free guidance scale
     sampler: Literal["ddpm", "ddim"] = "ddpm"
+    spacing_power: float = 1.0  # timestep spacing (`diffusion.respace`): 1 even, > 1 denser near t = 0
+    # The t at which the final step (to the clean sample) evaluates the network, the input
+    # being treated as x_t there; 0 is the plain last step. Above 0 that step denoises the
+    # residual grain of the earlier x0 predictions instead of passing it through.
+    last_step_t: int = 0
+    # Upsamplers: > 0 starts sampling at this t from the low-resolution condition noised to
+    # it (SDEdit) instead of at the top from pure noise; 0 is the plain start.
+    start_t: int = 0
 
 
 @dataclass(frozen=True)

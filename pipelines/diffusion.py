@@ -56,10 +56,12 @@ def make_betas(name: str, num_timesteps: int) -> torch.Tensor:
     raise ValueError(f"unknown noise schedule {name!r}")
 
 
-def respace(num_timesteps: int, steps: int) -> list[int]:
-    """Evenly spaced timesteps, descending, as Karlo / guided-diffusion respace them.
+def respace(num_timesteps: int, steps: int, power: float = 1.0) -> list[int]:
+    """`steps` timesteps from num_timesteps - 1 down to 0, descending. power 1: evenly
+    spaced, as Karlo / guided-diffusion respace them; power p > 1: t_k = (T - 1) (k / (n - 1))^p,
+    denser near t = 0, where the last x0 predictions are made (duplicates merged).
 
-    respace(1000, 7) == [999, 832, 666, 500, 333, 166, 0].
+    respace(1000, 7) == [999, 832, 666, 500, 333, 166, 0]; respace(1000, 5, 3) == [999, 421, 125, 16, 0].
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -67,6 +69,8 @@ def respace(num_timesteps: int, steps: int) -> list[int]:
         return list(range(num_timesteps))[::-1]
     if steps == 1:
         return [num_timesteps - 1]
+    if power != 1.0:
+        return sorted({round((num_timesteps - 1) * (k / (steps - 1)) ** power) for k in range(steps)}, reverse=True)
     stride = (num_timesteps - 1) / (steps - 1)
     taken, cur = [], 0.0
     for _ in range(steps):

@@ -106,9 +106,14 @@ def preview(tracks: list[Track]) -> torch.Tensor:
     return torch.cat([r.float().cpu() for r in rows]).clamp(-1, 1)
 
 
-def sampling_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
-    """Descending timesteps -> (t, t_prev) pairs ending at -1 (the clean sample)."""
-    return list(zip(timesteps, timesteps[1:] + [-1]))
+def sampling_pairs(timesteps: list[int], last_t: int = 0) -> list[tuple[int, int]]:
+    """Descending timesteps -> (t, t_prev) pairs ending at -1 (the clean sample). last_t > 0
+    evaluates the final step's network at last_t instead of at the last timestep (see
+    `DiffusionConfig.last_step_t`): its input, all but clean, is taken as x_{last_t}."""
+    pairs = list(zip(timesteps, timesteps[1:] + [-1]))
+    if last_t > pairs[-1][0]:
+        pairs[-1] = (last_t, -1)
+    return pairs
 
 
 def inversion_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
@@ -129,8 +134,12 @@ class Stage:
         """Respaced timesteps, descending: `steps` of them, or the stage's default times
         `scale` (at least 1). invertible=True stops at `inversion_top`, where x_t still
         holds enough of x0 for DDIM inversion to be well conditioned."""
-        top = self.inversion_top() if invertible else self.cfg.num_timesteps - 1
-        return D.respace(top + 1, steps or max(1, round(self.cfg.steps * scale)))
+        top = self.inversion_top() if invertible else (self.cfg.start_t or self.cfg.num_timesteps - 1)
+        return D.respace(top + 1, steps or max(1, round(self.cfg.steps * scale)), self.cfg.spacing_power)
+
+    def pairs(self, timesteps: list[int]) -> list[tuple[int, int]]:
+        """Sampling pairs of descending timesteps, with the stage's `last_step_t`."""
+        return sampling_pairs(timesteps, self.cfg.last_step_t)
 
     def inversion_top(self, min_abar: float = 1e-3) -> int:
         """The largest t with alpha_bar(t) >= min_abar (cosine schedule: t = 978, where
@@ -327,11 +336,14 @@ def _apply_guidance(out: torch.Tensor, tracks: list[Track], guided: list[int]) -
     """out: [B + len(guided), ...] (conditional rows, then unconditional rows of the guided
     tracks) -> guided predictions [B, ...]."""
     n = len(tracks)
+    if not guided:
+        return out[:n]
+    scale = torch.tensor([tracks[i].guidance for i in guided], dtype=torch.float64)
+    if len(guided) == n:  # every track guided (the usual batch): no gather, no scatter
+        return D.guide(out[:n], out[n:], scale)
     pred = out[:n].clone()
-    if guided:
-        ix = torch.tensor(guided, device=out.device)
-        scale = torch.tensor([tracks[i].guidance for i in guided], dtype=torch.float64)
-        pred[ix] = D.guide(out[ix], out[n:], scale)
+    ix = torch.tensor(guided, device=out.device)
+    pred[ix] = D.guide(out[ix], out[n:], scale)
     return pred
 
 

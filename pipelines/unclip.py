@@ -15,6 +15,7 @@ from typing import Any, Generator, Mapping, Optional, Sequence
 import torch
 
 from .clip import TextEncoding
+from .diffusion import q_sample
 from .errors import InvalidInput
 from .sampling import (
     DecoderStage,
@@ -28,7 +29,6 @@ from .sampling import (
     inversion_pairs,
     resize,
     run_to_end,
-    sampling_pairs,
     upsample_for,
 )
 from .stack import UnCLIPStack
@@ -131,7 +131,7 @@ class UnCLIP:
         text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
         stage = self.stages[PRIOR]
         best_of = opts.best_of or self.cfg.prior.best_of
-        pairs = sampling_pairs(self.timesteps(PRIOR, opts))
+        pairs = stage.pairs(self.timesteps(PRIOR, opts))
         guidance = _default(opts.prior_guidance, stage.cfg.guidance)
         cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
         tracks = []
@@ -162,7 +162,7 @@ class UnCLIP:
         known[i] (inpainting, any size) constrains track i."""
         stage = self.stages[DECODER]
         sampler = opts.decoder_sampler or stage.cfg.sampler
-        pairs = sampling_pairs(self.timesteps(DECODER, opts, invertible=x_t is not None))
+        pairs = stage.pairs(self.timesteps(DECODER, opts, invertible=x_t is not None))
         guidance = _default(opts.decoder_guidance, stage.cfg.guidance)
         size = self.cfg.decoder.model.image_size
         tracks = []
@@ -205,12 +205,15 @@ class UnCLIP:
             stage = self.stages[upsampler_key(u)]
             size = stage.up.cfg.out_size
             low = upsample_for(images, size)
-            pairs = sampling_pairs(self.timesteps(stage.key, opts))
+            pairs = stage.pairs(self.timesteps(stage.key, opts))
             tracks = []
             for i, g in enumerate(gens):
                 x = self._init(opts, stage.key, i, (1, 3, size, size), g)
+                if stage.cfg.start_t:  # SDEdit: the condition noised to the first timestep
+                    x = q_sample(stage.schedule, low[i:i + 1], torch.tensor([pairs[0][0]]), x)
                 k = known[i].at(size) if known else None
-                tracks.append(Track(x, list(pairs), "ddpm", generator=g, cond={"low_res": low[i:i + 1]}, known=k))
+                tracks.append(Track(x, list(pairs), stage.cfg.sampler, generator=g, cond={"low_res": low[i:i + 1]},
+                                    known=k))
             yield StageRequest(stage.key, tracks)
             images = torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
         return images

@@ -4,6 +4,7 @@ posterior, DDIM / inversion, guidance, per-sample timesteps, and batched `Stage.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import pytest
@@ -12,8 +13,8 @@ import torch
 from pipelines import diffusion as D
 from pipelines.checkpoints import random_stack
 from pipelines.config import StackConfig
-from pipelines.sampling import Track, inversion_pairs, sampling_pairs
-from pipelines.unclip import UnCLIP
+from pipelines.sampling import Track, inversion_pairs, sampling_pairs, upsample_for
+from pipelines.unclip import Sampling, UnCLIP
 
 COSINE = D.Schedule.make("squaredcos_cap_v2")
 LINEAR = D.Schedule.make("linear")
@@ -44,6 +45,22 @@ def test_respace_matches_diffusers_unclip_scheduler(steps: int) -> None:
     sched = sched_mod.UnCLIPScheduler(num_train_timesteps=1000)
     sched.set_timesteps(steps)
     assert D.respace(1000, steps) == sched.timesteps.tolist()
+
+
+def test_respace_power_is_denser_near_zero() -> None:
+    assert D.respace(1000, 5, 3.0) == [999, 421, 125, 16, 0]
+    for power in (2.0, 3.0):
+        ts, even = D.respace(1000, 8, power), D.respace(1000, 8)
+        assert ts[0] == 999 and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+        assert ts[-2] < even[-2] and ts[1] < even[1]  # every step but the first moved towards t = 0
+    assert D.respace(1000, 8, 1.0) == D.respace(1000, 8)
+
+
+def test_sampling_pairs_last_step_t() -> None:
+    """`last_t` moves the final step's network evaluation up to last_t, never down."""
+    assert sampling_pairs([999, 500, 0]) == [(999, 500), (500, 0), (0, -1)]
+    assert sampling_pairs([999, 500, 0], last_t=25) == [(999, 500), (500, 0), (25, -1)]
+    assert sampling_pairs([999, 500, 100], last_t=25) == [(999, 500), (500, 100), (100, -1)]
 
 
 # ---- schedules ----------------------------------------------------------------------------
@@ -325,6 +342,28 @@ def test_stage_step_batched_equals_alone(pipe: UnCLIP, stage: str) -> None:
         assert a.index == b.index
         scale = max(1.0, b.x.abs().max().item())  # random-weight priors reach |x| ~ 100
         assert (a.x - b.x).abs().max().item() <= 1e-5 * scale, (a.sampler, b.x.abs().max())
+
+
+def test_upsampler_start_t_starts_from_the_noised_condition(pipe: UnCLIP) -> None:
+    """start_t > 0 (SDEdit): the upsampler's tracks start at start_t from the low-res
+    condition noised to it; 0 starts at the top from pure noise."""
+    stage = pipe.stages["upsampler.0"]
+    size = stage.up.cfg.out_size
+    low_size = pipe.cfg.decoder.model.image_size
+    images = torch.rand(2, 3, low_size, low_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    plain = stage.cfg
+    try:
+        for start_t, steps in ((0, 3), (10, 2)):
+            stage.cfg = replace(plain, start_t=start_t, steps=steps)
+            gens = [torch.Generator().manual_seed(i) for i in range(2)]
+            request = next(pipe.upsample(images, gens, Sampling(), 1))
+            tracks, low = request.tracks, upsample_for(images, size)
+            x = torch.cat([tr.x for tr in tracks])
+            assert tracks[0].pairs[0][0] == (start_t or 999) and len(tracks[0].pairs) == steps
+            close = (x - low).abs().mean().item()
+            assert close < 0.1 if start_t else close > 0.5, (start_t, close)
+    finally:
+        stage.cfg = plain
 
 
 def test_stage_guidance_one_is_the_conditional_output(pipe: UnCLIP) -> None:

@@ -27,7 +27,8 @@ from .loop import seed_modules
 from .run import Run, TrainError
 from .stages import parameters
 
-SAMPLING_FIELDS = ("steps", "guidance", "sampler", "clip_x0", "best_of")
+SAMPLING_FIELDS = ("steps", "guidance", "sampler", "clip_x0", "spacing_power", "last_step_t", "start_t",
+                   "best_of")
 
 
 def module_of(stage: str) -> str:
