@@ -18,7 +18,6 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Optional
 
 from ..engine import Job
 from ..errors import StoreUnavailable, error_body, from_exception, unavailable
