@@ -17,7 +17,7 @@ echoes the preset used. Values of other models (`xhigh`, `max`) are refused by t
 models: this model has no preset beyond `high`.
 
 Why scale the defaults rather than fix step counts: a preset then means the same for any
-model directory (Karlo's 25/25/7 or the shapes model's 25/4/8/5), and per-stage defaults
+model directory (Karlo's 25/25/7 or the shapes model's 25/4/8/1), and per-stage defaults
 that were tuned by measurement keep their proportions. What each preset costs and gives
 on the default model is in the README (`python -m bench.eval_shapes --quality Q`).
 """
