@@ -105,7 +105,12 @@ async def start(request: Request, rt: Runtime, job: Job, queue: asyncio.Queue, f
     owner = key_owner(request.headers.get("authorization"), rt.settings.keys)
     record = JobRecord(job.id, job.kind, wall_time(job.submitted), owner=owner, webhook_url=webhook_url)
     await rt.jobs.add(record, job, follow(rt, job, queue, Fraction(following.work), following))
-    headers = {"Location": f"/v1/images/jobs/{job.id}", "Preference-Applied": PREFERENCE, **headers}
+    return await accepted(rt, record, headers)
+
+
+async def accepted(rt: Runtime, record: JobRecord, headers: dict[str, str]) -> JSONResponse:
+    """202 with the job object of a kept record, where to poll it, and the preference applied."""
+    headers = {"Location": f"/v1/images/jobs/{record.id}", "Preference-Applied": PREFERENCE, **headers}
     return JSONResponse(await rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
 
 

@@ -15,7 +15,6 @@ the front of the queue, or, after MAX_ATTEMPTS lost claims, fails with 503 `repl
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 
@@ -25,8 +24,7 @@ from ..job_records import EVENT_PREFIX
 from ..redis_queue import MAX_ATTEMPTS
 from ..runtime import Runtime
 from .background import Following, Fraction, follow
-from .common import images_body, plan_of, prepare, spec_from_json
-from .stream import Delivery, Partials, progress_queue
+from .common import follow_with, plan_of, prepare, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +115,8 @@ class Claimer:
             spec, extra = spec_from_json(text)
             plan = plan_of(rt, spec)
             ready = prepare(rt, spec.params, spec.out, plan, admitted=True, cost_s=extra["cost_s"])
-            out = spec.out
-            partials = Partials(getattr(spec.params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
-            delivery = Delivery(ready.meta, out.size, out.fmt, out.quality, ready.usage, EVENT_PREFIX)
-            progress, hook = progress_queue(partials)
+            following, progress, hook = follow_with(rt, spec.params, spec.out, plan, ready, EVENT_PREFIX,
+                                                    extra["base_url"])
             left_s = rt.settings.default_deadline_s - (time.time() - extra["accepted_at"])
             job = rt.engine.submit(plan.op, kind=spec.kind, on_progress=hook, cost_s=ready.cost_s,
                                    deadline_s=max(0.001, left_s), job_id=job_id)
@@ -134,10 +130,8 @@ class Claimer:
             job.cancel()
             await queue.done(job_id)
             return
-        build = functools.partial(images_body, rt, ready=ready, out=out, base_url=extra["base_url"])
         self.held.add(job_id)
-        rt.jobs.adopt(record, job, self._follow(job, progress, Fraction(plan.work), Following(plan.work, delivery,
-                                                                                                 build)))
+        rt.jobs.adopt(record, job, self._follow(job, progress, Fraction(plan.work), following))
 
     async def _follow(self, job: Job, progress: asyncio.Queue, fraction: Fraction, following: Following) -> None:
         try:

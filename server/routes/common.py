@@ -44,7 +44,7 @@ from pipelines.operations import OpResult
 from pipelines.unclip import Operation, Sampling
 
 from ..auth import key_owner
-from ..engine import QueueFull
+from ..engine import Progress, QueueFull
 from ..errors import APIError, StoreUnavailable, bad_request, from_validation
 from ..images import DEFAULT_FRAME_MS, FileFormat, ImageMeta, encode, image_items, thetas_of
 from ..job_records import EVENT_PREFIX as JOB_EVENT_PREFIX
@@ -56,7 +56,7 @@ from ..schemas import UNSUPPORTED, ImagesResponse, Usage
 from ..url_store import StoreTooSmall
 from ..usage import truncation, usage
 from .admission import admit, check_limits
-from .background import PREFERENCE, Following, check_delivery, prefers_async, start
+from .background import Following, accepted, check_delivery, prefers_async, start
 from .bodies import load_image, one_upload, read_form, square_tensor, text_fields
 from .running import await_job, submit
 from .stream import Delivery, Partials, progress_queue, stream_response
@@ -271,15 +271,24 @@ async def serve(request: Request, rt: Runtime, spec: Spec) -> Any:
     if not background and not getattr(params, "stream", None):
         result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=ready.cost_s))
         return JSONResponse(await images_body(rt, result, ready, out, base), headers=ready.headers)
-    partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
     prefix = JOB_EVENT_PREFIX if background else STREAM_PREFIX[plan.kind]
-    delivery = Delivery(ready.meta, out.size, out.fmt, out.quality, ready.usage, prefix)
-    queue, hook = progress_queue(partials)
+    following, queue, hook = follow_with(rt, params, out, plan, ready, prefix, base)
     job = submit(rt, plan.op, plan.kind, on_progress=hook, cost_s=ready.cost_s)
     if not background:
-        return stream_response(request, job, queue, delivery, ready.headers)
-    build = functools.partial(images_body, rt, ready=ready, out=out, base_url=base)
-    return await start(request, rt, job, queue, Following(plan.work, delivery, build), webhook_url, ready.headers)
+        return stream_response(request, job, queue, following.delivery, ready.headers)
+    return await start(request, rt, job, queue, following, webhook_url, ready.headers)
+
+
+def follow_with(rt: Runtime, params: BaseModel, out: Target, plan: Plan, ready: Prepared, prefix: str,
+                base_url: str) -> tuple[Following, asyncio.Queue, Callable[[Progress], None]]:
+    """How a job is followed (its events named `prefix`, the partial images params ask for,
+    the images response of its result under `base_url`), the queue its progress reports go
+    to, and the engine's hook that fills it."""
+    partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
+    delivery = Delivery(ready.meta, out.size, out.fmt, out.quality, ready.usage, prefix)
+    queue, hook = progress_queue(partials)
+    build = functools.partial(images_body, rt, ready=ready, out=out, base_url=base_url)
+    return Following(plan.work, delivery, build), queue, hook
 
 
 async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, base_url: str, background: bool,
@@ -298,8 +307,7 @@ async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, ba
         raise QueueFull(rt.engine.retry_after(max(1, depth - rt.settings.queue_size + 1)), depth)
     rt.wake_claimer()  # this replica takes it at once if it has a free slot
     if background:
-        headers = {"Location": f"/v1/images/jobs/{record.id}", "Preference-Applied": PREFERENCE, **ready.headers}
-        return JSONResponse(await rt.jobs.view(record, rt.engine), status_code=202, headers=headers)
+        return await accepted(rt, record, ready.headers)
     rt.waiting += 1
     try:
         return JSONResponse(await await_record(request, rt, record.id), headers=ready.headers)
