@@ -13,8 +13,9 @@ With a store shared by several replicas (server/redis_store.py) a job may be can
 deleted on a replica that does not run it: that one ends the record and publishes the
 cancel on the `CancelBus` (server/cancels.py); the replica running the job stops it when
 it hears so, and also whenever it finds the record of one of its jobs final or gone (at
-each progress report of a listed job, and when the bus reconciles). A store that is down drops progress
-events (the job goes on) and delays the end of a job, retried for up to SETTLE_S.
+each progress report of a listed job, and when the bus reconciles). A store that is down
+drops progress events (the job goes on) and delays the end of a job, retried for up to
+SETTLE_S.
 Everything here runs on the event loop.
 """
 
