@@ -7,6 +7,7 @@ and generates; bench/eval_shapes.py runs on the export and prints its table.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -24,10 +25,12 @@ from tools.evaluation import box_mask, inpaint_scores, judged, scene_images, wri
 from tools.shapes import Scene
 from tools.train import checkpoint
 from tools.train.__main__ import main
-from tools.train.data import INPAINT_BOX_SIDE, Batch, box_masks, compatibility
+from tools.train.config import UpsamplerTrain
+from tools.train.data import INPAINT_BOX_SIDE, Batch, box_masks, compatibility, sample_batch
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
 from tools.train.objectives import diffusion_loss, diffusion_target
-from tools.train.upsampler_stage import blur_lowres, warp_lowres
+from tools.train.run import open_run, write_config
+from tools.train.upsampler_stage import WINDOW_MARGIN, blur_lowres, warp_lowres, windows
 from tools.train.widen import FIRST_CONV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,6 +257,48 @@ def test_restore_keeps_stages_that_trained_further(runs: tuple[Path, Path], tmp_
     assert cli("restore", "--run", str(run), "--snapshot", str(snap)) == 0  # nothing newer: kept
     assert _same(checkpoint.load(run / "clip")["ema"], before["ema"])
     assert cli("restore", "--run", str(tmp_path / "x"), "--snapshot", str(tmp_path / "none")) == 2
+
+
+def test_crop_rendering_equals_cropping_whole_renders() -> None:
+    """render_crops: each target crop is the crop of the whole jittered render at the output
+    size, and the resized condition window's centre is the crop of the whole condition
+    resized (exactly where the window stays on the canvas); most crops centred on the
+    shape hold an outline."""
+    from pipelines.sampling import upsample_for
+    hp = UpsamplerTrain(steps=1, batch=8, lr=1e-3, crop=32, render_crops=True, p_shape_crop=1.0)
+    rng = np.random.default_rng(0)
+    batch = sample_batch(rng, 8, 1.0)
+    crop, under = windows(rng, batch, 64, 128, hp)
+    whole_high, whole_low = batch.images(128), upsample_for(batch.images(64), 128)
+    high = batch.images(128, crop)
+    low = upsample_for(batch.images(64, under), under.side * 2)
+    low = low[..., 2 * WINDOW_MARGIN:2 * WINDOW_MARGIN + 32, 2 * WINDOW_MARGIN:2 * WINDOW_MARGIN + 32]
+    inside = 0
+    for i in range(8):
+        top, left = int(crop.top[i]), int(crop.left[i])
+        assert top % 2 == 0 and left % 2 == 0
+        assert torch.equal(high[i], whole_high[i, :, top:top + 32, left:left + 32])
+        if min(top, left) >= 2 * WINDOW_MARGIN and max(top, left) + 32 <= 128 - 2 * WINDOW_MARGIN:
+            inside += 1
+            assert torch.allclose(low[i], whole_low[i, :, top:top + 32, left:left + 32], atol=1e-6)
+    assert inside > 0
+    outlines = [(high[i].flatten(1).std(1) > 0.05).any() for i in range(8)]
+    assert sum(outlines) >= 6, outlines
+
+
+def test_extend_adds_the_presets_new_upsamplers_and_keeps_the_rest(tmp_path: Path) -> None:
+    """A run created before its preset gained an upsampler gets it from `extend`, the
+    stages it had unchanged; a second extend adds nothing."""
+    run = open_run(tmp_path / "r", "smoke")
+    old = dataclasses.replace(run.config, stack=dataclasses.replace(run.config.stack,
+                                                                    upsamplers=run.config.stack.upsamplers[:1]),
+                              upsamplers=run.config.upsamplers[:1])
+    write_config(run.path, old)
+    assert open_run(run.path).stages()[-1] == "upsampler_0"
+    assert cli("extend", "--run", str(run.path)) == 0
+    grown = open_run(run.path)
+    assert grown.stages()[-1] == "upsampler_1" and grown.config == run.config
+    assert cli("extend", "--run", str(run.path)) == 0 and open_run(run.path).config == run.config
 
 
 def test_lowres_blur_softens_square_corners_of_chosen_rows_only() -> None:

@@ -99,11 +99,30 @@ def signed_distance(kind: np.ndarray, dx: np.ndarray, dy: np.ndarray, radius: np
     return np.where(kind == 0, circle, np.where(kind == 1, square, triangle))
 
 
-def rasterise(geo: Geometry, size: int) -> np.ndarray:
-    """Draw `geo` (N scenes) as uint8 images [N, size, size, 3]."""
-    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-    dx = coords[None, None, :] - geo.cx[:, None, None]
-    dy = coords[None, :, None] - geo.cy[:, None, None]
+@dataclass
+class Window:
+    """A square of `side` pixels per scene, its top-left pixel at (top[i], left[i]) of the
+    size x size canvas; it may reach past the canvas, where the background goes on."""
+
+    top: np.ndarray  # [N] int
+    left: np.ndarray  # [N] int
+    side: int
+
+    def take(self, sl: slice) -> "Window":
+        return Window(self.top[sl], self.left[sl], self.side)
+
+
+def rasterise(geo: Geometry, size: int, window: Optional[Window] = None) -> np.ndarray:
+    """Draw `geo` (N scenes) on a size-px canvas as uint8 images [N, size, size, 3], or
+    only each scene's `window` of it: [N, side, side, 3]."""
+    n = len(geo.kind)
+    if window is None:
+        window = Window(np.zeros(n, np.int64), np.zeros(n, np.int64), size)
+    pixels = np.arange(window.side, dtype=np.float32)
+    xs = (window.left[:, None].astype(np.float32) + pixels + 0.5) / size  # [N, side]
+    ys = (window.top[:, None].astype(np.float32) + pixels + 0.5) / size
+    dx = xs[:, None, :] - geo.cx[:, None, None]
+    dy = ys[:, :, None] - geo.cy[:, None, None]
     dist = signed_distance(geo.kind[:, None, None], dx, dy, geo.radius[:, None, None])
     coverage = np.clip(0.5 - dist * size, 0.0, 1.0)[..., None]
     bg, fg = geo.bg[:, None, None, :], geo.fg[:, None, None, :]
@@ -115,23 +134,32 @@ def _take(geo: Geometry, sl: slice) -> Geometry:
     return Geometry(geo.kind[sl], geo.cx[sl], geo.cy[sl], geo.radius[sl], geo.fg[sl], geo.bg[sl])
 
 
+def geometry(scenes: Sequence[Scene], rng: Optional[np.random.Generator] = None, jitter: bool = False) -> Geometry:
+    """The drawing parameters `render` uses: nominal, or jittered with draws from `rng`
+    (a fresh unseeded generator if None)."""
+    geo = scene_geometry(scenes)
+    return jitter_geometry(geo, rng if rng is not None else np.random.default_rng()) if jitter else geo
+
+
 def render(
     scenes: Sequence[Scene],
     size: int,
     rng: Optional[np.random.Generator] = None,
     jitter: bool = False,
+    window: Optional[Window] = None,
 ) -> np.ndarray:
-    """Render `scenes` as uint8 RGB images [N, size, size, 3].
+    """Render `scenes` as uint8 RGB images [N, size, size, 3], or only each one's `window`
+    of its size-px canvas, [N, side, side, 3] (what a crop of the whole render holds, at a
+    fraction of the cost at large sizes).
 
     Without jitter the output depends only on the scenes; with jitter, draws come from `rng`
     (a fresh unseeded generator if None), in one batch, so a seeded rng gives the same images
     whatever the chunking.
     """
-    geo = scene_geometry(scenes)
-    if jitter:
-        geo = jitter_geometry(geo, rng if rng is not None else np.random.default_rng())
-    out = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
+    geo = geometry(scenes, rng, jitter)
+    side = size if window is None else window.side
+    out = np.empty((len(scenes), side, side, 3), dtype=np.uint8)
     for start in range(0, len(scenes), _CHUNK):
         sl = slice(start, start + _CHUNK)
-        out[sl] = rasterise(_take(geo, sl), size)
+        out[sl] = rasterise(_take(geo, sl), size, None if window is None else window.take(sl))
     return out

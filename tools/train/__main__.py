@@ -1,6 +1,6 @@
 """Train the shapes-world default model, stage by stage, resumably.
 
-    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time,snapshot,restore,widen} \\
+    python -m tools.train {clip,prior,decoder,upsampler,export,all,status,time,snapshot,restore,widen,extend} \\
         --run runs/default [--device auto] [--minutes N] [--steps N] [--batch N]
 
 Every stage resumes from its last checkpoint in the run directory, checkpoints every few
@@ -9,7 +9,8 @@ SIGTERM / Ctrl-C. `all` trains clip -> prior -> decoder -> upsamplers until the 
 spent and exports once every stage is done. `snapshot` / `restore` write / read a compact
 copy of the run that can be committed (tools/train/snapshot.py), so that a training spans
 sessions on machines that keep nothing else. `widen` gives a trained decoder the inputs of an
-inpainting decoder (tools/train/widen.py). With CUDA (--device auto picks it) stages run
+inpainting decoder (tools/train/widen.py); `extend` adds to a run the upsamplers its preset
+has gained since the run was created (tools/train/run.py). With CUDA (--device auto picks it) stages run
 in bf16 autocast with `gpu_batch_mult` times larger batches.
 """
 
@@ -29,13 +30,14 @@ from .checkpoint import load as load_checkpoint
 from .checkpoint import step_of
 from .export import dir_size, export
 from .loop import LoopOptions, LoopResult, StopFlag, batch_size, train
-from .run import Run, TrainError, open_run, stage_name
+from .run import Run, TrainError, extend, open_run, stage_name
 from .snapshot import restore, snapshot
 from .stages import make_task, parameters
 from .timing import table, time_stages
 from .widen import widen
 
-STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore", "widen")
+STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore", "widen",
+          "extend")
 SNAPSHOT = Path("weights/training/default")
 
 
@@ -153,6 +155,8 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
         print(status(run))
     elif args.stage == "widen":
         print(widen(run))
+    elif args.stage == "extend":
+        print("\n".join(extend(run)) or "nothing to add")
     elif args.stage == "export":
         do_export(run, args)
     elif args.stage == "all":

@@ -164,7 +164,10 @@ class UpsamplerTrain(StageTrain):
     (wavy edges, soft corners): a smooth random warp of up to U(0, lowres_warp) low-res
     pixels with `p_lowres_warp`; a Gaussian blur of sigma U(0, lowres_blur) pixels with
     `p_lowres_blur`, as the paper's first upsampler's condition; then Gaussian noise of std
-    U(0, lowres_noise) (in [-1, 1] units) with `p_lowres_noise`."""
+    U(0, lowres_noise) (in [-1, 1] units) with `p_lowres_noise`. `render_crops` draws only
+    the crops (tools/train/upsampler_stage.py), `p_shape_crop` of them centred on the shape.
+    `min_t`: timesteps are drawn from [min_t, T), for a stage sampled only in few steps
+    from the top (one DDIM step from T - 1 uses the network at T - 1 alone)."""
 
     crop: int = 64
     lowres_noise: float = 0.05
@@ -174,6 +177,9 @@ class UpsamplerTrain(StageTrain):
     lowres_warp: float = 0.0
     p_lowres_warp: float = 0.0
     last_step_fraction: float = 0.125  # rows trained at t = 0 when a last-step network exists
+    render_crops: bool = False
+    p_shape_crop: float = 0.0
+    min_t: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,8 +221,10 @@ def smoke_config() -> TrainConfig:
         clip=ClipTrain(batch=8, lr=1e-3, probe_every=0, probe_images=4, **common),
         prior=PriorTrain(batch=8, lr=1e-3, **common),
         decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, p_inpaint=0.5, **common),
-        upsamplers=tuple(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
-                                        p_lowres_warp=0.5, **common) for _ in range(2)),
+        upsamplers=(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
+                                   p_lowres_warp=0.5, **common),
+                    UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, render_crops=True,
+                                   p_shape_crop=0.5, **common)),
         stats_images=32,
     )
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from tools.shapes import ATTRIBUTES, Scene, caption_for, random_scenes, render
+from tools.shapes.render import Geometry, Window, geometry
 
 
 def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
@@ -46,10 +48,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def images(self, size: int) -> torch.Tensor:
-        """The jittered scenes drawn at `size`: [B, 3, size, size] in [-1, 1] (CPU)."""
+    def images(self, size: int, window: Optional[Window] = None) -> torch.Tensor:
+        """The jittered scenes drawn at `size`: [B, 3, size, size] in [-1, 1] (CPU), or only
+        their `window` of the size-px canvas: [B, 3, side, side]."""
         rng = np.random.default_rng(self.jitter_seed)
-        return images_to_tensor(render(self.scenes, size, rng=rng, jitter=True))
+        return images_to_tensor(render(self.scenes, size, rng=rng, jitter=True, window=window))
+
+    def geometry(self) -> Geometry:
+        """The jittered drawing parameters every size is drawn with."""
+        return geometry(self.scenes, np.random.default_rng(self.jitter_seed), jitter=True)
 
     def with_captions(self, drop: np.ndarray) -> list[str]:
         """Captions with those where drop [B] bool is True replaced by "" (the null caption)."""

@@ -36,9 +36,9 @@ def check_trainable(cfg: DiffusionConfig, in_channels: int, out_channels: int) -
                                   "use variance fixed_small / fixed_large and out_channels = in_channels")
 
 
-def timesteps(n: int, num_timesteps: int, gen: torch.Generator, zero_rows: int = 0) -> torch.Tensor:
-    """[n] int64 uniform in [0, T); the first `zero_rows` are 0 (last-step networks)."""
-    t = torch.randint(0, num_timesteps, (n,), generator=gen)
+def timesteps(n: int, num_timesteps: int, gen: torch.Generator, zero_rows: int = 0, low: int = 0) -> torch.Tensor:
+    """[n] int64 uniform in [low, T); the first `zero_rows` are 0 (last-step networks)."""
+    t = torch.randint(low, num_timesteps, (n,), generator=gen)
     t[:zero_rows] = 0
     return t
 

@@ -2,7 +2,8 @@
 
     runs/default/
       train.json                 TrainConfig, written when the run is created, then only read
-                                 (`widen` rewrites its decoder architecture)
+                                 (`widen` rewrites its decoder architecture, `extend` adds
+                                 the upsamplers its preset has gained)
       clip_stats.safetensors     clip_mean / clip_std of the trained CLIP (see frozen_clip.py)
       clip/checkpoint.pt         one resumable checkpoint per stage (see checkpoint.py)
       clip/log.jsonl             one JSON line per logged step
@@ -81,8 +82,23 @@ def open_run(path: Path, preset_name: Optional[str] = None, seed: Optional[int] 
     return Run(path, cfg)
 
 
+def extend(run: Run) -> list[str]:
+    """Give the run the upsamplers its preset has gained since the run was created (their
+    architecture and hyperparameters from the preset; the stages it has keep their stored
+    settings) and rewrite its train.json. Returns one line per added stage."""
+    cfg, planned = run.config, preset(run.config.name)
+    have = len(cfg.stack.upsamplers)
+    added = planned.stack.upsamplers[have:]
+    if not added:
+        return []
+    stack = replace(cfg.stack, upsamplers=cfg.stack.upsamplers + added)
+    run.config = replace(cfg, stack=stack, upsamplers=cfg.upsamplers + planned.upsamplers[have:])
+    write_config(run.path, run.config)
+    return [f"{stage_name(have + i)}: added ({u.name})" for i, u in enumerate(added)]
+
+
 def write_config(path: Path, cfg: TrainConfig) -> None:
-    """Write the run's train.json atomically (a new run; `widen` also rewrites it)."""
+    """Write the run's train.json atomically (a new run; `widen` and `extend` rewrite it)."""
     cfg_file = Path(path) / CONFIG_FILE
     tmp = cfg_file.with_suffix(".tmp")
     tmp.write_text(cfg.to_json())

@@ -1,10 +1,15 @@
 """Stage 4: conv-only upsamplers, trained on crops.
 
 Upsampler i maps size_i -> size_{i+1}. Its condition is the scene rendered at size_i (what
-the previous stage produces), optionally noised, resized to size_{i+1} exactly as the
+the previous stage produces), optionally degraded, resized to size_{i+1} exactly as the
 pipeline resizes it (`pipelines.sampling.upsample_for`); its target is the same jittered
 scene rendered at size_{i+1}. Both are cropped at the same place: the networks have no
 attention, so what they learn on crops applies to the whole image at inference.
+
+At 512 px and more, rendering whole scenes costs more than the training step, so
+`render_crops` draws only the crop and, at size_i, the window under it plus a margin
+that the blur and the bicubic resize read (`windows`); the crop of the resized window is
+then the crop of the resized whole condition, exactly (away from the canvas' edge).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from torchvision.transforms.v2.functional import elastic
 from pipelines.diffusion import Schedule
 from pipelines.sampling import upsample_for
 from pipelines.stack import Upsampler
+from tools.shapes.render import Geometry, Window
+from tools.shapes.world import SHAPE_EXTENT, SHAPES
 
-from .data import sample_batch
+from .config import UpsamplerTrain
+from .data import Batch, sample_batch
 from .loop import Task, seed_modules
 from .objectives import check_trainable, diffusion_loss, timesteps
 from .run import Run, stage_name
@@ -89,6 +97,42 @@ def noise_lowres(low: torch.Tensor, rng: np.random.Generator, p: float, max_std:
     return (low + torch.from_numpy(std)[:, None, None, None] * noise).clamp(-1, 1)
 
 
+WINDOW_MARGIN = 8  # low-res pixels around a crop's window: the widest blur (sigma 2) and bicubic taps
+
+
+def crop_corners(rng: np.random.Generator, geo: Geometry, size: int, crop: int, p_shape: float,
+                 align: int) -> tuple[np.ndarray, np.ndarray]:
+    """(top, left) [B] pixels of each sample's crop on the size-px canvas, multiples of
+    `align`: with probability p_shape centred on a uniform point of the shape's bounding
+    box, so that most crops hold some outline (at 1024 px a random 128 px crop mostly holds
+    flat background), else anywhere."""
+    b = len(geo.kind)
+    extent = np.array([SHAPE_EXTENT[k] for k in SHAPES], np.float32)[geo.kind] * geo.radius[:, None]  # [B, 2]
+    centre = np.stack([geo.cy, geo.cx], 1) + rng.uniform(-1, 1, (b, 2)) * extent[:, ::-1]
+    anywhere = rng.uniform(0, 1, (b, 2))
+    centre = np.where((rng.random(b) < p_shape)[:, None], centre, anywhere)
+    corner = np.clip(np.rint((centre * size - crop / 2) / align) * align, 0, size - crop).astype(np.int64)
+    return corner[:, 0], corner[:, 1]
+
+
+def windows(rng: np.random.Generator, batch: Batch, in_size: int, out_size: int,
+            hp: UpsamplerTrain) -> tuple[Window, Window]:
+    """(the crops at out_size, the windows under them at in_size, WINDOW_MARGIN wider on each side)."""
+    f = out_size // in_size
+    if out_size % in_size or hp.crop % f:
+        raise ValueError(f"render_crops needs out_size / in_size ({out_size} / {in_size}) and crop / factor whole")
+    top, left = crop_corners(rng, batch.geometry(), out_size, hp.crop, hp.p_shape_crop, f)
+    low = Window(top // f - WINDOW_MARGIN, left // f - WINDOW_MARGIN, hp.crop // f + 2 * WINDOW_MARGIN)
+    return Window(top, left, hp.crop), low
+
+
+def degrade(low: torch.Tensor, rng: np.random.Generator, hp: UpsamplerTrain) -> torch.Tensor:
+    """The training degradations of a low-res condition [B, 3, s, s]: warp, blur, noise."""
+    low = warp_lowres(low, rng, hp.p_lowres_warp, hp.lowres_warp)
+    low = blur_lowres(low, rng, hp.p_lowres_blur, hp.lowres_blur)
+    return noise_lowres(low, rng, hp.p_lowres_noise, hp.lowres_noise)
+
+
 class UpsamplerTask(Task):
     """Upsampler `index` of the stack (its every-step network and, if any, the last-step one)."""
 
@@ -105,11 +149,16 @@ class UpsamplerTask(Task):
     def pair(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(target crops, low-res condition crops), each [B, 3, crop, crop] on the device."""
         b = sample_batch(rng, batch, 1.0)
-        low = warp_lowres(b.images(self.in_size), rng, self.hp.p_lowres_warp, self.hp.lowres_warp)
-        low = blur_lowres(low, rng, self.hp.p_lowres_blur, self.hp.lowres_blur)
-        low = noise_lowres(low, rng, self.hp.p_lowres_noise, self.hp.lowres_noise)
-        high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
-        return high.to(self.device), low.to(self.device)
+        if self.hp.render_crops:
+            crop, under = windows(rng, b, self.in_size, self.out_size, self.hp)
+            f = self.out_size // self.in_size
+            low = upsample_for(degrade(b.images(self.in_size, under), rng, self.hp), under.side * f)
+            high, low = b.images(self.out_size, crop), low[..., WINDOW_MARGIN * f:, WINDOW_MARGIN * f:]
+            low = low[..., :crop.side, :crop.side]
+        else:
+            low = degrade(b.images(self.in_size), rng, self.hp)
+            high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
+        return high.to(self.device), low.contiguous().to(self.device)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """The network the pipeline would run at each row's t (last-step model at t = 0)."""
@@ -125,7 +174,7 @@ class UpsamplerTask(Task):
     def loss(self, rng: np.random.Generator, gen: torch.Generator, batch: int) -> torch.Tensor:
         high, low = self.pair(rng, batch)
         zero = math.ceil(batch * self.hp.last_step_fraction) if self.module.last_step_model is not None else 0
-        t = timesteps(batch, self.schedule.num_timesteps, gen, zero)
+        t = timesteps(batch, self.schedule.num_timesteps, gen, zero, self.hp.min_t)
         return diffusion_loss(lambda x_t, tt: self.predict(x_t, tt, low), high, self.schedule, self.prediction, gen, t)
 
 
