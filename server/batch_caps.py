@@ -7,8 +7,8 @@ already fill a 2-core CPU at batch 1 and get slower per image in bigger batches 
 slows the big ones. Each stage gets its own, chosen by measurement:
 
 - `measure` times steps of every stage at batch sizes 1, 2, 4, ... up to `max_batch`
-  (generations at the largest output size, in interleaved sweeps, the fastest step
-  counting) and returns samples/s per stage and size;
+  (in interleaved sweeps, the fastest step counting; a stage's batch stops growing once it
+  no longer pays) and returns samples/s per stage and size;
 - `choose` takes the smallest size within `TOLERANCE` of the best samples/s: beyond it a
   bigger batch only adds latency (every track in the call waits for the whole call);
 - `profile` caches the measurement in a JSON file keyed by what it depends on (the
@@ -30,6 +30,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import torch
 
 from pipelines.operations import generate
+from pipelines.stage_keys import upsampler_key
 from pipelines.unclip import Operation, Sampling, UnCLIP
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,45 @@ def parse_overrides(text: str) -> dict[str, int]:
     return caps
 
 
-def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS) -> Rates:
-    """Samples/s of a step of each stage at each batch size of `sizes_to_try(max_batch)`:
-    `rounds` sweeps over the sizes, one generation per size at the largest output size
-    (its images are discarded) with `STEPS` steps per stage. The fastest step of each
-    stage and size counts: a shape's first call pays one-time setup, and on a shared host
-    the other processes only add interference."""
-    best: dict[str, dict[int, float]] = {key: {} for key in pipe.stages}
+def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional[Iterable[str]] = None) -> Rates:
+    """Samples/s of a step of each of `stages` (default: all) at batch sizes of
+    `sizes_to_try(max_batch)`: `rounds` sweeps over the sizes, one generation per size with
+    `STEPS` steps per stage (its images are discarded). The fastest step of each stage and
+    size counts: a shape's first call pays one-time setup, and on a shared host the other
+    processes only add interference.
+
+    The first sweep stops growing a stage's batch once it no longer pays (`still_scaling`),
+    and each generation stops at the output of the last upsampler still measured: on a CPU
+    the 1024 px stage saturates at batch 1, and timing it at 2, 4 and 8 would cost minutes of
+    warm-up for sizes `choose` cannot pick. Later sweeps time the sizes the first one did."""
+    wanted = set(pipe.stages if stages is None else stages)
+    seconds: dict[str, dict[int, float]] = {key: {} for key in pipe.stages if key in wanted}
     opts = Sampling(prior_steps=STEPS, decoder_steps=STEPS, upsampler_steps=STEPS, best_of=1)
-    for _ in range(rounds):
+    for r in range(rounds):
         for b in sizes_to_try(max_batch):
-            for stage, seconds in _step_times(pipe, generate(pipe, PROMPT, n=b, seed=0, size=max(pipe.sizes),
-                                                             opts=opts)):
-                best[stage][b] = min(seconds, best[stage].get(b, seconds))
-    return {stage: {b: b / s for b, s in by_size.items()} for stage, by_size in best.items() if by_size}
+            timed = {k for k, by_size in seconds.items() if b in by_size or (r == 0 and still_scaling(by_size))}
+            if not timed:
+                continue
+            op = generate(pipe, PROMPT, n=b, seed=0, size=_size_for(pipe, timed), opts=opts)
+            for stage, took in _step_times(pipe, op):
+                if stage in timed:
+                    seconds[stage][b] = min(took, seconds[stage].get(b, took))
+    return {stage: {b: b / s for b, s in by_size.items()} for stage, by_size in seconds.items() if by_size}
+
+
+def still_scaling(seconds: Mapping[int, float]) -> bool:
+    """Whether a stage is worth timing at the next batch size: nothing timed yet, or its
+    largest size so far is its fastest per sample. seconds: batch size -> step time."""
+    if not seconds:
+        return True
+    rates = {b: b / s for b, s in seconds.items()}
+    return max(rates, key=rates.__getitem__) == max(rates)
+
+
+def _size_for(pipe: UnCLIP, stages: set[str]) -> int:
+    """The smallest output size whose generation runs every stage in `stages`."""
+    last = max((i for i in range(len(pipe.cfg.upsamplers)) if upsampler_key(i) in stages), default=-1)
+    return pipe.sizes[last + 1]
 
 
 def _step_times(pipe: UnCLIP, op: Operation) -> Iterator[tuple[str, float]]:
@@ -100,12 +126,12 @@ def _step_times(pipe: UnCLIP, op: Operation) -> Iterator[tuple[str, float]]:
         return
 
 
-def profile_key(pipe: UnCLIP, max_batch: int) -> str:
-    """What step times depend on, hashed: not the weights' values."""
+def profile_key(pipe: UnCLIP, max_batch: int, stages: Iterable[str]) -> str:
+    """What step times depend on, and the stages timed, hashed: not the weights' values."""
     stack = pipe.stack
     what = {"config": stack.cfg.to_json(), "device": str(stack.device), "dtype": str(stack.dtype),
             "channels_last": stack.channels_last, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "sizes": sizes_to_try(max_batch), "device_name": _device_name(stack.device)}
+            "sizes": sizes_to_try(max_batch), "device_name": _device_name(stack.device), "stages": sorted(stages)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -115,15 +141,17 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def profile(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path]) -> Rates:
-    """The measured rates, from `cache_dir` when this profile was measured before."""
-    name = f"batch-profile-{profile_key(pipe, max_batch)}.json"
+def profile(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path], skip: Iterable[str] = ()) -> Rates:
+    """The measured rates of the stages not in `skip`, from `cache_dir` when this profile
+    was measured before."""
+    stages = [key for key in pipe.stages if key not in set(skip)]
+    name = f"batch-profile-{profile_key(pipe, max_batch, stages)}.json"
     path = None if cache_dir is None else Path(cache_dir).expanduser() / name
     cached = _read(path)
     if cached is not None:
         return cached
     started = time.perf_counter()
-    rates = measure(pipe, max_batch)
+    rates = measure(pipe, max_batch, stages=stages)
     log.info("measured the stages' batch profile in %.1f s", time.perf_counter() - started)
     _write(path, rates)
     return rates
@@ -170,7 +198,7 @@ def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measure
     check_overrides(overrides, pipe.stages, max_batch)
     caps = {stage: max_batch for stage in pipe.stages}
     if measured and set(overrides) != set(pipe.stages):
-        rates = profile(pipe, max_batch, cache_dir)
+        rates = profile(pipe, max_batch, cache_dir, skip=set(overrides))
         caps.update({stage: choose(by_size) for stage, by_size in rates.items()})
         for stage, by_size in rates.items():
             log.info("stage %s: samples/s by batch size %s -> cap %d", stage,

@@ -42,7 +42,7 @@ def test_sizes_to_try_and_overrides() -> None:
 
 def test_overrides_win_and_are_checked_against_the_model(tiny_pipe: UnCLIP, monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
-    monkeypatch.setattr(batch_caps, "measure", lambda pipe, max_batch: pytest.fail("measured"))
+    monkeypatch.setattr(batch_caps, "measure", lambda pipe, max_batch, **_: pytest.fail("measured"))
     every = {"prior": 3, "decoder": 2, "upsampler.0": 1}
     assert batch_caps.caps_for(tiny_pipe, 4, every, measured=True, cache_dir=tmp_path) == every
     assert batch_caps.caps_for(tiny_pipe, 4, {}, measured=False) == {"prior": 4, "decoder": 4, "upsampler.0": 4}
@@ -57,20 +57,41 @@ def test_the_profile_is_measured_once_and_then_read_from_the_cache(tiny_pipe: Un
     calls = []
     fake = {"prior": {1: 10.0, 2: 19.0, 4: 30.0}, "decoder": {1: 5.0, 2: 5.1, 4: 4.0},
             "upsampler.0": {1: 2.0, 2: 1.5, 4: 1.2}}
-    monkeypatch.setattr(batch_caps, "measure", lambda pipe, max_batch: calls.append(max_batch) or fake)
+
+    def fake_measure(pipe: UnCLIP, max_batch: int, stages: list[str]) -> dict:
+        calls.append((max_batch, sorted(stages)))
+        return {k: v for k, v in fake.items() if k in stages}
+
+    monkeypatch.setattr(batch_caps, "measure", fake_measure)
     first = batch_caps.caps_for(tiny_pipe, 4, {"decoder": 3}, measured=True, cache_dir=tmp_path)
-    again = batch_caps.caps_for(tiny_pipe, 4, {}, measured=True, cache_dir=tmp_path)
-    assert first == {"prior": 4, "decoder": 3, "upsampler.0": 1}
-    assert again == {"prior": 4, "decoder": 1, "upsampler.0": 1}
-    assert calls == [4]
+    again = batch_caps.caps_for(tiny_pipe, 4, {"decoder": 2}, measured=True, cache_dir=tmp_path)
+    assert first == {"prior": 4, "decoder": 3, "upsampler.0": 1} and again["decoder"] == 2
+    assert calls == [(4, ["prior", "upsampler.0"])]  # an overridden stage is not timed
+    every = batch_caps.caps_for(tiny_pipe, 4, {}, measured=True, cache_dir=tmp_path)  # more stages: measured
+    assert every == {"prior": 4, "decoder": 1, "upsampler.0": 1}
     batch_caps.caps_for(tiny_pipe, 2, {}, measured=True, cache_dir=tmp_path)  # another profile: measured
-    assert calls == [4, 2] and len(list(tmp_path.glob("batch-profile-*.json"))) == 2
+    assert [c[0] for c in calls] == [4, 4, 2] and len(list(tmp_path.glob("batch-profile-*.json"))) == 3
 
 
-def test_measure_times_every_stage_at_every_size(tiny_pipe: UnCLIP) -> None:
+def test_measure_times_every_stage_while_its_batch_pays(tiny_pipe: UnCLIP) -> None:
     rates = batch_caps.measure(tiny_pipe, 2, rounds=1)
     assert set(rates) == set(tiny_pipe.stages)
-    assert all(set(by_size) == {1, 2} and min(by_size.values()) > 0 for by_size in rates.values())
+    for by_size in rates.values():
+        assert min(by_size.values()) > 0 and 1 in by_size
+        assert 2 in by_size or by_size == {1: by_size[1]}
+    only = batch_caps.measure(tiny_pipe, 2, rounds=1, stages=["prior"])
+    assert set(only) == {"prior"}
+
+
+def test_a_stage_stops_growing_its_batch_once_it_no_longer_pays(tiny_pipe: UnCLIP) -> None:
+    assert batch_caps.still_scaling({})
+    assert batch_caps.still_scaling({1: 1.0, 2: 1.2})  # 1.67 samples/s at 2 against 1.0 at 1
+    assert not batch_caps.still_scaling({1: 1.0, 2: 2.5})  # slower per sample at 2
+    assert not batch_caps.still_scaling({1: 1.0, 2: 1.2, 4: 3.0})
+    # generations stop at the output of the last upsampler still timed
+    decoder_size, up0_size = tiny_pipe.sizes[0], tiny_pipe.sizes[1]
+    assert batch_caps._size_for(tiny_pipe, {"prior", "decoder"}) == decoder_size
+    assert batch_caps._size_for(tiny_pipe, {"prior", "upsampler.0"}) == up0_size
 
 
 def cap_samples(server: ServerProc) -> dict[str, float]:
@@ -88,7 +109,7 @@ def test_a_server_measures_its_caps_at_start_and_exports_them(launch_server: Cal
     assert set(caps) == {"prior", "decoder", "upsampler.0"} and caps["upsampler.0"] == 1
     assert all(1 <= c <= 4 for c in caps.values())
     profiles = list(tmp_path.glob("batch-profile-*.json"))
-    assert len(profiles) == 1 and set(json.loads(profiles[0].read_text())) == {"prior", "decoder", "upsampler.0"}
+    assert len(profiles) == 1 and set(json.loads(profiles[0].read_text())) == {"prior", "decoder"}  # not the overridden
     assert "samples/s by batch size" in server.log()
     server.stop()
 
