@@ -1,10 +1,10 @@
 """Evaluate a shapes-world model through the real pipeline and the model-free judge.
 
-    python -m bench.eval_shapes [--model-dir weights/default] [-n 200] [--cases 40] [--seed 0]
+    python -m bench.eval_shapes [--model-dir weights/default] [-n 200] [--cases 40] [--seed 0] [--size 1024]
 
 Runs every check of `tools.evaluation` (canonical-caption accuracy, partial-caption
 variety, variations, text diffs, inpainting, generation time) at the model's default
-sampling settings (or the overrides below) and its final size, prints a table with the
+sampling settings (or the overrides below) and its final size (or --size), prints a table with the
 targets, and writes the JSON under bench/results/ (or --out). Exit status 0 either way:
 the table says which targets are met.
 """
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=40, help="variations, text diffs and inpaintings each (default 40)")
     p.add_argument("--variety-seeds", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="output size (default the model's largest)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None,
@@ -65,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipe = UnCLIP(load_model_dir(args.model_dir, device))
     t0 = time.perf_counter()
     opts = sampling(args)
-    res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts)
+    res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts, args.size)
     res |= {"model_dir": str(args.model_dir), "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
     print(table(res))
     out = args.out or ROOT / "bench" / "results" / f"eval_shapes_{pipe.cfg.name}_{time.strftime('%Y%m%d_%H%M%S')}.json"

@@ -1,7 +1,7 @@
 """Evaluate a shapes-world model through the real pipeline and the model-free judge.
 
 Each check generates with `pipelines.operations` at the model's default sampling settings
-(or `opts`) and the final size, judges with `tools.shapes.judge`, and returns a JSON-able
+(or `opts`) and the final size (or `size`), judges with `tools.shapes.judge`, and returns a JSON-able
 dict. Operations run together through `run_many`, so their steps share batches.
 
 - `captions`: N random canonical captions, one image each: per-attribute and all-five accuracy.
@@ -108,9 +108,10 @@ def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
     return {"accuracy": score(js, scenes), "samples": rows}
 
 
-def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None) -> dict[str, Any]:
+def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None,
+            size: Optional[int] = None) -> dict[str, Any]:
     """`a red circle` with `seeds` seeds: matching fraction, distinct positions and sizes."""
-    js = judged(run_direct(pipe, O.generate(pipe, VARIETY_PROMPT, n=seeds, seed=seed, opts=opts)).images)
+    js = judged(run_direct(pipe, O.generate(pipe, VARIETY_PROMPT, n=seeds, seed=seed, size=size, opts=opts)).images)
     found = [j for j in js if j.shape is not None]
     return {
         "prompt": VARIETY_PROMPT, "n": seeds,
@@ -120,11 +121,13 @@ def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None
     }
 
 
-def variations(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) -> dict[str, Any]:
+def variations(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
+               size: Optional[int] = None) -> dict[str, Any]:
     """One variation (default eta) of each of n random rendered scenes: what is kept."""
-    scenes = random_scenes(n, np.random.default_rng(seed + 1))
-    images = scene_images(scenes, pipe.sizes[-1])
-    results = run_chunked(pipe, lambda i: O.variations(pipe, images[i:i + 1], seed=seed + i, opts=opts), n)
+    scenes, size = random_scenes(n, np.random.default_rng(seed + 1)), size or pipe.sizes[-1]
+    images = scene_images(scenes, size)
+    results = run_chunked(pipe, lambda i: O.variations(pipe, images[i:i + 1], seed=seed + i, size=size, opts=opts),
+                          n)
     return kept(judged(images_of(results)), scenes, ("colour", "shape", "background"))
 
 
@@ -134,15 +137,16 @@ def red_scenes(n: int, seed: int) -> list[Scene]:
             for s in random_scenes(n, np.random.default_rng(seed + 2))]
 
 
-def text_diff(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) -> dict[str, Any]:
+def text_diff(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
+              size: Optional[int] = None) -> dict[str, Any]:
     """Text diff from each red scene's caption to the same caption with `blue`, frame at
     theta = 0.5: `rate` is turned blue with the background kept."""
-    scenes = red_scenes(n, seed)
+    scenes, size = red_scenes(n, seed), size or pipe.sizes[-1]
     blue = [replace(s, colour="blue") for s in scenes]
-    images = scene_images(scenes, pipe.sizes[-1])
+    images = scene_images(scenes, size)
     results = run_chunked(pipe, lambda i: O.text_diff(
         pipe, images[i:i + 1], canonical_caption(blue[i]), canonical_caption(scenes[i]), frames=2, max_theta=0.5,
-        seed=seed + i, opts=opts), n)
+        seed=seed + i, size=size, opts=opts), n)
     js = judged(images_of(results, last=True))
     ok = [j.colour == "blue" and j.background == s.background for j, s in zip(js, scenes)]
     return {"rate": float(np.mean(ok)), "blue": float(np.mean([j.colour == "blue" for j in js])),
@@ -170,16 +174,17 @@ def box_mask(size: int) -> torch.Tensor:
     return keep
 
 
-def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None) -> dict[str, Any]:
+def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
+            size: Optional[int] = None) -> dict[str, Any]:
     """Inpaint a large green square into the central box of n scenes: `rate` is the image
     judged a green square in the center; `kept_max_abs_diff` the largest change outside
     the box."""
-    scenes, size = inpaint_bases(n, seed), pipe.sizes[-1]
+    scenes, size = inpaint_bases(n, seed), size or pipe.sizes[-1]
     images, keep = scene_images(scenes, size), box_mask(size)
     prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center"))
                for s in scenes]
     results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i,
-                                                    opts=opts), n)
+                                                    size=size, opts=opts), n)
     out = images_of(results)
     return {**inpaint_scores(out), "n": n, "kept_max_abs_diff": float(((out - images).abs() * keep).max())}
 
@@ -193,26 +198,38 @@ def inpaint_scores(images: torch.Tensor) -> dict[str, float]:
             "center": float(np.mean([j.position == "center" for j in js]))}
 
 
-def generation_seconds(pipe: UnCLIP, seed: int, opts: Optional[Sampling] = None, repeats: int = 3) -> float:
-    """Median wall time of one generation (n = 1) at the final size."""
+def background_noise(images: torch.Tensor) -> list[float]:
+    """Per image of [n, 3, S, S] in [-1, 1]: the median over channels of the standard
+    deviation (0-255 scale) of the top and bottom bands, S / 16 rows each."""
+    x, band = (images.clamp(-1, 1) + 1) * 127.5, max(1, images.shape[-2] // 16)
+    bands = torch.cat([x[..., :band, :].flatten(2), x[..., -band:, :].flatten(2)], dim=2)  # [n, 3, pixels]
+    return bands.std(dim=2).median(dim=1).values.tolist()
+
+
+def generation_seconds(pipe: UnCLIP, seed: int, opts: Optional[Sampling] = None, repeats: int = 3,
+                       size: Optional[int] = None) -> float:
+    """Median wall time of one generation (n = 1) at `size` (default: the final size)."""
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         run_direct(pipe, O.generate(pipe, "a small blue square at the top on a yellow background", seed=seed + r,
-                                    opts=opts))
+                                    size=size, opts=opts))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def evaluate(pipe: UnCLIP, n: int, seed: int = 0, cases: int = 40, seeds: int = 16,
-             opts: Optional[Sampling] = None) -> dict[str, Any]:
-    """Every check: n canonical captions, `cases` variations / text diffs / inpaintings,
-    `seeds` seeds of the partial caption, and the generation time."""
+             opts: Optional[Sampling] = None, size: Optional[int] = None) -> dict[str, Any]:
+    """Every check at `size` (default: the final size): n canonical captions, `cases`
+    variations / text diffs / inpaintings, `seeds` seeds of the partial caption, and the
+    generation time."""
+    size = size or pipe.sizes[-1]
     return {
-        "model": pipe.cfg.name, "size": pipe.sizes[-1], "seed": seed,
-        "captions": captions(pipe, n, seed, opts), "variety": variety(pipe, seeds, seed, opts),
-        "variations": variations(pipe, cases, seed, opts), "text_diff": text_diff(pipe, cases, seed, opts),
-        "inpaint": inpaint(pipe, cases, seed, opts), "generation_s": generation_seconds(pipe, seed, opts),
+        "model": pipe.cfg.name, "size": size, "seed": seed,
+        "captions": captions(pipe, n, seed, opts, size), "variety": variety(pipe, seeds, seed, opts, size),
+        "variations": variations(pipe, cases, seed, opts, size), "text_diff": text_diff(pipe, cases, seed, opts, size),
+        "inpaint": inpaint(pipe, cases, seed, opts, size), "generation_s": generation_seconds(pipe, seed, opts,
+                                                                                               size=size),
     }
 
 
