@@ -30,7 +30,7 @@ from tools.train.data import INPAINT_BOX_SIDE, Batch, box_masks, compatibility, 
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
 from tools.train.objectives import diffusion_loss, diffusion_target
 from tools.train.run import open_run, write_config
-from tools.train.upsampler_stage import WINDOW_MARGIN, blur_lowres, warp_lowres, windows
+from tools.train.upsampler_stage import WINDOW_MARGIN, blur_lowres, resized_crop, warp_lowres, windows
 from tools.train.widen import FIRST_CONV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,8 +271,7 @@ def test_crop_rendering_equals_cropping_whole_renders() -> None:
     crop, under = windows(rng, batch, 64, 128, hp)
     whole_high, whole_low = batch.images(128), upsample_for(batch.images(64), 128)
     high = batch.images(128, crop)
-    low = upsample_for(batch.images(64, under), under.side * 2)
-    low = low[..., 2 * WINDOW_MARGIN:2 * WINDOW_MARGIN + 32, 2 * WINDOW_MARGIN:2 * WINDOW_MARGIN + 32]
+    low = resized_crop(batch.images(64, under), 2, 32)
     inside = 0
     for i in range(8):
         top, left = int(crop.top[i]), int(crop.left[i])

@@ -57,6 +57,12 @@ def scene_geometry(scenes: Sequence[Scene]) -> Geometry:
     )
 
 
+def half_extents(kind: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Half width and half height of each shape's bounding box, [N, 2] (x, y) in canvas
+    units, for kind [N] (index into SHAPES) and radius [N]."""
+    return np.array([SHAPE_EXTENT[k] for k in SHAPES], np.float32)[kind] * radius[:, None]
+
+
 def jitter_geometry(geo: Geometry, rng: np.random.Generator) -> Geometry:
     """Jittered copy: centre +-0.03, radius x0.85-1.15, colours +-4% per channel.
 
@@ -70,7 +76,7 @@ def jitter_geometry(geo: Geometry, rng: np.random.Generator) -> Geometry:
     radius = geo.radius * rng.uniform(*RADIUS_JITTER, n).astype(np.float32)
     fg = geo.fg + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, (n, 3)).astype(np.float32) * 255
     bg = geo.bg + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, (n, 3)).astype(np.float32) * 255
-    extent = np.array([SHAPE_EXTENT[k] for k in SHAPES], np.float32)[geo.kind] * radius[:, None]
+    extent = half_extents(geo.kind, radius)
     lo, hi = extent + _EDGE_MARGIN, 1.0 - extent - _EDGE_MARGIN
     return Geometry(
         kind=geo.kind,

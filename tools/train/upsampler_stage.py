@@ -26,8 +26,7 @@ from torchvision.transforms.v2.functional import elastic
 from pipelines.diffusion import Schedule
 from pipelines.sampling import upsample_for
 from pipelines.stack import Upsampler
-from tools.shapes.render import Geometry, Window
-from tools.shapes.world import SHAPE_EXTENT, SHAPES
+from tools.shapes.render import Geometry, Window, half_extents
 
 from .config import UpsamplerTrain
 from .data import Batch, sample_batch
@@ -107,7 +106,7 @@ def crop_corners(rng: np.random.Generator, geo: Geometry, size: int, crop: int, 
     box, so that most crops hold some outline (at 1024 px a random 128 px crop mostly holds
     flat background), else anywhere."""
     b = len(geo.kind)
-    extent = np.array([SHAPE_EXTENT[k] for k in SHAPES], np.float32)[geo.kind] * geo.radius[:, None]  # [B, 2]
+    extent = half_extents(geo.kind, geo.radius)  # [B, 2] (x, y)
     centre = np.stack([geo.cy, geo.cx], 1) + rng.uniform(-1, 1, (b, 2)) * extent[:, ::-1]
     anywhere = rng.uniform(0, 1, (b, 2))
     centre = np.where((rng.random(b) < p_shape)[:, None], centre, anywhere)
@@ -124,6 +123,13 @@ def windows(rng: np.random.Generator, batch: Batch, in_size: int, out_size: int,
     top, left = crop_corners(rng, batch.geometry(), out_size, hp.crop, hp.p_shape_crop, f)
     low = Window(top // f - WINDOW_MARGIN, left // f - WINDOW_MARGIN, hp.crop // f + 2 * WINDOW_MARGIN)
     return Window(top, left, hp.crop), low
+
+
+def resized_crop(window: torch.Tensor, factor: int, side: int) -> torch.Tensor:
+    """A condition window [B, 3, w, w] (`windows`' low-res one) resized by `factor` as the
+    pipeline resizes, then the side x side crop it was drawn around: [B, 3, side, side]."""
+    start = WINDOW_MARGIN * factor
+    return upsample_for(window, window.shape[-1] * factor)[..., start:start + side, start:start + side]
 
 
 def degrade(low: torch.Tensor, rng: np.random.Generator, hp: UpsamplerTrain) -> torch.Tensor:
@@ -151,10 +157,8 @@ class UpsamplerTask(Task):
         b = sample_batch(rng, batch, 1.0)
         if self.hp.render_crops:
             crop, under = windows(rng, b, self.in_size, self.out_size, self.hp)
-            f = self.out_size // self.in_size
-            low = upsample_for(degrade(b.images(self.in_size, under), rng, self.hp), under.side * f)
-            high, low = b.images(self.out_size, crop), low[..., WINDOW_MARGIN * f:, WINDOW_MARGIN * f:]
-            low = low[..., :crop.side, :crop.side]
+            low = degrade(b.images(self.in_size, under), rng, self.hp)
+            high, low = b.images(self.out_size, crop), resized_crop(low, self.out_size // self.in_size, crop.side)
         else:
             low = degrade(b.images(self.in_size), rng, self.hp)
             high, low = random_crops([b.images(self.out_size), upsample_for(low, self.out_size)], self.hp.crop, rng)
