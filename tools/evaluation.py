@@ -61,6 +61,7 @@ THRESHOLDS: dict[str, float] = {
     "variety.match": 1.0, "variety.positions": 4, "variety.sizes": 2,
     "variations.all": 0.90, "text_diff.rate": 0.80, "inpaint.rate": 0.80,
 }
+MAX_BACKGROUND_NOISE = 2.0  # the captions' median `background_noise` target (a render's is 0)
 
 
 def scene_images(scenes: Sequence[Scene], size: int) -> torch.Tensor:
@@ -99,13 +100,14 @@ def kept(js: Sequence[Judgement], scenes: Sequence[Scene], attributes: Sequence[
 def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
              size: Optional[int] = None) -> dict[str, Any]:
     """Accuracy over n random canonical captions (one image each, seed + i) at `size`
-    (default: the final size)."""
+    (default: the final size), and the median of their `background_noise`."""
     scenes = random_scenes(n, np.random.default_rng(seed))
     texts = [canonical_caption(s) for s in scenes]
     results = run_chunked(pipe, lambda i: O.generate(pipe, texts[i], seed=seed + i, size=size, opts=opts), n)
-    js = judged(images_of(results))
-    rows = [{"caption": t, "judged": j.attributes()} for t, j in zip(texts, js)]
-    return {"accuracy": score(js, scenes), "samples": rows}
+    images = images_of(results)
+    js, noise = judged(images), background_noise(images)
+    rows = [{"caption": t, "judged": j.attributes(), "background_noise": z} for t, j, z in zip(texts, js, noise)]
+    return {"accuracy": score(js, scenes), "background_noise": statistics.median(noise), "samples": rows}
 
 
 def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None,
@@ -255,7 +257,11 @@ def table(res: dict[str, Any]) -> str:
     acc = res["captions"]["accuracy"]
     lines = [f"model {res['model']}, {res['size']} px, N={int(acc['n'])}, seed {res['seed']}",
              f"{'attribute':<12} accuracy"]
-    lines += [f"{a:<12} {acc.get(a, 0.0):8.3f}" for a in ATTRIBUTES] + [f"{'all five':<12} {acc['all']:8.3f}", ""]
+    lines += [f"{a:<12} {acc.get(a, 0.0):8.3f}" for a in ATTRIBUTES] + [f"{'all five':<12} {acc['all']:8.3f}"]
+    if "background_noise" in res["captions"]:  # results written before it was measured lack it
+        lines.append(f"background noise sigma (0-255, median): {res['captions']['background_noise']:.2f} "
+                     f"(target <= {MAX_BACKGROUND_NOISE})")
+    lines.append("")
     v = res["variety"]
     lines.append(f"variety '{v['prompt']}' x{v['n']}: red circles {v['match']:.2f}, positions {v['positions']}, "
                  f"sizes {v['sizes']}, backgrounds {v['backgrounds']}")

@@ -28,7 +28,7 @@ from tools.train.__main__ import main
 from tools.train.config import UpsamplerTrain
 from tools.train.data import INPAINT_BOX_SIDE, Batch, box_masks, compatibility, sample_batch
 from tools.train.loop import LoopOptions, StopFlag, out_of_time
-from tools.train.objectives import diffusion_loss, diffusion_target
+from tools.train.objectives import diffusion_loss, diffusion_target, timesteps
 from tools.train.run import open_run, write_config
 from tools.train.upsampler_stage import WINDOW_MARGIN, blur_lowres, resized_crop, warp_lowres, windows
 from tools.train.widen import FIRST_CONV
@@ -202,6 +202,36 @@ def test_targets_invert_through_the_sampler_conversion(prediction: str) -> None:
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     got, _ = to_x0_eps(s, x_t, t, diffusion_target(s, x0, noise, t, prediction), prediction)
     np.testing.assert_allclose(got[:3].numpy(), x0[:3].numpy(), atol=1e-3)  # eps at t=999 divides by ~0.006
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_sdedit_loss_noises_the_condition_and_targets_the_render(prediction: str) -> None:
+    """With `start`, x_t is the condition noised to t; a network whose output turns that
+    x_t into the render exactly (through the sampler's own conversion) scores 0."""
+    s = Schedule.make("squaredcos_cap_v2")
+    g = torch.Generator().manual_seed(2)
+    x0, cond = torch.rand(64, 3, 8, 8, generator=g) * 2 - 1, torch.rand(64, 3, 8, 8, generator=g) * 2 - 1
+    seen = []
+
+    def perfect(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((x_t, t))
+        a = s.abar(t).float().view(-1, 1, 1, 1)
+        return x0 if prediction == "x0" else (a.sqrt() * x_t - x0) / (1 - a).sqrt()
+
+    t = torch.randint(1, 50, (64,), generator=g)
+    loss = diffusion_loss(perfect, x0, s, prediction, torch.Generator().manual_seed(0), t=t, start=cond)
+    assert loss.item() < 1e-4  # v's targets reach ~(cond - x0) / 0.03 at small t: float32 rounding
+    x_t, tt = seen[0]
+    a = s.abar(tt).float().view(-1, 1, 1, 1)
+    assert ((x_t - a.sqrt() * cond) / (1 - a).sqrt()).std().item() == pytest.approx(1.0, abs=0.05)
+    back, _ = to_x0_eps(s, x_t, tt, perfect(x_t, tt), prediction)
+    assert torch.allclose(back, x0, atol=1e-3)
+    assert ((x_t - a.sqrt() * x0) / (1 - a).sqrt()).std().item() > 2  # not x0 noised
+
+
+def test_timesteps_stay_in_the_stage_range() -> None:
+    t = timesteps(4096, 1000, torch.Generator().manual_seed(0), zero_rows=3, low=5, high=50)
+    assert t[:3].tolist() == [0, 0, 0] and t[3:].min() >= 5 and t.max() < 50 and len(set(t.tolist())) == 46
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.3])

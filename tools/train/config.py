@@ -3,8 +3,9 @@
 `default_stack()` is the embedded default model, sized after measured training
 costs on a 2-core CPU: CLIP ViT 64 px / patch 16 / text context 24 (8.0 M, of which 6.3 M
 are the token embedding), a width-256 prior, a 32 px v-prediction decoder with inpainting
-inputs (the kept pixels and the mask, GLIDE-style) and two conv-only upsamplers 32 -> 128
--> 256 trained on 64 px crops (~19 M parameters, ~38 MB in fp16).
+inputs (the kept pixels and the mask, GLIDE-style), two conv-only upsamplers 32 -> 128
+-> 256 trained on 64 px crops, and two one-step SDEdit upsamplers 256 -> 512 -> 1024
+trained on 128 px crops (~20 M parameters, ~39 MB in fp16).
 Its sampling defaults (steps, guidance, sampler) are stored in the StackConfig and so in
 the exported `stack.json`.
 
@@ -54,24 +55,34 @@ def clip_config(image_size: int, patch: int, width: int, layers: int, context: i
                       context_length=context, image_size=image_size)
 
 
-def image_diffusion(steps: int, guidance: float = 1.0, sampler: str = "ddpm") -> DiffusionConfig:
+def image_diffusion(steps: int, guidance: float = 1.0, sampler: str = "ddpm", start_t: int = 0) -> DiffusionConfig:
     """v-prediction, fixed small variance, cosine schedule (decoder and upsamplers)."""
     return DiffusionConfig(prediction="v", variance="fixed_small", clip_x0=1.0, steps=steps, guidance=guidance,
-                           sampler=sampler)
+                           sampler=sampler, start_t=start_t)
 
 
 def upsampler(in_size: int, out_size: int, channels: int, mult: tuple[int, ...], steps: int,
-              last_step: bool = False) -> UpsamplerStageConfig:
+              last_step: bool = False, start_t: int = 0) -> UpsamplerStageConfig:
     """A conv-only upsampler (no attention, no text); `last_step` adds Karlo's separate
-    network for the t = 0 step."""
+    network for the t = 0 step. start_t > 0: sampled in `steps` from the condition noised to
+    start_t (SDEdit), to be trained on that input (`UpsamplerTrain.sdedit`). v-prediction
+    still: x0 = sqrt(abar) x_t - sqrt(1 - abar) v passes the condition through and learns
+    only the correction. Predicting x0 itself failed on flat regions: the UNet's last
+    GroupNorm takes a flat crop's level away (measured: colour shifts, background noise 3.8
+    at 512 px and 21 at 1024 on clean renders)."""
     unet = UNetConfig(image_size=out_size, in_channels=6, out_channels=3, model_channels=channels, channel_mult=mult,
                       num_res_blocks=1, attention_resolutions=(), norm_groups=8, clip_dim=None, low_res_channels=3)
-    return UpsamplerStageConfig(model=unet, diffusion=image_diffusion(steps), has_last_step_model=last_step,
+    diffusion = image_diffusion(steps, start_t=start_t)
+    return UpsamplerStageConfig(model=unet, diffusion=diffusion, has_last_step_model=last_step,
                                 name=f"sr_{in_size}_{out_size}")
 
 
+SDEDIT_T = 25  # start of the one-step SDEdit upsamplers; they train on t in [SDEDIT_T / 2, 2 SDEDIT_T)
+
+
 def default_stack() -> StackConfig:
-    """The embedded default: 32 px decoder, upsamplers to 128 and 256 px."""
+    """The embedded default: 32 px decoder, upsamplers to 128, 256, 512 and 1024 px (the
+    last two one-step SDEdit stages: dall-e-2's sizes within seconds on a CPU)."""
     clip = clip_config(64, 16, 128, 4, 24, "shapes-vit-64-16")
     prior = PriorStageConfig(
         model=PriorConfig(clip_dim=128, text_ctx=24, width=256, layers=4, heads=4),
@@ -81,7 +92,9 @@ def default_stack() -> StackConfig:
     dec = UNetConfig(image_size=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 3),
                      num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, norm_groups=8,
                      clip_dim=128, text_ctx=24, xf_width=128).with_inpaint_inputs()
-    ups = (upsampler(32, 128, 32, (1, 2, 2, 4), 8), upsampler(128, 256, 16, (1, 2, 2, 4), 5))
+    ups = (upsampler(32, 128, 32, (1, 2, 2, 4), 8), upsampler(128, 256, 16, (1, 2, 2, 4), 5),
+           upsampler(256, 512, 16, (1, 2, 2, 4), 1, start_t=SDEDIT_T), upsampler(512, 1024, 8, (1, 2, 2, 4), 1,
+                                                                                start_t=SDEDIT_T))
     return StackConfig(name="shapes-default", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(32, 3.0, "ddim")),
                        upsamplers=ups)
@@ -89,14 +102,15 @@ def default_stack() -> StackConfig:
 
 def smoke_stack() -> StackConfig:
     """The default's structure at toy sizes (16 px decoder, upsamplers to 32 and 64 px; the
-    second with a last-step network, so that code path is exercised too)."""
+    first a one-step SDEdit stage, the second with a last-step network, so that those code
+    paths are exercised too)."""
     clip = clip_config(32, 8, 32, 1, 24, "shapes-smoke")
     prior = PriorStageConfig(model=PriorConfig(clip_dim=32, text_ctx=24, width=32, layers=1, heads=2),
                              diffusion=DiffusionConfig(prediction="x0", clip_x0=10.0, steps=3, guidance=2.0))
     dec = UNetConfig(image_size=16, in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2),
                      num_res_blocks=1, attention_resolutions=(8,), num_head_channels=16, norm_groups=8,
                      clip_dim=32, text_ctx=24, xf_width=32).with_inpaint_inputs()
-    ups = (upsampler(16, 32, 8, (1, 2), 2), upsampler(32, 64, 8, (1, 2), 2, last_step=True))
+    ups = (upsampler(16, 32, 8, (1, 2), 1, start_t=SDEDIT_T), upsampler(32, 64, 8, (1, 2), 2, last_step=True))
     return StackConfig(name="shapes-smoke", clip=clip, prior=prior,
                        decoder=DecoderStageConfig(model=dec, diffusion=image_diffusion(3, 2.0, "ddim")),
                        upsamplers=ups)
@@ -166,8 +180,11 @@ class UpsamplerTrain(StageTrain):
     `p_lowres_blur`, as the paper's first upsampler's condition; then Gaussian noise of std
     U(0, lowres_noise) (in [-1, 1] units) with `p_lowres_noise`. `render_crops` draws only
     the crops (tools/train/upsampler_stage.py), `p_shape_crop` of them centred on the shape.
-    `min_t`: timesteps are drawn from [min_t, T), for a stage sampled only in few steps
-    from the top (one DDIM step from T - 1 uses the network at T - 1 alone)."""
+    Timesteps are drawn from [min_t, max_t or T): the range a stage is sampled in (one DDIM
+    step from T - 1 uses the network at T - 1 alone). `sdedit`: x_t is the degraded,
+    resized condition noised to t rather than the noised target, as a stage sampled by
+    SDEdit (`DiffusionConfig.start_t`) sees it; the target stays the render, so the
+    network learns the one step from the condition to the sharp image."""
 
     crop: int = 64
     lowres_noise: float = 0.05
@@ -180,6 +197,8 @@ class UpsamplerTrain(StageTrain):
     render_crops: bool = False
     p_shape_crop: float = 0.0
     min_t: int = 0
+    max_t: int = 0
+    sdedit: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +216,9 @@ class TrainConfig:
         UpsamplerTrain(steps=3300, batch=32, lr=2e-4, save_every=100, lowres_blur=1.5, p_lowres_blur=0.5,
                        lowres_warp=1.5, p_lowres_warp=0.5),
         UpsamplerTrain(steps=2000, batch=32, lr=2e-4, save_every=200, lowres_blur=2.0, p_lowres_blur=0.5),
+        *(UpsamplerTrain(steps=600, batch=16, lr=5e-4, save_every=100, ema_decay=0.995, crop=128, lowres_blur=1.0,
+                         p_lowres_blur=0.5, lowres_warp=1.0, p_lowres_warp=0.25, render_crops=True,
+                         p_shape_crop=0.75, min_t=SDEDIT_T // 2, max_t=2 * SDEDIT_T, sdedit=True) for _ in range(2)),
     )
     stats_images: int = 4096  # rendered scenes whose CLIP embeddings give clip_mean / clip_std
 
@@ -222,7 +244,8 @@ def smoke_config() -> TrainConfig:
         prior=PriorTrain(batch=8, lr=1e-3, **common),
         decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, p_inpaint=0.5, **common),
         upsamplers=(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
-                                   p_lowres_warp=0.5, **common),
+                                   p_lowres_warp=0.5, min_t=SDEDIT_T // 2, max_t=2 * SDEDIT_T, sdedit=True,
+                                   **common),
                     UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, render_crops=True,
                                    p_shape_crop=0.5, **common)),
         stats_images=32,

@@ -178,8 +178,9 @@ class UpsamplerTask(Task):
     def loss(self, rng: np.random.Generator, gen: torch.Generator, batch: int) -> torch.Tensor:
         high, low = self.pair(rng, batch)
         zero = math.ceil(batch * self.hp.last_step_fraction) if self.module.last_step_model is not None else 0
-        t = timesteps(batch, self.schedule.num_timesteps, gen, zero, self.hp.min_t)
-        return diffusion_loss(lambda x_t, tt: self.predict(x_t, tt, low), high, self.schedule, self.prediction, gen, t)
+        t = timesteps(batch, self.schedule.num_timesteps, gen, zero, self.hp.min_t, self.hp.max_t)
+        return diffusion_loss(lambda x_t, tt: self.predict(x_t, tt, low), high, self.schedule, self.prediction, gen, t,
+                              start=low if self.hp.sdedit else None)
 
 
 def build(run: Run, device: torch.device, force: bool = False, index: int = 0) -> UpsamplerTask:
