@@ -258,10 +258,8 @@ def table(res: dict[str, Any]) -> str:
     lines = [f"model {res['model']}, {res['size']} px, N={int(acc['n'])}, seed {res['seed']}",
              f"{'attribute':<12} accuracy"]
     lines += [f"{a:<12} {acc.get(a, 0.0):8.3f}" for a in ATTRIBUTES] + [f"{'all five':<12} {acc['all']:8.3f}"]
-    if "background_noise" in res["captions"]:  # results written before it was measured lack it
-        lines.append(f"background noise sigma (0-255, median): {res['captions']['background_noise']:.2f} "
-                     f"(target <= {MAX_BACKGROUND_NOISE})")
-    lines.append("")
+    lines += [f"background noise sigma (0-255, median): {res['captions']['background_noise']:.2f} "
+              f"(target <= {MAX_BACKGROUND_NOISE})", ""]
     v = res["variety"]
     lines.append(f"variety '{v['prompt']}' x{v['n']}: red circles {v['match']:.2f}, positions {v['positions']}, "
                  f"sizes {v['sizes']}, backgrounds {v['backgrounds']}")

@@ -4,19 +4,17 @@ what an app asking for 512x512 or 1024x1024 (the API's default) gets from a real
 from __future__ import annotations
 
 import base64
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import torch
-from PIL import Image
 
-from tests.server.conftest import REPO, ServerProc, launch
+from pipelines.imageio import to_tensor
+from tests.server.conftest import REPO, ServerProc, launch, open_png
 from tools.evaluation import background_noise, judged
 from tools.shapes import Scene, canonical_caption
 
@@ -33,9 +31,9 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 def tensor(png: bytes, size: int) -> torch.Tensor:
     """A PNG of size x size -> [1, 3, size, size] in [-1, 1]."""
-    img = Image.open(io.BytesIO(png))
-    assert img.format == "PNG" and img.size == (size, size)
-    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    img = open_png(png)
+    assert img.size == (size, size)
+    return to_tensor(img)
 
 
 def test_models_lists_dalle_2_sizes(shipped: ServerProc) -> None:

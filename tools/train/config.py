@@ -78,6 +78,7 @@ def upsampler(in_size: int, out_size: int, channels: int, mult: tuple[int, ...],
 
 
 SDEDIT_T = 25  # start of the one-step SDEdit upsamplers; they train on t in [SDEDIT_T / 2, 2 SDEDIT_T)
+SDEDIT_TRAIN = {"min_t": SDEDIT_T // 2, "max_t": 2 * SDEDIT_T, "sdedit": True}  # UpsamplerTrain fields
 
 
 def default_stack() -> StackConfig:
@@ -218,7 +219,7 @@ class TrainConfig:
         UpsamplerTrain(steps=2000, batch=32, lr=2e-4, save_every=200, lowres_blur=2.0, p_lowres_blur=0.5),
         *(UpsamplerTrain(steps=600, batch=16, lr=5e-4, save_every=100, ema_decay=0.995, crop=128, lowres_blur=1.0,
                          p_lowres_blur=0.5, lowres_warp=1.0, p_lowres_warp=0.25, render_crops=True,
-                         p_shape_crop=0.75, min_t=SDEDIT_T // 2, max_t=2 * SDEDIT_T, sdedit=True) for _ in range(2)),
+                         p_shape_crop=0.75, **SDEDIT_TRAIN) for _ in range(2)),
     )
     stats_images: int = 4096  # rendered scenes whose CLIP embeddings give clip_mean / clip_std
 
@@ -244,8 +245,7 @@ def smoke_config() -> TrainConfig:
         prior=PriorTrain(batch=8, lr=1e-3, **common),
         decoder=DecoderTrain(batch=4, lr=1e-3, input_perturbation=0.1, p_inpaint=0.5, **common),
         upsamplers=(UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, lowres_warp=1.0,
-                                   p_lowres_warp=0.5, min_t=SDEDIT_T // 2, max_t=2 * SDEDIT_T, sdedit=True,
-                                   **common),
+                                   p_lowres_warp=0.5, **SDEDIT_TRAIN, **common),
                     UpsamplerTrain(batch=2, lr=1e-3, crop=16, lowres_blur=1.0, p_lowres_blur=0.5, render_crops=True,
                                    p_shape_crop=0.5, **common)),
         stats_images=32,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.config import DiffusionConfig
-from pipelines.diffusion import Schedule, _b, q_sample
+from pipelines.diffusion import Schedule, _b, q_sample, to_x0_eps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,8 +67,7 @@ def diffusion_loss(
     t = t.to(x0.device)
     seen = noise + perturb * torch.randn(x0.shape, generator=gen).to(x0.device) if perturb > 0 else noise
     x_t = q_sample(s, x0 if start is None else start, t, seen)
-    if start is not None:
-        a = s.abar(t)
-        noise = (x_t - _b(a.sqrt(), x0) * x0) / _b((1 - a).sqrt(), x0)
+    if start is not None:  # the noise that takes x0 to this x_t
+        noise = to_x0_eps(s, x_t, t, x0, "x0")[1]
     target = diffusion_target(s, x0, noise, t, prediction)
     return F.mse_loss(model_fn(x_t, t).float(), target.float())
