@@ -17,6 +17,9 @@ export class MaskPainter {
     this.history = [];
     this.last = null;
     this.keyAt = null;
+    // A canvas without width/height attributes is 300 x 150: zero it, so that a width of 0
+    // means "no image yet" for the handlers below (and for whoever waits for one).
+    this.canvas.width = this.canvas.height = 0;
     this.listen();
   }
 
