@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="output size (default the model's largest)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="the networks' dtype (auto: as the server picks it, `default_dtype`)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/eval_shapes_<model>_<time>.json)")
     for flag, kind in OVERRIDES.items():
@@ -63,11 +65,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    pipe = UnCLIP(load_model_dir(args.model_dir, device))
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    pipe = UnCLIP(load_model_dir(args.model_dir, device, dtype).use_channels_last())
     t0 = time.perf_counter()
     opts = sampling(args)
     res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts, args.size)
-    res |= {"model_dir": str(args.model_dir), "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
+    res |= {"model_dir": str(args.model_dir), "dtype": str(pipe.stack.dtype), "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
     print(table(res))
     out = args.out or ROOT / "bench" / "results" / f"eval_shapes_{pipe.cfg.name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """Images/s of our stack vs diffusers' UnCLIPPipeline: same random weights, same steps,
-guidance on, CPU fp32, measured alternately in one run; ours as the server runs it
-(channels-last UNets), diffusers as its users do (its defaults); plus where each one's time goes
-(per-stage wall time, time inside the networks, optionally a torch.profiler table).
+guidance on, on the CPU, measured alternately in one run; ours as the server runs it
+(weights saved and loaded back in the server's dtype, `default_dtype`: bf16 on a CPU with
+native bf16, else fp32; channels-last UNets), diffusers as its users do (its defaults: fp32);
+plus where each one's time goes (per-stage wall time, time inside the networks, optionally a
+torch.profiler table). `--dtype float32` compares at equal precision.
 
-    .venv/bin/python -m bench.pipeline [--steps 25,25,7] [--batch 1,4] [--repeats 3]
+    .venv/bin/python -m bench.pipeline [--steps 25,25,7] [--batch 1,4] [--repeats 3] [--dtype auto]
 
 Writes bench/results/pipeline-<time>.json.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -21,9 +24,11 @@ import torch
 import torch.nn as nn
 
 from bench import write_result
+from pipelines.checkpoints import load_model_dir, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.operations import generate
 from pipelines.sampling import run_to_end
+from pipelines.stack import UnCLIPStack
 from pipelines.unclip import Sampling, UnCLIP
 from tests.pipelines._diffusers_ref import build_pipeline, parity_config, random_parity_stack
 
@@ -72,6 +77,14 @@ def our_modules(pipe: UnCLIP) -> dict[str, nn.Module]:
 def their_modules(ref: Any) -> dict[str, nn.Module]:
     return {"prior": ref.prior, "decoder": ref.decoder, "text_proj": ref.text_proj,
             "sr_first": ref.super_res_first, "sr_last": ref.super_res_last}
+
+
+def served_stack(stack: UnCLIPStack, dtype: str) -> UnCLIPStack:
+    """The stack as the server gets it: saved, then loaded back by `load_model_dir` in
+    `dtype` ("auto": its default)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(stack, tmp)
+        return load_model_dir(tmp, "cpu", None if dtype == "auto" else getattr(torch, dtype))
 
 
 def run_ours(pipe: UnCLIP, batch: int, steps: tuple[int, int, int], seed: int) -> dict[str, float]:
@@ -167,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of ours")
+    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="OUR networks' dtype (default: the server's, `default_dtype`); diffusers runs fp32")
     ap.add_argument("--contiguous", action="store_true",
                     help="run OUR UNets in contiguous memory format (default: channels-last, as the server does)")
     args = ap.parse_args(argv)
@@ -175,17 +190,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.config]()
     stack = random_parity_stack(cfg, seed=0)
-    pipe, ref = UnCLIP(stack), build_pipeline(stack)
-    stack.use_channels_last(not args.contiguous)
+    ref = build_pipeline(stack)
+    pipe = UnCLIP(served_stack(stack, args.dtype).use_channels_last(not args.contiguous))
     results = {}
     with torch.inference_mode():
         for b in batches:
             results[b] = measure(pipe, ref, b, steps, args.repeats)
+    print(f"\nours: {pipe.stack.dtype}, channels-last {not args.contiguous}; diffusers: its defaults (fp32)")
     print_table(results)
     if args.profile:
         with torch.inference_mode():
             print(profile_ours(pipe, batches[-1], steps))
-    out = {"config": args.config, "channels_last": not args.contiguous, "steps": steps, "repeats": args.repeats,
+    out = {"config": args.config, "dtype": str(pipe.stack.dtype), "channels_last": not args.contiguous, "steps": steps, "repeats": args.repeats,
            "threads": args.threads, "torch": torch.__version__, "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
     print(f"\nwrote {write_result(f'pipeline-{args.config}', out)}")

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto",
                                                   description="where the model runs; auto: CUDA when available")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="weights' dtype; auto: float16 on CUDA, float32 on CPU")
+        "auto", description="the networks' dtype; auto: float16 on CUDA, on a CPU bfloat16 where it has "
+                            "native bf16 (AVX512-BF16 or AMX), else float32")
     warmup: bool = Field(True, description="run one tiny generation before reporting ready")
     channels_last: bool = Field(True, description="run the UNets in channels-last memory format (faster on CPU "
                                 "and CUDA)")
@@ -149,7 +150,7 @@ class Settings(BaseSettings):
         return self.device
 
     def torch_dtype(self) -> Optional[torch.dtype]:
-        """The weights' dtype; None lets the loader choose (fp16 on CUDA, fp32 on CPU)."""
+        """The networks' dtype; None lets the loader choose (`default_dtype`)."""
         return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
 

@@ -33,5 +33,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir: Path) -> UnCLIP:
-    """The tiny model loaded through the real loader."""
-    return UnCLIP(load_model_dir(tiny_model_dir))
+    """The tiny model loaded through the real loader, in fp32 whatever `default_dtype`
+    picks on this CPU (tests compare it with fp32 references)."""
+    return UnCLIP(load_model_dir(tiny_model_dir, dtype=torch.float32))
