@@ -90,7 +90,8 @@ class Server:
                     "UNCLIP_LOG_LEVEL": "warning", "UNCLIP_API_KEYS": "",
                     "UNCLIP_BATCH_PROFILE": getattr(args, "batch_profile", "measure"),
                     "UNCLIP_BATCH_PROFILE_DIR": str(log_path.parent / "profiles"),
-                    "UNCLIP_STAGE_BATCH": getattr(args, "stage_batch", ""), **(env or {})}
+                    "UNCLIP_STAGE_BATCH": getattr(args, "stage_batch", ""),
+                    "UNCLIP_DTYPE": getattr(args, "dtype", "auto"), **(env or {})}
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
 
@@ -252,6 +253,7 @@ class RunResult:
     batch_by_stage: dict[str, float] = field(default_factory=dict)
     mixed_batches: Optional[float] = None
     p50_by_kind: dict[str, float] = field(default_factory=dict)
+    in_model_calls: Optional[float] = None  # share of the wall time the engine spent in batched steps
 
 
 def timed(c: httpx.Client, kind: str, send: Send, i: int) -> Sample:
@@ -277,7 +279,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_level(server: Server, name: str, concurrency: int, duration: float, kinds: list[tuple[str, Send]]) -> RunResult:
-    before = server.batch_totals()
+    before, steps_before = server.batch_totals(), server.seconds_totals()["steps"]
     samples: list[Sample] = []
     start = time.monotonic()
     threads = [threading.Thread(target=client_loop, args=(server.base, kinds, k, start + duration, samples))
@@ -288,7 +290,9 @@ def run_level(server: Server, name: str, concurrency: int, duration: float, kind
         t.join()
     elapsed = time.monotonic() - start
     after = server.batch_totals()
-    return summarize(name, concurrency, elapsed, samples, before, after)
+    result = summarize(name, concurrency, elapsed, samples, before, after)
+    result.in_model_calls = (server.seconds_totals()["steps"] - steps_before) / elapsed
+    return result
 
 
 def summarize(name: str, concurrency: int, elapsed: float, samples: list[Sample], before: dict,
@@ -442,7 +446,8 @@ class Direct:
         from pipelines.unclip import Sampling, UnCLIP
 
         self.cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        self.pipe = UnCLIP(load_model_dir(model, "cuda" if self.cuda else "cpu").use_channels_last(True))
+        dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+        self.pipe = UnCLIP(load_model_dir(model, "cuda" if self.cuda else "cpu", dtype).use_channels_last(True))
         self.opts = Sampling(prior_steps=steps.prior, decoder_steps=steps.decoder, upsampler_steps=steps.upsampler)
         self.size = args.size
 
@@ -515,6 +520,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-profile", default="measure", choices=["measure", "off"], help="the server's caps")
     p.add_argument("--stage-batch", default="", help="the server's UNCLIP_STAGE_BATCH")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="the networks' dtype, server and direct runs (auto: `default_dtype`)")
     p.add_argument("--pairs", type=int, default=10, help="alternated direct/HTTP generations for the latency ratio")
     p.add_argument("--redis", action="store_true", help="only compare c=1 latency in process and through Redis")
     return p.parse_args()
@@ -534,7 +541,8 @@ def report(runs: list[RunResult], extra: dict, ratios: dict[str, float], direct_
         print(f"{r.name:<14}{r.concurrency:>4}{r.requests:>6}{sum(r.errors.values()):>5}{r.images_per_s:>9.2f}"
               f"{r.p50_s * 1000:>9.1f}{r.p99_s * 1000:>9.1f}{batch:>7}")
         if r.batch_by_stage:
-            print(f"{'':<18}mean batch by stage: {({k: round(v, 2) for k, v in r.batch_by_stage.items()})}")
+            busy = f"; in model calls {r.in_model_calls:.0%} of the time" if r.in_model_calls is not None else ""
+            print(f"{'':<18}mean batch by stage: {({k: round(v, 2) for k, v in r.batch_by_stage.items()})}{busy}")
     for r in runs:
         if r.name == "mixed":
             print("mixed p50 by kind (ms):", {k: round(v * 1000, 1) for k, v in r.p50_by_kind.items()},

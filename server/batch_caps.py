@@ -36,7 +36,7 @@ from pipelines.unclip import Operation, Sampling, UnCLIP
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.05  # a bigger batch must be more than 5% faster per sample to be chosen
-ROUNDS = 2  # sweeps over the batch sizes
+ROUNDS = 3  # sweeps over the batch sizes
 STEPS = 2  # steps per stage of each measuring generation
 PROMPT = "a red square above a blue circle"
 
@@ -76,16 +76,19 @@ def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional
     size counts: a shape's first call pays one-time setup, and on a shared host the other
     processes only add interference.
 
-    The first sweep stops growing a stage's batch once it no longer pays (`still_scaling`),
-    and each generation stops at the output of the last upsampler still measured: on a CPU
-    the 1024 px stage saturates at batch 1, and timing it at 2, 4 and 8 would cost minutes of
-    warm-up for sizes `choose` cannot pick. Later sweeps time the sizes the first one did."""
+    A sweep stops growing a stage's batch once it no longer pays (`still_scaling`), and each
+    generation stops at the output of the last upsampler still measured: on a CPU the 1024 px
+    stage saturates at batch 1, and timing it at 2, 4 and 8 would cost minutes of warm-up for
+    sizes `choose` cannot pick. Later sweeps time the sizes the earlier ones did and, where
+    their faster times now show the stage still scaling, the next sizes too: one slow sample
+    in the first sweep (a 2-core host's hiccup) no longer caps a stage for good, which it did
+    to the tiny model's bf16 prior (cap 2 where 8 runs 4x faster per sample)."""
     wanted = set(pipe.stages if stages is None else stages)
     seconds: dict[str, dict[int, float]] = {key: {} for key in pipe.stages if key in wanted}
     opts = Sampling(prior_steps=STEPS, decoder_steps=STEPS, upsampler_steps=STEPS, best_of=1)
     for r in range(rounds):
         for b in sizes_to_try(max_batch):
-            timed = {k for k, by_size in seconds.items() if b in by_size or (r == 0 and still_scaling(by_size))}
+            timed = {k for k, by_size in seconds.items() if b in by_size or still_scaling(by_size)}
             if not timed:
                 continue
             op = generate(pipe, PROMPT, n=b, seed=0, size=_size_for(pipe, timed), opts=opts)
