@@ -70,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     opts = sampling(args)
     res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts, args.size)
-    res |= {"model_dir": str(args.model_dir), "dtype": str(pipe.stack.dtype), "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
+    res |= {"model_dir": str(args.model_dir), "dtype": str(pipe.stack.dtype),
+            "wall_s": time.perf_counter() - t0, "sampling": vars(opts)}
     print(table(res))
     out = args.out or ROOT / "bench" / "results" / f"eval_shapes_{pipe.cfg.name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ process for the direct references; then runs, with generations at the model's la
 - small behind big: a generation at the smallest size sent 0.5 s after an n=10
   generation at the largest, against the same small generation alone;
 - best direct: `run_many` of --burst generations in this process with each stage batched at
-  the server's cap (what the engine could reach with no HTTP and no scheduling), and the
-  ceiling of batching alone: run_direct at --max-batch images in one batch over one.
+  the server's cap (what the engine could reach with no HTTP and no scheduling), measured
+  just before and just after the highest concurrency's loop (their mean is its reference),
+  and the ceiling of batching alone: run_direct at --max-batch images in one batch over one.
 
 Prints the runs and the ratios the engine is held to; writes
 bench/results/load-<model>-<time>.json.
@@ -565,8 +566,14 @@ def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: S
     print("  alternated, one at a time (ms):", {k: round(v * 1000, 1) for k, v in extra["alternated_s"].items()},
           flush=True)
     runs = []
-    for c in [int(c) for c in args.concurrency.split(",") if c]:
+    levels = [int(c) for c in args.concurrency.split(",") if c]
+    for c in levels:
+        around = c == max(levels)  # best direct just before and after: this machine's speed drifts
+        before = direct.best(extra["caps"], args.burst) if around else None
         runs.append(run_level(server, "generation", c, args.duration, [("generation", gen)]))
+        if around:
+            extra["best_direct_around_top"] = [before, direct.best(extra["caps"], args.burst)]
+            extra["best_direct_images_per_s"] = statistics.fmean(extra["best_direct_around_top"])
         print(f"  c={c}: {runs[-1].images_per_s:.2f} images/s", flush=True)
     if args.mixed_concurrency:
         runs.append(run_level(server, "mixed", args.mixed_concurrency, args.duration, list(senders.items())))
@@ -580,7 +587,6 @@ def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: S
     extra["small_behind_big"] = small_behind_big(server, generation_sender(args.size, steps, n=10),
                                                  generation_sender(min(cfg.sizes), steps))
     print(f"  small behind big: {extra['small_behind_big']}", flush=True)
-    extra["best_direct_images_per_s"] = direct.best(extra["caps"], args.burst)
     extra["ceiling"] = batching_ceiling(direct, args.max_batch)
     return runs, extra
 

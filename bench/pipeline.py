@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         with torch.inference_mode():
             print(profile_ours(pipe, batches[-1], steps))
-    out = {"config": args.config, "dtype": str(pipe.stack.dtype), "channels_last": not args.contiguous, "steps": steps, "repeats": args.repeats,
-           "threads": args.threads, "torch": torch.__version__, "results": results,
+    out = {"config": args.config, "dtype": str(pipe.stack.dtype), "channels_last": not args.contiguous,
+           "steps": steps, "repeats": args.repeats, "threads": args.threads, "torch": torch.__version__,
+           "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
     print(f"\nwrote {write_result(f'pipeline-{args.config}', out)}")
     return out

@@ -66,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     _, alone = timed(pipes[low], args.n, args.size, seed=1, max_batch=1)
     med = {str(dt): statistics.median(s) for dt, s in seconds.items()}
     out = {"model_dir": str(args.model_dir), "size": args.size, "n": args.n, "seconds": med,
-           "speedup": med["torch.float32"] / med[str(low)], "diff_vs_fp32_255": in_255(images[torch.float32], images[low]),
+           "speedup": med["torch.float32"] / med[str(low)],
+           "diff_vs_fp32_255": in_255(images[torch.float32], images[low]),
            "batch_invariance_255": in_255(images[low], alone)[0], "torch": torch.__version__}
     print(f"{args.size} px, n={args.n}: fp32 {med['torch.float32']:.3f} s, {args.dtype} {med[str(low)]:.3f} s "
           f"({out['speedup']:.2f}x); |fp32 - {args.dtype}| mean {out['diff_vs_fp32_255'][0]:.2f}/255, "

@@ -86,7 +86,7 @@ def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional
     wanted = set(pipe.stages if stages is None else stages)
     seconds: dict[str, dict[int, float]] = {key: {} for key in pipe.stages if key in wanted}
     opts = Sampling(prior_steps=STEPS, decoder_steps=STEPS, upsampler_steps=STEPS, best_of=1)
-    for r in range(rounds):
+    for _ in range(rounds):
         for b in sizes_to_try(max_batch):
             timed = {k for k, by_size in seconds.items() if b in by_size or still_scaling(by_size)}
             if not timed:

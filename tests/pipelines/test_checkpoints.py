@@ -20,8 +20,8 @@ from pipelines.checkpoints import (
 )
 from pipelines.config import StackConfig
 from pipelines.operations import generate
-from pipelines.unclip import Sampling, UnCLIP, run_direct
 from pipelines.stack import UnCLIPStack
+from pipelines.unclip import Sampling, UnCLIP, run_direct
 
 
 def stack_outputs(stack: UnCLIPStack, seed: int = 0) -> dict[str, torch.Tensor]:
