@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
 
 from pipelines import operations as ops
+from pipelines.checkpoints import load_model_dir
 from pipelines.errors import InvalidInput
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct
 from server.engine import Engine, EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
@@ -61,9 +63,9 @@ class Recorder:
 def make_engine(tiny_pipe: UnCLIP) -> Iterator[Callable[..., tuple[Engine, Recorder]]]:
     engines: list[Engine] = []
 
-    def make(start: bool = True, **kw) -> tuple[Engine, Recorder]:
+    def make(start: bool = True, pipe: Optional[UnCLIP] = None, **kw) -> tuple[Engine, Recorder]:
         stats = Recorder()
-        engine = Engine(tiny_pipe, stats=stats, **kw)
+        engine = Engine(pipe or tiny_pipe, stats=stats, **kw)
         engines.append(engine)
         if start:
             engine.start()
@@ -133,15 +135,20 @@ def result(job: Job, timeout: float = 120.0):
 
 # ---- batching ------------------------------------------------------------------------
 
-def test_batch_invariance_with_mixed_kinds(make_engine, tiny_pipe: UnCLIP) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_invariance_with_mixed_kinds(make_engine, tiny_pipe: UnCLIP, tiny_model_dir: Path,
+                                           dtype: torch.dtype) -> None:
     """Each of nine requests (generations, variations, inpaintings, interpolations) alone
     vs. all nine at once: every output image differs by at most 1/255 on average (pixel
-    scale [0, 1]), and the shared run really batched different kinds together."""
-    requests = mixed_ops(tiny_pipe)
-    engine, _ = make_engine()
+    scale [0, 1]), and the shared run really batched different kinds together; in fp32 and
+    in bf16 (the default on CPUs with native bf16, channels-last as served)."""
+    pipe = tiny_pipe if dtype == torch.float32 else UnCLIP(
+        load_model_dir(tiny_model_dir, dtype=dtype).use_channels_last())
+    requests = mixed_ops(pipe)
+    engine, _ = make_engine(pipe=pipe)
     alone = {name: result(engine.submit(make(), kind=kind_of(name))).images for name, make in requests.items()}
 
-    engine, stats = make_engine()
+    engine, stats = make_engine(pipe=pipe)
     jobs = {name: engine.submit(make(), kind=kind_of(name)) for name, make in requests.items()}
     together = {name: result(job).images for name, job in jobs.items()}
 
