@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from pipelines.checkpoints import load_model_dir
+from pipelines.checkpoints import DTYPE_NAMES, dtype_named, load_model_dir
 from pipelines.unclip import Sampling, UnCLIP
 from server.quality import STEP_SCALE
 from tools.evaluation import card_section, evaluate, table, write_card
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="output size (default the model's largest)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="the networks' dtype (auto: as the server picks it, `default_dtype`)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/eval_shapes_<model>_<time>.json)")
@@ -65,8 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    pipe = UnCLIP(load_model_dir(args.model_dir, device, dtype).use_channels_last())
+    pipe = UnCLIP(load_model_dir(args.model_dir, device, dtype_named(args.dtype)).use_channels_last())
     t0 = time.perf_counter()
     opts = sampling(args)
     res = evaluate(pipe, args.n, args.seed, args.cases, args.variety_seeds, opts, args.size)

@@ -443,12 +443,12 @@ class Direct:
     def __init__(self, model: Path, args: argparse.Namespace, steps: Steps):
         import torch
 
-        from pipelines.checkpoints import load_model_dir
+        from pipelines.checkpoints import dtype_named, load_model_dir
         from pipelines.unclip import Sampling, UnCLIP
 
         self.cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-        self.pipe = UnCLIP(load_model_dir(model, "cuda" if self.cuda else "cpu", dtype).use_channels_last(True))
+        device = "cuda" if self.cuda else "cpu"
+        self.pipe = UnCLIP(load_model_dir(model, device, dtype_named(args.dtype)).use_channels_last(True))
         self.opts = Sampling(prior_steps=steps.prior, decoder_steps=steps.decoder, upsampler_steps=steps.upsampler)
         self.size = args.size
 
@@ -505,6 +505,8 @@ def batching_ceiling(direct: Direct, n: int, repeats: int = 3) -> float:
 # ---- main ----------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
+    from pipelines.checkpoints import DTYPE_NAMES  # torch stays a lazy import here (bench/gpu.py)
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "weights" / "default"),
                    help="model directory, or 'tiny' for a seeded random tiny model (default: the shipped one)")
@@ -521,7 +523,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-profile", default="measure", choices=["measure", "off"], help="the server's caps")
     p.add_argument("--stage-batch", default="", help="the server's UNCLIP_STAGE_BATCH")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
                    help="the networks' dtype, server and direct runs (auto: `default_dtype`)")
     p.add_argument("--pairs", type=int, default=10, help="alternated direct/HTTP generations for the latency ratio")
     p.add_argument("--redis", action="store_true", help="only compare c=1 latency in process and through Redis")

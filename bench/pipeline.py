@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from bench import write_result
-from pipelines.checkpoints import load_model_dir, save_model_dir
+from pipelines.checkpoints import dtype_named, load_model_dir, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.operations import generate
 from pipelines.sampling import run_to_end
@@ -84,7 +84,7 @@ def served_stack(stack: UnCLIPStack, dtype: str) -> UnCLIPStack:
     `dtype` ("auto": its default)."""
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(stack, tmp)
-        return load_model_dir(tmp, "cpu", None if dtype == "auto" else getattr(torch, dtype))
+        return load_model_dir(tmp, "cpu", dtype_named(dtype))
 
 
 def run_ours(pipe: UnCLIP, batch: int, steps: tuple[int, int, int], seed: int) -> dict[str, float]:

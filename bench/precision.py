@@ -20,11 +20,11 @@ from typing import Optional, Sequence
 import torch
 
 from bench import write_result
+from bench.quality import PROMPT
 from pipelines.checkpoints import load_model_dir
 from pipelines.operations import generate
 from pipelines.unclip import UnCLIP, run_direct
 
-PROMPT = "a small red circle at the top left on a blue background"
 ROOT = Path(__file__).resolve().parents[1]
 
 

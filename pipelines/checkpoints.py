@@ -19,7 +19,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional, get_args
 
 import torch
 import torch.nn as nn
@@ -119,6 +119,16 @@ def _rebuild_buffer(module: nn.Module, name: str, buf: torch.Tensor, device: tor
         n = buf.shape[0]
         return torch.full((n, n), float("-inf"), device=device).triu_(1)
     raise RuntimeError(f"cannot rebuild buffer {name!r} of {type(module).__name__}")
+
+
+DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+
+
+def dtype_named(name: str) -> Optional[torch.dtype]:
+    """A dtype by its name in DTYPE_NAMES; "auto" gives None, which lets `load_model_dir`
+    pick `default_dtype`."""
+    return None if name == "auto" else getattr(torch, name)
 
 
 def cpu_has_bf16() -> bool:

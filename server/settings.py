@@ -11,6 +11,8 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
 
+from pipelines.checkpoints import DtypeName, dtype_named
+
 from .batch_caps import parse_overrides
 from .webhooks import parse_hosts, secret_key
 
@@ -71,7 +73,7 @@ class Settings(BaseSettings):
                                   "from the measured step times, exceeds the deadline")
     device: Literal["auto", "cpu", "cuda"] = Field("auto",
                                                   description="where the model runs; auto: CUDA when available")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    dtype: DtypeName = Field(
         "auto", description="the networks' dtype; auto: float16 on CUDA, on a CPU bfloat16 where it has "
                             "native bf16 (AVX512-BF16 or AMX), else float32")
     warmup: bool = Field(True, description="run one tiny generation before reporting ready")
@@ -151,7 +153,7 @@ class Settings(BaseSettings):
 
     def torch_dtype(self) -> Optional[torch.dtype]:
         """The networks' dtype; None lets the loader choose (`default_dtype`)."""
-        return None if self.dtype == "auto" else getattr(torch, self.dtype)
+        return dtype_named(self.dtype)
 
 
 def _describe(err: ValidationError, env_prefix: str) -> str:
