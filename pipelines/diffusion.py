@@ -9,7 +9,7 @@ and applied in the dtype of x. Sampling goes t -> t_prev (descending), inversion
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -22,6 +22,12 @@ class Schedule:
     """alphas_cumprod: [T] fp64."""
 
     alphas_cumprod: torch.Tensor
+    _abar_table: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # alpha_bar with 1.0 appended, so that t = -1 (the clean image) indexes it: [T + 1]
+        ones = torch.ones(1, dtype=self.alphas_cumprod.dtype, device=self.alphas_cumprod.device)
+        object.__setattr__(self, "_abar_table", torch.cat([self.alphas_cumprod, ones]))
 
     @classmethod
     def make(cls, name: str, num_timesteps: int = 1000) -> "Schedule":
@@ -37,9 +43,9 @@ class Schedule:
         return self.alphas_cumprod.shape[0]
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha_bar at t: [B] int -> [B] fp64 (1.0 where t < 0)."""
-        ac = self.alphas_cumprod.to(t.device)
-        return torch.where(t < 0, torch.ones((), dtype=ac.dtype, device=ac.device), ac[t.clamp(min=0)])
+        """alpha_bar at t: [B] int in [-1, T) -> [B] fp64 (1.0 at t = -1). One gather: a
+        sampling step calls this several times, and at small sizes its op count shows."""
+        return self._abar_table.to(t.device)[t]
 
 
 def make_betas(name: str, num_timesteps: int) -> torch.Tensor:

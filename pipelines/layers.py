@@ -13,6 +13,8 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 whatever the activations' dtype, as upstream."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _computes_in_fp32(x, self.weight):
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(
             x.float(), self.num_groups, _f32(self.weight), _f32(self.bias), self.eps
         ).to(x.dtype)
@@ -22,9 +24,20 @@ class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the activations' dtype, as upstream."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _computes_in_fp32(x, self.weight):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(
             x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps
         ).to(x.dtype)
+
+
+def _computes_in_fp32(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
+    """True where the native norm kernel already computes in fp32: fp32 itself, and on the
+    CPU bf16 / fp16 with parameters of the same dtype (statistics and affine in fp32, one
+    rounding at the end, the same values as casting around it to within an ulp, without
+    the four copies a cast costs per call). Elsewhere (CUDA half) the explicit casts stay."""
+    same = weight is None or weight.dtype == x.dtype
+    return same and (x.dtype == torch.float32 or x.device.type == "cpu")
 
 
 def _f32(p: torch.Tensor | None) -> torch.Tensor | None:

@@ -170,25 +170,29 @@ class Stage:
             self._advance(tr)
 
     def _update(self, x, x0, eps, t, t_to, var, tracks: list[Track]) -> torch.Tensor:
-        """Per-sample sampler update, each track with its own kind, eta and noise."""
-        s = self.schedule
+        """Per-sample sampler update, each track with its own kind, eta and noise; rows are
+        gathered per kind only when the batch mixes kinds."""
+        kinds = [tr.sampler for tr in tracks]
+        if len(set(kinds)) == 1:
+            return self._update_kind(kinds[0], tracks, x, x0, eps, t, t_to, var)
         out = torch.empty_like(x)
         for kind in SAMPLERS:
-            idx = [i for i, tr in enumerate(tracks) if tr.sampler == kind]
-            if not idx:
-                continue
-            ix = torch.tensor(idx, device=x.device)
-            if kind == "invert":
-                out[ix] = self._invert([tracks[i] for i in idx], x0[ix], eps[ix], t[ix], t_to[ix])
-                continue
-            noise = self._noise([tracks[i] for i in idx], x)
-            if kind == "ddpm":
-                v = None if var is None else var[ix]
-                out[ix] = D.ddpm_step(s, x[ix], x0[ix], t[ix], t_to[ix], noise, self.cfg.variance, v)
-            else:
-                eta = torch.tensor([tracks[i].eta for i in idx], dtype=torch.float64)
-                out[ix] = D.ddim_step(s, x0[ix], eps[ix], t[ix], t_to[ix], eta, noise)
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            if idx:
+                ix = torch.tensor(idx, device=x.device)
+                out[ix] = self._update_kind(kind, [tracks[i] for i in idx], x[ix], x0[ix], eps[ix], t[ix],
+                                            t_to[ix], None if var is None else var[ix])
         return out
+
+    def _update_kind(self, kind: Sampler, tracks: list[Track], x, x0, eps, t, t_to, var) -> torch.Tensor:
+        """The update of rows that share one sampler kind (tensors [len(tracks), ...])."""
+        if kind == "invert":
+            return self._invert(tracks, x0, eps, t, t_to)
+        noise = self._noise(tracks, x)
+        if kind == "ddpm":
+            return D.ddpm_step(self.schedule, x, x0, t, t_to, noise, self.cfg.variance, var)
+        eta = torch.tensor([tr.eta for tr in tracks], dtype=torch.float64)
+        return D.ddim_step(self.schedule, x0, eps, t, t_to, eta, noise)
 
     def _invert(self, tracks: list[Track], x0, eps, t, t_to) -> torch.Tensor:
         """Inversion rows: a first DDIM inversion step, or a refinement of it."""
@@ -322,13 +326,13 @@ class UpsamplerStage(Stage):
 
     def predict(self, x, t, tracks):
         low = _cat(tracks, "low_res", x.device)
+        last = [tr.model_t == 0 and self.up.last_step_model is not None for tr in tracks]
+        if len(set(last)) == 1:  # one network for the whole batch: no gather, no scatter
+            return D.split_output(self.up.unet_for(0 if last[0] else 1)(x, t, low_res=low), x.shape[1])
         out = torch.empty((x.shape[0], self.up.cfg.model.out_channels) + tuple(x.shape[2:]), device=x.device)
-        for last in (False, True):
-            rows = [i for i, tr in enumerate(tracks)
-                    if (tr.model_t == 0 and self.up.last_step_model is not None) == last]
-            if rows:
-                ix = torch.tensor(rows, device=x.device)
-                out[ix] = self.up.unet_for(0 if last else 1)(x[ix], t[ix], low_res=low[ix])
+        for final in (False, True):
+            ix = torch.tensor([i for i, f in enumerate(last) if f == final], device=x.device)
+            out[ix] = self.up.unet_for(0 if final else 1)(x[ix], t[ix], low_res=low[ix])
         return D.split_output(out, x.shape[1])
 
 
