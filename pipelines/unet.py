@@ -225,7 +225,9 @@ class UNet(nn.Module):
         """x: [B, C, H, W] noised image; low_res (upsamplers): [B, C_lr, H, W], already
         resized to H x W; inpaint (inpainting decoders): [B, 4, H, W], the kept pixels and
         the keep mask (`inpaint_condition`), None = nothing kept. Returns the model output
-        [B, out_channels, H, W] in fp32."""
+        [B, out_channels, H, W] in fp32, contiguous whatever the UNet's memory format: the
+        sampler's elementwise math on a channels-last operand (sliced to the prediction's
+        channels, not even dense) ran 3x slower per op than on contiguous ones."""
         cond = self.conditioning(timesteps, image_emb, text_emb, text_enc, mask)
         h = x if low_res is None else torch.cat([x, low_res.to(x.dtype)], dim=1)
         if self.cfg.inpaint_channels:
@@ -240,4 +242,4 @@ class UNet(nn.Module):
         h = self.middle_block(h, cond)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), cond)
-        return self.out(h).float()
+        return self.out(h).to(torch.float32, memory_format=torch.contiguous_format)

@@ -345,6 +345,27 @@ def test_stage_step_batched_equals_alone(pipe: UnCLIP, stage: str) -> None:
         assert (a.x - b.x).abs().max().item() <= 1e-5 * scale, (a.sampler, b.x.abs().max())
 
 
+@pytest.mark.parametrize("stage", ["decoder", "upsampler.0"])
+def test_unets_hand_the_sampler_contiguous_fp32(pipe: UnCLIP, stage: str) -> None:
+    """Whatever the UNets' memory format, their output is contiguous fp32 and the latents
+    the sampler writes back stay contiguous (mixed-format elementwise math is the slow path)."""
+    tracks = make_tracks(pipe, stage)[:3]
+    stage_ = pipe.stages[stage]
+    x = torch.cat([tr.x for tr in tracks])
+    t = torch.tensor([tr.model_t for tr in tracks])
+    pred, var = stage_.predict(x, t, tracks)
+    for out in (pred,) if var is None else (pred, var):
+        assert out.dtype == torch.float32
+        assert out[0].is_contiguous()  # each row NCHW (the prediction's channels of [B, 2C, ...])
+    unet = pipe.stack.decoder if stage == "decoder" else pipe.stack.upsamplers[0].model
+    cond = tracks[0].cond
+    raw = (unet(x[:1], t[:1], cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"])
+           if stage == "decoder" else unet(x[:1], t[:1], low_res=cond["low_res"]))
+    assert raw.dtype == torch.float32 and raw.is_contiguous()
+    stage_.step(tracks)
+    assert all(tr.x.is_contiguous() for tr in tracks)
+
+
 def test_upsampler_start_t_starts_from_the_noised_condition(pipe: UnCLIP) -> None:
     """start_t > 0 (SDEdit): the upsampler's tracks start at start_t from the low-res
     condition noised to it; 0 starts at the top from pure noise."""
