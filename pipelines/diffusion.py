@@ -8,8 +8,9 @@ and applied in the dtype of x. Sampling goes t -> t_prev (descending), inversion
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,12 +23,6 @@ class Schedule:
     """alphas_cumprod: [T] fp64."""
 
     alphas_cumprod: torch.Tensor
-    _abar_table: torch.Tensor = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # alpha_bar with 1.0 appended, so that t = -1 (the clean image) indexes it: [T + 1]
-        ones = torch.ones(1, dtype=self.alphas_cumprod.dtype, device=self.alphas_cumprod.device)
-        object.__setattr__(self, "_abar_table", torch.cat([self.alphas_cumprod, ones]))
 
     @classmethod
     def make(cls, name: str, num_timesteps: int = 1000) -> "Schedule":
@@ -46,6 +41,12 @@ class Schedule:
         """alpha_bar at t: [B] int in [-1, T) -> [B] fp64 (1.0 at t = -1). One gather: a
         sampling step calls this several times, and at small sizes its op count shows."""
         return self._abar_table.to(t.device)[t]
+
+    @functools.cached_property
+    def _abar_table(self) -> torch.Tensor:
+        """alpha_bar with 1.0 appended, so that t = -1 (the clean image) indexes it: [T + 1]."""
+        ac = self.alphas_cumprod
+        return torch.cat([ac, torch.ones(1, dtype=ac.dtype, device=ac.device)])
 
 
 def make_betas(name: str, num_timesteps: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -13,34 +14,33 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 whatever the activations' dtype, as upstream."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _computes_in_fp32(x, self.weight):
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.group_norm(
-            x.float(), self.num_groups, _f32(self.weight), _f32(self.bias), self.eps
-        ).to(x.dtype)
+        return _in_fp32(lambda v, w, b: F.group_norm(v, self.num_groups, w, b, self.eps), x, self.weight, self.bias)
 
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the activations' dtype, as upstream."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _computes_in_fp32(x, self.weight):
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return F.layer_norm(
-            x.float(), self.normalized_shape, _f32(self.weight), _f32(self.bias), self.eps
-        ).to(x.dtype)
+        return _in_fp32(lambda v, w, b: F.layer_norm(v, self.normalized_shape, w, b, self.eps),
+                        x, self.weight, self.bias)
 
 
-def _computes_in_fp32(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    """True where the native norm kernel already computes in fp32: fp32 itself, and on the
-    CPU bf16 / fp16 with parameters of the same dtype (statistics and affine in fp32, one
-    rounding at the end, the same values as casting around it to within an ulp, without
-    the four copies a cast costs per call). Elsewhere (CUDA half) the explicit casts stay."""
+Norm = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]
+
+
+def _in_fp32(norm: Norm, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """norm(x, weight, bias) computed in fp32, returned in x's dtype. Called natively where
+    the kernel already computes in fp32: fp32 itself, and on the CPU bf16 / fp16 with
+    parameters of the same dtype (statistics and affine in fp32, one rounding at the end:
+    the values of casting around it to within one rounding step, without the four copies
+    a cast costs per call). Elsewhere (CUDA half, mixed dtypes) cast around it."""
     same = weight is None or weight.dtype == x.dtype
-    return same and (x.dtype == torch.float32 or x.device.type == "cpu")
+    if same and (x.dtype == torch.float32 or x.device.type == "cpu"):
+        return norm(x, weight, bias)
+    return norm(x.float(), _f32(weight), _f32(bias)).to(x.dtype)
 
 
-def _f32(p: torch.Tensor | None) -> torch.Tensor | None:
+def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if p is None else p.float()
 
 

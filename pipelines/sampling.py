@@ -326,13 +326,13 @@ class UpsamplerStage(Stage):
 
     def predict(self, x, t, tracks):
         low = _cat(tracks, "low_res", x.device)
-        last = [tr.model_t == 0 and self.up.last_step_model is not None for tr in tracks]
-        if len(set(last)) == 1:  # one network for the whole batch: no gather, no scatter
-            return D.split_output(self.up.unet_for(0 if last[0] else 1)(x, t, low_res=low), x.shape[1])
+        nets = [self.up.unet_for(tr.model_t) for tr in tracks]
+        if all(net is nets[0] for net in nets):  # one network for the whole batch: no gather, no scatter
+            return D.split_output(nets[0](x, t, low_res=low), x.shape[1])
         out = torch.empty((x.shape[0], self.up.cfg.model.out_channels) + tuple(x.shape[2:]), device=x.device)
-        for final in (False, True):
-            ix = torch.tensor([i for i, f in enumerate(last) if f == final], device=x.device)
-            out[ix] = self.up.unet_for(0 if final else 1)(x[ix], t[ix], low_res=low[ix])
+        for net in dict.fromkeys(nets):
+            ix = torch.tensor([i for i, n in enumerate(nets) if n is net], device=x.device)
+            out[ix] = net(x[ix], t[ix], low_res=low[ix])
         return D.split_output(out, x.shape[1])
 
 
