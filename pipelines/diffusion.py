@@ -38,15 +38,16 @@ class Schedule:
         return self.alphas_cumprod.shape[0]
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha_bar at t: [B] int in [-1, T) -> [B] fp64 (1.0 at t = -1). One gather: a
-        sampling step calls this several times, and at small sizes its op count shows."""
-        return self._abar_table.to(t.device)[t]
+        """alpha_bar at t: [B] int in [-1, T) -> [B] fp64 (1.0 at t = -1; t >= T raises
+        IndexError). One gather: a sampling step calls this several times, and at small
+        sizes its op count shows."""
+        return self._abar_table.to(t.device)[t + 1]
 
     @functools.cached_property
     def _abar_table(self) -> torch.Tensor:
-        """alpha_bar with 1.0 appended, so that t = -1 (the clean image) indexes it: [T + 1]."""
+        """alpha_bar after a leading 1.0, the clean image's (t = -1): [T + 1], index t + 1."""
         ac = self.alphas_cumprod
-        return torch.cat([ac, torch.ones(1, dtype=ac.dtype, device=ac.device)])
+        return torch.cat([torch.ones(1, dtype=ac.dtype, device=ac.device), ac])
 
 
 def make_betas(name: str, num_timesteps: int) -> torch.Tensor:

@@ -94,6 +94,8 @@ def test_schedule_monotone(schedule: D.Schedule) -> None:
     assert bool((ac[1:] < ac[:-1]).all()) and 0 < ac[-1] < ac[0] < 1
     assert schedule.abar(ints(-1, 0)).tolist() == [1.0, ac[0].item()]
     assert schedule.abar(ints(999, -1, 5, -1)).tolist() == [ac[999].item(), 1.0, ac[5].item(), 1.0]
+    with pytest.raises(IndexError):
+        schedule.abar(ints(1000))
 
 
 @pytest.mark.parametrize("name", ["squaredcos_cap_v2", "linear"])
