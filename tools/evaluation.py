@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from tools.shapes import (
 from tools.train.data import images_to_tensor
 
 CHUNK = 8  # operations driven together
+Caps = Optional[Mapping[str, int]]  # stage -> most tracks a call (None: no limit)
 JUDGE_MIN = 128  # smaller images (e.g. the decoder's, in sampling sweeps) are resized to this
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 INPAINT_BOX = (0.3, 0.7)  # the edited square, fractions of the side
@@ -77,11 +78,12 @@ def judged(images: torch.Tensor) -> list[Judgement]:
     return judge_batch(to_uint8(images))
 
 
-def run_chunked(pipe: UnCLIP, make: Callable[[int], Operation], n: int) -> list[O.OpResult]:
-    """Results of make(0) .. make(n - 1), CHUNK operations at a time."""
+def run_chunked(pipe: UnCLIP, make: Callable[[int], Operation], n: int, caps: Caps = None) -> list[O.OpResult]:
+    """Results of make(0) .. make(n - 1), CHUNK operations at a time, each stage's calls
+    at most caps[stage] tracks (default: all of the chunk's)."""
     out: list[O.OpResult] = []
     for start in range(0, n, CHUNK):
-        out += run_many(pipe, [make(i) for i in range(start, min(n, start + CHUNK))])
+        out += run_many(pipe, [make(i) for i in range(start, min(n, start + CHUNK))], caps=caps)
     return out
 
 
@@ -98,12 +100,12 @@ def kept(js: Sequence[Judgement], scenes: Sequence[Scene], attributes: Sequence[
 
 
 def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
-             size: Optional[int] = None) -> dict[str, Any]:
+             size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """Accuracy over n random canonical captions (one image each, seed + i) at `size`
     (default: the final size), and the median of their `background_noise`."""
     scenes = random_scenes(n, np.random.default_rng(seed))
     texts = [canonical_caption(s) for s in scenes]
-    results = run_chunked(pipe, lambda i: O.generate(pipe, texts[i], seed=seed + i, size=size, opts=opts), n)
+    results = run_chunked(pipe, lambda i: O.generate(pipe, texts[i], seed=seed + i, size=size, opts=opts), n, caps)
     images = images_of(results)
     js, noise = judged(images), background_noise(images)
     rows = [{"caption": t, "judged": j.attributes(), "background_noise": z} for t, j, z in zip(texts, js, noise)]
@@ -111,9 +113,10 @@ def captions(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
 
 
 def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None,
-            size: Optional[int] = None) -> dict[str, Any]:
+            size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """`a red circle` with `seeds` seeds: matching fraction, distinct positions and sizes."""
-    js = judged(run_direct(pipe, O.generate(pipe, VARIETY_PROMPT, n=seeds, seed=seed, size=size, opts=opts)).images)
+    js = judged(run_direct(pipe, O.generate(pipe, VARIETY_PROMPT, n=seeds, seed=seed, size=size, opts=opts),
+                                caps=caps).images)
     found = [j for j in js if j.shape is not None]
     return {
         "prompt": VARIETY_PROMPT, "n": seeds,
@@ -124,12 +127,12 @@ def variety(pipe: UnCLIP, seeds: int, seed: int, opts: Optional[Sampling] = None
 
 
 def variations(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
-               size: Optional[int] = None) -> dict[str, Any]:
+               size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """One variation (default eta) of each of n random rendered scenes: what is kept."""
     scenes, size = random_scenes(n, np.random.default_rng(seed + 1)), size or pipe.sizes[-1]
     images = scene_images(scenes, size)
     results = run_chunked(pipe, lambda i: O.variations(pipe, images[i:i + 1], seed=seed + i, size=size, opts=opts),
-                          n)
+                          n, caps)
     return kept(judged(images_of(results)), scenes, ("colour", "shape", "background"))
 
 
@@ -140,7 +143,7 @@ def red_scenes(n: int, seed: int) -> list[Scene]:
 
 
 def text_diff(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
-              size: Optional[int] = None) -> dict[str, Any]:
+              size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """Text diff from each red scene's caption to the same caption with `blue`, frame at
     theta = 0.5: `rate` is turned blue with the background kept."""
     scenes, size = red_scenes(n, seed), size or pipe.sizes[-1]
@@ -148,7 +151,7 @@ def text_diff(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
     images = scene_images(scenes, size)
     results = run_chunked(pipe, lambda i: O.text_diff(
         pipe, images[i:i + 1], canonical_caption(blue[i]), canonical_caption(scenes[i]), frames=2, max_theta=0.5,
-        seed=seed + i, size=size, opts=opts), n)
+        seed=seed + i, size=size, opts=opts), n, caps)
     js = judged(images_of(results, last=True))
     ok = [j.colour == "blue" and j.background == s.background for j, s in zip(js, scenes)]
     return {"rate": float(np.mean(ok)), "blue": float(np.mean([j.colour == "blue" for j in js])),
@@ -177,7 +180,7 @@ def box_mask(size: int) -> torch.Tensor:
 
 
 def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
-            size: Optional[int] = None) -> dict[str, Any]:
+            size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """Inpaint a large green square into the central box of n scenes: `rate` is the image
     judged a green square in the center; `kept_max_abs_diff` the largest change outside
     the box."""
@@ -186,7 +189,7 @@ def inpaint(pipe: UnCLIP, n: int, seed: int, opts: Optional[Sampling] = None,
     prompts = [canonical_caption(replace(s, shape="square", colour="green", size="large", position="center"))
                for s in scenes]
     results = run_chunked(pipe, lambda i: O.inpaint(pipe, images[i:i + 1], keep, prompts[i], seed=seed + i,
-                                                    size=size, opts=opts), n)
+                                                    size=size, opts=opts), n, caps)
     out = images_of(results)
     return {**inpaint_scores(out), "n": n, "kept_max_abs_diff": float(((out - images).abs() * keep).max())}
 
@@ -221,17 +224,19 @@ def generation_seconds(pipe: UnCLIP, seed: int, opts: Optional[Sampling] = None,
 
 
 def evaluate(pipe: UnCLIP, n: int, seed: int = 0, cases: int = 40, seeds: int = 16,
-             opts: Optional[Sampling] = None, size: Optional[int] = None) -> dict[str, Any]:
+             opts: Optional[Sampling] = None, size: Optional[int] = None, caps: Caps = None) -> dict[str, Any]:
     """Every check at `size` (default: the final size): n canonical captions, `cases`
     variations / text diffs / inpaintings, `seeds` seeds of the partial caption, and the
-    generation time."""
+    generation time; the operations' stage calls at most caps[stage] tracks (batching
+    changes no result, only the time)."""
     size = size or pipe.sizes[-1]
     return {
         "model": pipe.cfg.name, "size": size, "seed": seed,
-        "captions": captions(pipe, n, seed, opts, size), "variety": variety(pipe, seeds, seed, opts, size),
-        "variations": variations(pipe, cases, seed, opts, size), "text_diff": text_diff(pipe, cases, seed, opts, size),
-        "inpaint": inpaint(pipe, cases, seed, opts, size), "generation_s": generation_seconds(pipe, seed, opts,
-                                                                                               size=size),
+        "captions": captions(pipe, n, seed, opts, size, caps), "variety": variety(pipe, seeds, seed, opts, size, caps),
+        "variations": variations(pipe, cases, seed, opts, size, caps),
+        "text_diff": text_diff(pipe, cases, seed, opts, size, caps),
+        "inpaint": inpaint(pipe, cases, seed, opts, size, caps),
+        "generation_s": generation_seconds(pipe, seed, opts, size=size),
     }
 
 

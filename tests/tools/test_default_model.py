@@ -35,14 +35,22 @@ SMALL = {  # path -> minimum at this N; N = 200 figures in the comments
 
 @pytest.fixture(scope="module")
 def pipe() -> UnCLIP:
-    """The shipped model, loaded once for every test here."""
-    return UnCLIP(load_model_dir(MODEL, "cpu"))
+    """The shipped model as the server runs it (channels-last UNets), loaded once for every
+    test here."""
+    return UnCLIP(load_model_dir(MODEL, "cpu").use_channels_last())
 
 
 @pytest.fixture(scope="module")
-def results(pipe: UnCLIP) -> dict[str, Any]:
+def caps(pipe: UnCLIP) -> dict[str, int]:
+    """One track per upsampler call: on a 2-core CPU the 128 px and larger upsamplers are
+    slower per image in bigger batches (server/batch_caps.py). Batching changes no result."""
+    return {key: 1 for key in pipe.stages if key.startswith("upsampler.")}
+
+
+@pytest.fixture(scope="module")
+def results(pipe: UnCLIP, caps: dict[str, int]) -> dict[str, Any]:
     assert {256, 512, 1024} <= set(pipe.sizes), pipe.sizes
-    return E.evaluate(pipe, n=16, seed=1, cases=8, seeds=16, size=256)
+    return E.evaluate(pipe, n=16, seed=1, cases=8, seeds=16, size=256, caps=caps)
 
 
 @pytest.mark.parametrize("path", sorted(SMALL))
@@ -60,11 +68,11 @@ def test_generation_is_the_asked_size(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("size", [512, 1024])
-def test_dalle_2_sizes_draw_the_captions_with_flat_backgrounds(pipe: UnCLIP, size: int) -> None:
+def test_dalle_2_sizes_draw_the_captions_with_flat_backgrounds(pipe: UnCLIP, caps: dict[str, int], size: int) -> None:
     """8 canonical captions at 512 and 1024 px: every attribute judged right in most, and
     flat backgrounds (median noise sigma under 2.5 on 0-255; the issue's target is 2.0 at
     N = 100, met by the model card's figures)."""
-    res = E.captions(pipe, 8, seed=3, size=size)
+    res = E.captions(pipe, 8, seed=3, size=size, caps=caps)
     assert res["accuracy"]["colour"] >= 0.85 and res["accuracy"]["background"] >= 0.85, res["accuracy"]
     assert res["accuracy"]["all"] >= 0.6, res["accuracy"]
     assert res["background_noise"] < 2.5, res["samples"]
