@@ -7,23 +7,24 @@ batch caps measured at start into a fresh profile folder; loads the same model i
 process for the direct references; then runs, with generations at the model's largest size:
 
 - closed loops: clients that each send a request, wait for the answer and send the next,
-  for --duration seconds at every concurrency of --concurrency (and one mixed run of every
-  operation at --mixed-concurrency);
+  for --duration seconds at every concurrency of --concurrency, in --rounds interleaved
+  rounds pooled per level (and one mixed run of every operation at --mixed-concurrency);
 - a burst: --burst generations sent at once (mean and max latency: processor sharing gives
   mean/max ~ 1, one job after another ~ 0.5);
 - open loops: --arrivals Poisson arrivals at 50% and 80% of the capacity the closed loops
-  measured (p50/p99);
+  measured (p50/p99), against the c=1 latency measured just before each;
 - small behind big: a generation at the smallest size sent 0.5 s after an n=10
   generation at the largest, against the same small generation alone;
 - best direct: `run_many` of --burst generations in this process with each stage batched at
   the server's cap (what the engine could reach with no HTTP and no scheduling), measured
-  just before and just after the highest concurrency's loop (their mean is its reference),
-  and the ceiling of batching alone: run_direct at --max-batch images in one batch over one.
+  just before and just after each round's highest-concurrency loop (the mean of each loop's
+  two is its reference: this machine's speed drifts by tens of % within minutes), and the
+  ceiling of batching alone: run_direct at --max-batch images in one batch over one.
 
 Prints the runs and the ratios the engine is held to; writes
 bench/results/load-<model>-<time>.json.
 
-    .venv/bin/python -m bench.load [--model weights/default|tiny|DIR] [--duration 20]
+    .venv/bin/python -m bench.load [--model weights/default|tiny|DIR] [--duration 20] [--rounds 2]
         [--concurrency 1,4,16] [--burst 16] [--steps 25,8,4] [--max-batch 8] [--device cpu]
     .venv/bin/python -m bench.load --redis   # c=1 latency through Redis / in process
 """
@@ -255,6 +256,7 @@ class RunResult:
     mixed_batches: Optional[float] = None
     p50_by_kind: dict[str, float] = field(default_factory=dict)
     in_model_calls: Optional[float] = None  # share of the wall time the engine spent in batched steps
+    images_per_s_by_round: list[float] = field(default_factory=list)  # each closed loop's, in order
 
 
 def timed(c: httpx.Client, kind: str, send: Send, i: int) -> Sample:
@@ -279,7 +281,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run_level(server: Server, name: str, concurrency: int, duration: float, kinds: list[tuple[str, Send]]) -> RunResult:
+@dataclass
+class Segment:
+    """One closed loop against the server: its answers, wall time, and what /metrics counted."""
+    samples: list[Sample]
+    seconds: float
+    counters: dict[str, float]  # deltas of Server.batch_totals
+    step_s: float  # seconds the engine spent in batched model calls
+
+
+def run_segment(server: Server, concurrency: int, duration: float, kinds: list[tuple[str, Send]]) -> Segment:
+    """`concurrency` closed-loop clients for `duration` seconds (the last answers awaited)."""
     before, steps_before = server.batch_totals(), server.seconds_totals()["steps"]
     samples: list[Sample] = []
     start = time.monotonic()
@@ -291,16 +303,26 @@ def run_level(server: Server, name: str, concurrency: int, duration: float, kind
         t.join()
     elapsed = time.monotonic() - start
     after = server.batch_totals()
-    result = summarize(name, concurrency, elapsed, samples, before, after)
-    result.in_model_calls = (server.seconds_totals()["steps"] - steps_before) / elapsed
-    return result
+    return Segment(samples, elapsed, {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
+                   server.seconds_totals()["steps"] - steps_before)
 
 
-def summarize(name: str, concurrency: int, elapsed: float, samples: list[Sample], before: dict,
-              after: dict) -> RunResult:
+def run_level(server: Server, name: str, concurrency: int, duration: float, kinds: list[tuple[str, Send]]) -> RunResult:
+    """One closed loop, summarized."""
+    return summarize(name, concurrency, [run_segment(server, concurrency, duration, kinds)])
+
+
+def summarize(name: str, concurrency: int, segments: Sequence[Segment]) -> RunResult:
+    """The closed loops of one level pooled: images over their summed wall time, latencies
+    of all their answers, batch sizes from their summed counters."""
+    samples = [s for seg in segments for s in seg.samples]
+    elapsed = sum(seg.seconds for seg in segments)
+    delta: dict[str, float] = defaultdict(float)
+    for seg in segments:
+        for k, v in seg.counters.items():
+            delta[k] += v
     ok = [s for s in samples if s.status == 200]
     lat = [s.seconds for s in ok]
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     stages = sorted({k.rsplit(".", 1)[0] for k in delta if k.endswith(".count") and delta[k]})
     by_kind: dict[str, list[float]] = defaultdict(list)
     for s in ok:
@@ -315,6 +337,9 @@ def summarize(name: str, concurrency: int, elapsed: float, samples: list[Sample]
         batch_by_stage={st: delta[f"{st}.sum"] / delta[f"{st}.count"] for st in stages},
         mixed_batches=delta.get("mixed"),
         p50_by_kind={k: percentile(v, 50) for k, v in sorted(by_kind.items())},
+        in_model_calls=sum(seg.step_s for seg in segments) / elapsed,
+        images_per_s_by_round=[sum(s.images for s in seg.samples if s.status == 200) / seg.seconds
+                               for seg in segments],
     )
 
 
@@ -349,16 +374,21 @@ def burst(server: Server, send: Send, n: int) -> dict[str, float]:
             "mean_over_max": statistics.fmean(lat) / max(lat)}
 
 
-def open_loop(server: Server, send: Send, rate: float, arrivals: int, seed: int, service_s: float) -> dict[str, float]:
+def open_loop(server: Server, send: Send, rate: float, arrivals: int, seed: int, repeats: int = 3) -> dict[str, float]:
     """`arrivals` Poisson arrivals at `rate` per second (each request on its own connection,
-    whatever the ones before it are doing): p50 / p99 latency; and, for reference, the p50
-    of the same arrivals at an ideal server that runs one job at a time in arrival order,
-    each taking `service_s` (the c=1 latency): what batching and ordering have to beat."""
+    whatever the ones before it are doing): p50 / p99 latency, against the c=1 latency
+    measured just before (median of `repeats` requests one at a time: the machine's speed
+    drifts between the closed loops and this one); and, for reference, the p50 of the same
+    arrivals at an ideal server that runs one job at a time in arrival order, each taking
+    that c=1 latency: what batching and ordering have to beat."""
+    with httpx.Client(base_url=server.base, timeout=600) as c:
+        service_s = statistics.median(timed(c, "c1", send, 350_000 + 10_000 * seed + i).seconds for i in range(repeats))
     times = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=arrivals)) - 1.0 / rate
     samples = at_once(server.base, [(float(t), "generation", send) for t in times], 300_000 + 10_000 * seed)
     lat = [s.seconds for s in samples if s.status == 200]
     return {"rate_per_s": rate, "requests": len(samples), "ok": len(lat), "p50_s": percentile(lat, 50),
-            "p99_s": percentile(lat, 99), "one_at_a_time_p50_s": percentile(one_at_a_time(times, service_s), 50)}
+            "p99_s": percentile(lat, 99), "c1_before_s": service_s,
+            "one_at_a_time_p50_s": percentile(one_at_a_time(times, service_s), 50)}
 
 
 def one_at_a_time(arrivals: Sequence[float], service_s: float) -> list[float]:
@@ -510,7 +540,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "weights" / "default"),
                    help="model directory, or 'tiny' for a seeded random tiny model (default: the shipped one)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per closed or open loop")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per closed loop")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the closed loops, pooled per level")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts (generations)")
     p.add_argument("--mixed-concurrency", type=int, default=0, help="clients of the mixed run (0: skip)")
     p.add_argument("--burst", type=int, default=16, help="generations of the burst and of best direct")
@@ -546,6 +577,8 @@ def report(runs: list[RunResult], extra: dict, ratios: dict[str, float], direct_
         if r.batch_by_stage:
             busy = f"; in model calls {r.in_model_calls:.0%} of the time" if r.in_model_calls is not None else ""
             print(f"{'':<18}mean batch by stage: {({k: round(v, 2) for k, v in r.batch_by_stage.items()})}{busy}")
+        if len(r.images_per_s_by_round) > 1:
+            print(f"{'':<18}images/s by round: {[round(v, 3) for v in r.images_per_s_by_round]}")
     for r in runs:
         if r.name == "mixed":
             print("mixed p50 by kind (ms):", {k: round(v * 1000, 1) for k, v in r.p50_by_kind.items()},
@@ -567,30 +600,44 @@ def scenarios(server: Server, direct: Direct, args: argparse.Namespace, steps: S
     extra["alternated_s"] = paired_latency(server, direct, gen, args.pairs)
     print("  alternated, one at a time (ms):", {k: round(v * 1000, 1) for k, v in extra["alternated_s"].items()},
           flush=True)
-    runs = []
-    levels = [int(c) for c in args.concurrency.split(",") if c]
-    for c in levels:
-        around = c == max(levels)  # best direct just before and after: this machine's speed drifts
-        before = direct.best(extra["caps"], args.burst) if around else None
-        runs.append(run_level(server, "generation", c, args.duration, [("generation", gen)]))
-        if around:
-            extra["best_direct_around_top"] = [before, direct.best(extra["caps"], args.burst)]
-            extra["best_direct_images_per_s"] = statistics.fmean(extra["best_direct_around_top"])
-        print(f"  c={c}: {runs[-1].images_per_s:.2f} images/s", flush=True)
+    runs = closed_loops(server, direct, args, gen, extra)
     if args.mixed_concurrency:
         runs.append(run_level(server, "mixed", args.mixed_concurrency, args.duration, list(senders.items())))
     extra["burst"] = burst(server, gen, args.burst)
     print(f"  burst: {extra['burst']}", flush=True)
     capacity = max(r.images_per_s for r in runs if r.name == "generation")
     for k, frac in enumerate(float(f) for f in args.open_loop.split(",") if f):
-        c1 = next((r.p50_s for r in runs if r.name == "generation" and r.concurrency == 1), float("nan"))
-        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.arrivals, k, c1)
+        extra[f"open_loop_{round(frac * 100)}"] = open_loop(server, gen, frac * capacity, args.arrivals, k)
         print(f"  open loop {frac:.0%}: {extra[f'open_loop_{round(frac * 100)}']}", flush=True)
     extra["small_behind_big"] = small_behind_big(server, generation_sender(args.size, steps, n=10),
                                                  generation_sender(min(cfg.sizes), steps))
     print(f"  small behind big: {extra['small_behind_big']}", flush=True)
     extra["ceiling"] = batching_ceiling(direct, args.max_batch)
     return runs, extra
+
+
+def closed_loops(server: Server, direct: Direct, args: argparse.Namespace, gen: Send, extra: dict) -> list[RunResult]:
+    """Every concurrency's closed loop, in `--rounds` interleaved rounds (c = 1, 4, 16, 1,
+    4, 16, ...) pooled per level, so that the machine's drift hits every level alike; best
+    direct measured before and after each round's highest-concurrency loop, its reference
+    the mean over rounds of each loop's before and after."""
+    levels = [int(c) for c in args.concurrency.split(",") if c]
+    segments: dict[int, list[Segment]] = defaultdict(list)
+    around: list[float] = []
+    for r in range(args.rounds):
+        for c in levels:
+            if c == max(levels) and not around:
+                around.append(direct.best(extra["caps"], args.burst, repeats=1))
+            segments[c].append(run_segment(server, c, args.duration, [("generation", gen)]))
+            if c == max(levels):
+                around.append(direct.best(extra["caps"], args.burst, repeats=1))
+            seg = segments[c][-1]
+            print(f"  round {r}, c={c}: {sum(s.images for s in seg.samples if s.status == 200) / seg.seconds:.2f}"
+                  f" images/s; best direct so far {[round(b, 3) for b in around]}", flush=True)
+    extra["best_direct_around_top"] = around
+    extra["best_direct_images_per_s"] = statistics.fmean(
+        (before + after) / 2 for before, after in zip(around, around[1:]))
+    return [summarize("generation", c, segments[c]) for c in levels]
 
 
 def ratios_of(runs: list[RunResult], extra: dict, max_batch: int) -> dict[str, float]:
@@ -604,10 +651,11 @@ def ratios_of(runs: list[RunResult], extra: dict, max_batch: int) -> dict[str, f
         ratios[f"throughput({top}) / best direct"] = gen[top].images_per_s / extra["best_direct_images_per_s"]
     if 1 in gen:
         ratios["http p50 latency at c=1 / direct latency"] = gen[1].p50_s / direct_s
-        for key in (k for k in extra if k.startswith("open_loop_")):
-            ratios[f"open loop {key[10:]}%: p50 / c=1 p50"] = extra[key]["p50_s"] / gen[1].p50_s
-            ratios[f"open loop {key[10:]}%: one at a time, ideal: p50 / c=1 p50"] = (
-                extra[key]["one_at_a_time_p50_s"] / gen[1].p50_s)
+    for key in (k for k in extra if k.startswith("open_loop_")):
+        loop = extra[key]
+        ratios[f"open loop {key[10:]}%: p50 / c=1 latency just before"] = loop["p50_s"] / loop["c1_before_s"]
+        ratios[f"open loop {key[10:]}%: one at a time, ideal: p50 / c=1 latency"] = (
+            loop["one_at_a_time_p50_s"] / loop["c1_before_s"])
     ratios[f"burst of {extra['burst']['n']}: mean / max latency"] = extra["burst"]["mean_over_max"]
     ratios["small behind big / small alone"] = extra["small_behind_big"]["ratio"]
     ratios[f"ceiling: direct images/s at batch {max_batch} / at batch 1"] = extra["ceiling"]
