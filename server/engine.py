@@ -271,9 +271,9 @@ class Engine:
         torch.set_grad_enabled(False)
         error: BaseException = EngineStopped("the engine stopped")
         try:
-            self._prepare()
-            while self._turn():
-                pass
+            if self._prepare():
+                while self._turn():
+                    pass
         except BaseException as exc:  # noqa: BLE001 - recorded; health turns false
             self._crash = exc
             error = EngineCrashed(f"the engine thread died: {exc!r}")
@@ -281,9 +281,13 @@ class Engine:
         finally:
             self._abandon(error)
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> bool:
         """Run the loader on this thread (see the module's notes), set the batch caps;
-        resolve `loaded`."""
+        resolve `loaded`. `loaded` is marked running first, so a waiter that gives up (a
+        server shut down mid-load cancels its await) no longer cancels it under the loader;
+        False when it was cancelled before the load began."""
+        if not self.loaded.set_running_or_notify_cancel():
+            return False
         try:
             if self._load is not None:
                 self.pipe = self._load()
@@ -292,6 +296,7 @@ class Engine:
             self.loaded.set_exception(exc)
             raise
         self.loaded.set_result(self.pipe)
+        return True
 
     def _set_caps(self) -> None:
         given = self._caps(self.pipe) if callable(self._caps) else (self._caps or {})

@@ -463,6 +463,41 @@ def test_loader_runs_on_the_engine_thread_before_any_job(tiny_pipe: UnCLIP) -> N
         engine.stop(timeout=30)
 
 
+def test_a_waiter_giving_up_mid_load_does_not_crash_the_engine(tiny_pipe: UnCLIP) -> None:
+    """A server shut down while the model loads cancels its await of `loaded`: the load
+    still finishes, the engine does not record a crash, and it stops cleanly."""
+    loading, release = threading.Event(), threading.Event()
+
+    def load() -> UnCLIP:
+        loading.set()
+        release.wait(30)
+        return tiny_pipe
+
+    engine = Engine(load)
+    engine.start()
+    try:
+        assert loading.wait(10)
+        assert not engine.loaded.cancel()
+        release.set()
+        assert engine.loaded.result(timeout=30) is tiny_pipe
+        assert engine.alive
+    finally:
+        engine.stop(timeout=30)
+    assert engine._crash is None
+
+
+def test_a_loaded_future_cancelled_before_the_load_skips_it() -> None:
+    """Cancelled before the engine thread begins, `loaded` stays cancelled, the loader
+    never runs and the engine ends without a crash."""
+    calls: list[int] = []
+    engine = Engine(lambda: calls.append(1))  # type: ignore[arg-type, return-value]
+    assert engine.loaded.cancel()
+    engine.start()
+    engine._thread.join(10)
+    assert not engine._thread.is_alive()
+    assert calls == [] and engine._crash is None and engine.loaded.cancelled()
+
+
 def test_a_failing_loader_fails_loaded_and_the_engine() -> None:
     """The loader's exception reaches `loaded`; the engine is then not alive and queued
     jobs fail with EngineCrashed instead of hanging."""
