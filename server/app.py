@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
@@ -143,7 +144,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     Raises MissingWeightsError at once if the directory has no stack.json."""
     settings = settings or Settings()
     runtime = Runtime(settings)
-    app = FastAPI(title="unCLIP server", version="0.1.0", lifespan=lifespan,
+    app = FastAPIOffline(title="unCLIP server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI Images API compatible unCLIP (DALL-E 2) server, with extensions.")
     app.state.runtime = runtime
     install_handlers(app)

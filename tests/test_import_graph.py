@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 import ast
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipelines", "server", "tools", "bench")
@@ -76,3 +82,67 @@ def test_pipelines_import_neither_server_nor_tools() -> None:
     wrong = {(name, m) for name, deps in graph().items() if name.startswith("pipelines")
              for m in deps if not m.startswith("pipelines")}
     assert wrong == set()
+
+
+# ---- what `make serve` imports: runtime dependencies only -------------------------------
+
+def outside_imports(path: Path) -> set[str]:
+    """Top-level names of the non-project modules `path` imports, except those under a `try:`
+    (optional extras such as xformers, guarded where they are imported)."""
+    tree = ast.parse(path.read_text())
+    guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for stmt in t.body for n in ast.walk(stmt)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in PACKAGES and n not in sys.stdlib_module_names}
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    """The project modules `start` imports, directly or not, and itself."""
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += sorted(edges[node] | {p for p in edges if node.startswith(p + ".")})  # packages' __init__
+    return seen
+
+
+def runtime_distributions() -> set[str]:
+    """pyproject's `dependencies` and, as installed here, everything they require (no extras)."""
+    wanted = [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    closure: set[str] = set()
+    while wanted:
+        req = wanted.pop()
+        name = canonicalize_name(req.name)
+        if name in closure or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        closure.add(name)
+        wanted += [Requirement(r) for r in metadata.requires(name) or ()]
+    return closure
+
+
+def test_the_server_imports_only_runtime_dependencies() -> None:
+    """`make serve` installs the project without extras: every module `python -m server`
+    imports must import only what those dependencies bring."""
+    edges, files = graph(), {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    served = reachable(edges, "server.__main__")
+    assert {"server.webhooks", "pipelines.attention"} <= served
+    providers = metadata.packages_distributions()
+    runtime = runtime_distributions()
+    wrong = {(mod, name) for mod in served for name in outside_imports(files[mod])
+             if not {canonicalize_name(d) for d in providers.get(name, [name])} & runtime}
+    assert wrong == set(), f"imported by the server but only in an extra: {sorted(wrong)}"
+
+
+def test_the_dependency_check_sees_a_dev_only_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import httpx\nimport playwright.sync_api\n"
+                      "try:\n    import xformers\nexcept ImportError:\n    pass\n")
+    assert outside_imports(module) == {"httpx", "playwright"}
+    assert "playwright" not in runtime_distributions() and "httpx" in runtime_distributions()

@@ -8,6 +8,7 @@ import base64
 import concurrent.futures as cf
 import io
 import json
+import re
 import signal
 import threading
 import time
@@ -260,6 +261,19 @@ def test_retry_after_follows_the_measured_cost_of_the_work_ahead(launch_server: 
 
 
 # ---- 9, 10: OpenAPI and auth edges -------------------------------------------------------------
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_pages_load_everything_from_this_server(server: ServerProc, page: str) -> None:
+    """Swagger UI and ReDoc were fetched from a CDN and were blank offline: every script,
+    style and icon they name is now served here."""
+    html = httpx.get(server.url(page)).text
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', html)
+    assert any(a.endswith(".js") for a in assets) and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        r = httpx.get(server.url(asset))
+        assert r.status_code == 200 and len(r.content) > 1000, asset
+    assert "//cdn" not in html and "fonts.googleapis" not in html
+
 
 def test_openapi_documents_streams_and_declares_bearer_only_with_keys(
     server: ServerProc, launch_server: Callable[..., ServerProc]
