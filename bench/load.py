@@ -109,12 +109,15 @@ class Server:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
+        """Until /ready is 200 and the batch caps are measured (the server measures them
+        while idle after it turns ready: load measured before that would move them)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: see {self.log_path}")
             try:
-                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                r = httpx.get(self.base + "/ready", timeout=2)
+                if r.status_code == 200 and r.json().get("batch_caps") != "measuring":
                     return
             except httpx.HTTPError:
                 pass

@@ -6,16 +6,21 @@ already fill a 2-core CPU at batch 1 and get slower per image in bigger batches 
 0.89 s per image at batch 8), so one cap for every stage either wastes the small ones or
 slows the big ones. Each stage gets its own, chosen by measurement:
 
-- `measure` times steps of every stage at batch sizes 1, 2, 4, ... up to `max_batch`
+- `measuring` times steps of every stage at batch sizes 1, 2, 4, ... up to `max_batch`
   (in interleaved sweeps, the fastest step counting; a stage's batch stops growing once it
-  no longer pays) and returns samples/s per stage and size;
+  no longer pays), one model step per `next()`, and returns samples/s per stage and size;
+  `measure` runs it to the end;
 - `choose` takes the smallest size within `TOLERANCE` of the best samples/s: beyond it a
   bigger batch only adds latency (every track in the call waits for the whole call);
-- `profile` caches the measurement in a JSON file keyed by what it depends on (the
-  architecture, device, dtype, memory format, torch version, threads and sizes tried,
-  not the weights' values), so a restart does not measure again;
-- `caps_for` combines them with the operator's overrides (`UNCLIP_STAGE_BATCH`,
-  e.g. `upsampler.1=1,prior=8`), which win.
+- the profile is cached in a JSON file keyed by what it depends on (the architecture,
+  device, dtype, memory format, torch version, threads and sizes tried, not the weights'
+  values), so a restart does not measure again;
+- `caps_for` gives the caps to serve with at once: the operator's overrides
+  (`UNCLIP_STAGE_BATCH`, e.g. `upsampler.1=1,prior=8`), which win, then the cached
+  profile's choice, else `max_batch`;
+- `calibration` measures what the cache lacks without holding up the start (measuring took
+  96 s of a 116 s start on a 2-core CPU): the engine steps it one model step at a time
+  while it holds no job (server/engine.py) and switches to its caps when it returns.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Generator, Iterable, Iterator, Mapping, Optional
 
 import torch
 
@@ -41,6 +46,7 @@ STEPS = 2  # steps per stage of each measuring generation
 PROMPT = "a red square above a blue circle"
 
 Rates = dict[str, dict[int, float]]  # stage -> batch size -> samples/s
+Calibration = Generator[Optional[str], None, dict[str, int]]  # a model step a next(); returns the caps
 
 
 def sizes_to_try(max_batch: int) -> list[int]:
@@ -70,11 +76,23 @@ def parse_overrides(text: str) -> dict[str, int]:
 
 
 def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional[Iterable[str]] = None) -> Rates:
+    """`measuring` run to its end: samples/s per stage and batch size."""
+    run = measuring(pipe, max_batch, rounds, stages)
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
+
+
+def measuring(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS,
+              stages: Optional[Iterable[str]] = None) -> Generator[Optional[str], None, Rates]:
     """Samples/s of a step of each of `stages` (default: all) at batch sizes of
     `sizes_to_try(max_batch)`: `rounds` sweeps over the sizes, one generation per size with
-    `STEPS` steps per stage (its images are discarded). The fastest step of each stage and
-    size counts: a shape's first call pays one-time setup, and on a shared host the other
-    processes only add interference.
+    `STEPS` steps per stage (its images are discarded), yielding None after each step and
+    what it timed after each generation. The fastest step of each stage and size counts: a
+    shape's first call pays one-time setup, and on a shared host the other processes only
+    add interference.
 
     A sweep stops growing a stage's batch once it no longer pays (`still_scaling`), and each
     generation stops at the output of the last upsampler still measured: on a CPU the 1024 px
@@ -86,7 +104,7 @@ def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional
     wanted = set(pipe.stages if stages is None else stages)
     seconds: dict[str, dict[int, float]] = {key: {} for key in pipe.stages if key in wanted}
     opts = Sampling(prior_steps=STEPS, decoder_steps=STEPS, upsampler_steps=STEPS, best_of=1)
-    for _ in range(rounds):
+    for sweep in range(rounds):
         for b in sizes_to_try(max_batch):
             timed = {k for k, by_size in seconds.items() if b in by_size or still_scaling(by_size)}
             if not timed:
@@ -95,6 +113,8 @@ def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional
             for stage, took in _step_times(pipe, op):
                 if stage in timed:
                     seconds[stage][b] = min(took, seconds[stage].get(b, took))
+                yield None
+            yield f"sweep {sweep + 1} of {rounds}: batch {b} of {sorted(timed)}"
     return {stage: {b: b / s for b, s in by_size.items()} for stage, by_size in seconds.items() if by_size}
 
 
@@ -144,20 +164,72 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def profile(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path], skip: Iterable[str] = ()) -> Rates:
-    """The measured rates of the stages not in `skip`, from `cache_dir` when this profile
-    was measured before."""
-    stages = [key for key in pipe.stages if key not in set(skip)]
+def _profile_path(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path], stages: list[str]) -> Optional[Path]:
     name = f"batch-profile-{profile_key(pipe, max_batch, stages)}.json"
-    path = None if cache_dir is None else Path(cache_dir).expanduser() / name
-    cached = _read(path)
-    if cached is not None:
-        return cached
-    started = time.perf_counter()
-    rates = measure(pipe, max_batch, stages=stages)
-    log.info("measured the stages' batch profile in %.1f s", time.perf_counter() - started)
+    return None if cache_dir is None else Path(cache_dir).expanduser() / name
+
+
+def _measured_stages(pipe: UnCLIP, overrides: Mapping[str, int]) -> list[str]:
+    return [key for key in pipe.stages if key not in overrides]
+
+
+def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measured: bool,
+             cache_dir: Optional[Path] = None) -> dict[str, int]:
+    """Each stage's cap to serve with now: the override, else the cached profile's choice
+    (`measured`), else max_batch. Nothing is measured here (`calibration` does)."""
+    check_overrides(overrides, pipe.stages, max_batch)
+    caps = {stage: max_batch for stage in pipe.stages}
+    stages = _measured_stages(pipe, overrides)
+    if measured and stages:
+        rates = _read(_profile_path(pipe, max_batch, cache_dir, stages))
+        if rates is not None:
+            caps.update(_chosen(rates, "cached profile"))
+    caps.update(overrides)
+    return caps
+
+
+def calibration(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int],
+                cache_dir: Optional[Path] = None) -> Optional[Calibration]:
+    """The measurement of the stages without an override, as a generator to step between
+    jobs (one generation a `next()`; returns every stage's cap and caches the profile);
+    None when there is nothing to measure or the profile is cached."""
+    check_overrides(overrides, pipe.stages, max_batch)
+    stages = _measured_stages(pipe, overrides)
+    path = _profile_path(pipe, max_batch, cache_dir, stages)
+    if not stages or _read(path) is not None:
+        return None
+    return _calibrate(pipe, max_batch, overrides, stages, path)
+
+
+def _calibrate(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], stages: list[str],
+               path: Optional[Path]) -> Calibration:
+    log.info("no cached batch profile: measuring the caps of %s while idle, serving meanwhile", stages)
+    started, busy = time.perf_counter(), 0.0
+    run = measuring(pipe, max_batch, stages=stages)
+    while True:
+        unit_started = time.perf_counter()
+        try:
+            what = next(run)
+        except StopIteration as done:
+            rates = done.value
+            break
+        busy += time.perf_counter() - unit_started
+        if what is not None:
+            log.info("batch profile: %s timed (%.1f s measuring so far)", what, busy)
+        yield what
+    log.info("measured the stages' batch profile in %.1f s (%.1f s since it began)", busy,
+             time.perf_counter() - started)
     _write(path, rates)
-    return rates
+    return {stage: max_batch for stage in pipe.stages} | _chosen(rates, "measured") | dict(overrides)
+
+
+def _chosen(rates: Rates, source: str) -> dict[str, int]:
+    """Each stage's `choose`, logged with its samples/s."""
+    caps = {stage: choose(by_size) for stage, by_size in rates.items()}
+    for stage, by_size in rates.items():
+        log.info("stage %s (%s): samples/s by batch size %s -> cap %d", stage, source,
+                 {b: round(r, 2) for b, r in sorted(by_size.items())}, caps[stage])
+    return caps
 
 
 def _read(path: Optional[Path]) -> Optional[Rates]:
@@ -195,16 +267,3 @@ def check_overrides(overrides: Mapping[str, int], stages: Iterable[str], max_bat
         raise BadCaps(f"stage_batch {too_big} exceeds max_batch={max_batch}")
 
 
-def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measured: bool,
-             cache_dir: Optional[Path] = None) -> dict[str, int]:
-    """Each stage's cap: the override, else the measured choice (`measured`), else max_batch."""
-    check_overrides(overrides, pipe.stages, max_batch)
-    caps = {stage: max_batch for stage in pipe.stages}
-    if measured and set(overrides) != set(pipe.stages):
-        rates = profile(pipe, max_batch, cache_dir, skip=set(overrides))
-        caps.update({stage: choose(by_size) for stage, by_size in rates.items()})
-        for stage, by_size in rates.items():
-            log.info("stage %s: samples/s by batch size %s -> cap %d", stage,
-                     {b: round(r, 2) for b, r in sorted(by_size.items())}, caps[stage])
-    caps.update(overrides)
-    return caps

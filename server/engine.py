@@ -31,9 +31,12 @@ and run on the same thread it is as fast as on the main thread.
 
 Batch caps: each stage's most tracks per call (`caps`: a mapping, or a function of the
 loaded pipeline run on the engine thread after loading, e.g. server/batch_caps.py's
-measurement; missing stages and the default get `max_batch`). Unless given, `max_running`
-is twice the largest cap: enough jobs to fill the widest batch while others are in
-another stage.
+cached profile; missing stages and the default get `max_batch`). Unless given,
+`max_running` is twice the largest cap: enough jobs to fill the widest batch while others
+are in another stage. `calibrate(generator)` hands the loop a measurement of better caps
+(server/batch_caps.py's `calibration`, one model step per unit): the loop steps it only
+while it holds no job at all, one unit per idle turn, so a request waits at most for the
+step in progress, and takes the caps it returns.
 
 Costs: every batch updates the stage's moving average of seconds per track-step, so
 `estimate(work)` tells what an operation takes alone before it runs (the server's
@@ -54,7 +57,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Union
 
 import torch
 
@@ -84,6 +87,7 @@ log = logging.getLogger(__name__)
 STOP_ERRORS = {"cancelled": JobCancelled, "expired": JobExpired}
 
 Caps = Union[Mapping[str, int], Callable[[UnCLIP], Mapping[str, int]], None]
+Calibration = Generator[Any, None, Mapping[str, int]]  # one unit a next(); returns the caps
 
 
 class Engine:
@@ -101,6 +105,7 @@ class Engine:
         self.loaded: Future[UnCLIP] = Future()
         self.max_batch, self.queue_size = max_batch, queue_size
         self._caps, self._fixed_running = caps, max_running
+        self._calibration: Optional[Calibration] = None  # pending, stepped while idle
         self.caps: dict[str, int] = {}  # per stage, once loaded
         self.max_running = max_running or 2 * max_batch
         self.default_deadline_s, self.max_deadline_s = default_deadline_s, max_deadline_s
@@ -147,6 +152,12 @@ class Engine:
             raise self._refusal_error(reason, depth)
         self._report_load()
         return job
+
+    def calibrate(self, calibration: Optional[Calibration]) -> None:
+        """Step `calibration` while idle and take the caps it returns (None: nothing to do)."""
+        with self._cv:
+            self._calibration = calibration
+            self._cv.notify_all()
 
     def estimate(self, work: dict[str, int]) -> Optional[float]:
         """Seconds an operation of `work` (track-steps per stage, `pipelines.operations.work`)
@@ -291,19 +302,19 @@ class Engine:
         try:
             if self._load is not None:
                 self.pipe = self._load()
-            self._set_caps()
+            self._set_caps(self._caps(self.pipe) if callable(self._caps) else (self._caps or {}))
         except BaseException as exc:
             self.loaded.set_exception(exc)
             raise
         self.loaded.set_result(self.pipe)
         return True
 
-    def _set_caps(self) -> None:
-        given = self._caps(self.pipe) if callable(self._caps) else (self._caps or {})
+    def _set_caps(self, given: Mapping[str, int]) -> None:
         self.caps = {stage: min(max(1, int(given.get(stage, self.max_batch))), self.max_batch)
                      for stage in self.pipe.stages}
         if self._fixed_running is None:
             self.max_running = 2 * max(self.caps.values())
+        self._emit(self.stats.set_batch_caps, dict(self.caps))
 
     def _turn(self) -> bool:
         """One turn of the loop; False once stopping."""
@@ -353,12 +364,38 @@ class Engine:
                 self._end(job, reason)
 
     def _idle(self) -> None:
-        """Nothing to run: sleep until new work, a cancel or the nearest queued deadline."""
+        """Nothing to run: a unit of the pending calibration while no job is held, else sleep
+        until new work, a cancel or the nearest queued deadline."""
+        if self._calibration is not None and self._calibrate_a_little():
+            return
         with self._cv:
             if self._stopping or (self._queue and len(self._running) < self.max_running):
                 return
             wake = min((j.deadline for j in self._queue), default=time.monotonic() + 1.0)
             self._cv.wait(max(0.0, min(wake - time.monotonic(), 1.0)))
+
+    def _calibrate_a_little(self) -> bool:
+        """Run one unit of the pending calibration unless a job is held or the engine is
+        draining; at its end, take its caps. A calibration that fails leaves the caps as
+        they are. True when a unit ran."""
+        with self._cv:
+            if self._queue or self._running or self._draining or self._stopping:
+                return False
+        try:
+            next(self._calibration)
+        except StopIteration as done:
+            self._calibration = None
+            self._set_caps(done.value)
+            log.info("batch caps now %s", self.caps)
+        except Exception:  # noqa: BLE001 - serving goes on with the caps it has
+            self._calibration = None
+            log.warning("measuring the batch caps failed; keeping %s", self.caps, exc_info=True)
+        return True
+
+    @property
+    def calibrating(self) -> bool:
+        """Whether a calibration is still pending."""
+        return self._calibration is not None
 
     def _abandon(self, error: BaseException) -> None:
         """Fail every job still held (the loop ended)."""

@@ -4,12 +4,13 @@ The URL store and the async jobs' store are this process's, or shared by every r
 through Redis (server/shared_state.py).
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
-/health 200 "loading", /ready 503) and sets each stage's batch cap (measured, or from the
-cached profile), then one tiny generation warms it up and the state
-turns "ready". `begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503,
-new work refused with 503, the engine finishes what it holds. With Redis, the runtime is
-ready only while Redis answers too: /ready 503 and new work 503 `store_unavailable` while
-it does not (liveness stays 200), ready again by itself once it is back.
+/health 200 "loading", /ready 503) and sets each stage's batch cap (from the cached
+profile, else max_batch), then one tiny generation warms it up and the state turns
+"ready"; caps not cached are then measured by the engine while it is idle.
+`begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503, new work refused
+with 503, the engine finishes what it holds. With Redis, the runtime is ready only while
+Redis answers too: /ready 503 and new work 503 `store_unavailable` while it does not
+(liveness stays 200), ready again by itself once it is back.
 
 Routes take the runtime as a FastAPI dependency: `AppRuntime` (any state) or
 `ReadyRuntime` (503 unless new work is accepted).
@@ -33,7 +34,7 @@ from pipelines.stage_keys import DECODER, PRIOR, upsampler_key
 from pipelines.unclip import Sampling, UnCLIP
 
 from .async_jobs import AsyncJobs
-from .batch_caps import caps_for, check_overrides
+from .batch_caps import Calibration, calibration, caps_for, check_overrides
 from .engine import Engine, ServerShutdown
 from .errors import StoreUnavailable, unavailable
 from .metrics import Metrics
@@ -100,18 +101,25 @@ class Runtime:
                              stats=self.metrics, caps=self.batch_caps)
         self.engine.start()
         self.pipe = await asyncio.wrap_future(self.engine.loaded)
-        self.metrics.set_batch_caps(self.engine.caps)
         if s.warmup:
             await self.warm_up()
         if self.state == "loading":
             self.state = "ready"
             self.metrics.set_ready(True)
             log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
+            self.engine.calibrate(self.calibration(self.pipe))
 
     def batch_caps(self, pipe: UnCLIP) -> dict[str, int]:
         """Each stage's batch cap (server/batch_caps.py); runs on the engine thread."""
         s = self.settings
         return caps_for(pipe, s.max_batch, s.stage_caps, s.batch_profile == "measure", s.batch_profile_dir)
+
+    def calibration(self, pipe: UnCLIP) -> Optional[Calibration]:
+        """The measurement of the caps the cache lacks, run by the engine while idle."""
+        s = self.settings
+        if s.batch_profile != "measure":
+            return None
+        return calibration(pipe, s.max_batch, s.stage_caps, s.batch_profile_dir)
 
     async def warm_up(self) -> None:
         """One generation at the largest size with one step per stage."""

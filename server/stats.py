@@ -7,7 +7,7 @@ submitting thread) and never lets an exception from them reach a job.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 OUTCOMES = ("done", "failed", "cancelled", "expired")
 REJECTIONS = ("queue_full", "draining", "stopped")
@@ -33,6 +33,9 @@ class EngineStats(Protocol):
     def gpu_memory(self, allocated: int, reserved: int) -> None:
         """CUDA memory in bytes (reported on CUDA only)."""
 
+    def set_batch_caps(self, caps: Mapping[str, int]) -> None:
+        """Each stage's batch cap, once loaded and whenever a calibration changes them."""
+
 
 class NullStats:
     """Stats that go nowhere."""
@@ -53,4 +56,7 @@ class NullStats:
         pass
 
     def gpu_memory(self, allocated: int, reserved: int) -> None:
+        pass
+
+    def set_batch_caps(self, caps: Mapping[str, int]) -> None:
         pass

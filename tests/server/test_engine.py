@@ -53,6 +53,9 @@ class Recorder:
     def gpu_memory(self, allocated, reserved):
         pass
 
+    def set_batch_caps(self, caps):
+        self.caps = dict(caps)
+
     def steps_of(self, job: Job) -> int:
         """Model calls that included the job."""
         with self.lock:
@@ -192,6 +195,48 @@ def test_batches_respect_max_batch_and_join_midway(make_engine, tiny_pipe: UnCLI
     shared = [ids for _, _, ids in stats.batches if first.id in ids and second.id in ids]
     assert shared, "the late job never shared a batch"
     assert max(len(ids) for _, _, ids in stats.batches) <= 3
+
+
+def test_a_calibration_runs_only_while_no_job_is_held_then_sets_the_caps(make_engine, tiny_pipe: UnCLIP) -> None:
+    """The engine steps a pending calibration one unit per idle turn: never while a job is
+    queued or running, a job submitted meanwhile is served, and its caps apply at its end."""
+    seen: list[tuple[int, int]] = []
+    engine: Optional[Engine] = None
+
+    def calibration(pipe: UnCLIP):
+        for _ in range(6):
+            seen.append((engine.queue_depth, engine.running))  # as each unit begins
+            time.sleep(0.05)
+            yield "a unit"
+        return {"prior": 1, "decoder": 2}
+
+    engine, stats = make_engine(max_batch=4, caps={"prior": 4})
+    engine.loaded.result(timeout=30)
+    assert not engine.calibrating
+    engine.calibrate(calibration(tiny_pipe))
+    assert engine.caps == {"prior": 4, "decoder": 4, "upsampler.0": 4} and engine.calibrating
+    served = result(engine.submit(ops.generate(tiny_pipe, "a red circle", seed=1, opts=FAST), kind="generation"))
+    assert served.images.shape[0] == 1
+    deadline = time.monotonic() + 30
+    while engine.calibrating and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(seen) == 6 and set(seen) == {(0, 0)}
+    assert engine.caps == {"prior": 1, "decoder": 2, "upsampler.0": 4} == stats.caps
+    assert engine.max_running == 8  # twice the largest cap
+
+
+def test_a_failing_calibration_keeps_the_caps(make_engine, tiny_pipe: UnCLIP) -> None:
+    def calibration(pipe: UnCLIP):
+        yield "a unit"
+        raise RuntimeError("out of memory while measuring")
+
+    engine, _ = make_engine(max_batch=2)
+    engine.calibrate(calibration(tiny_pipe))
+    deadline = time.monotonic() + 30
+    while engine.calibrating and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.alive and not engine.calibrating and engine.caps == dict.fromkeys(tiny_pipe.stages, 2)
+    assert result(engine.submit(ops.generate(tiny_pipe, "a", seed=1, opts=FAST), kind="generation")) is not None
 
 
 # ---- admission, deadlines, cancellation ------------------------------------------------
