@@ -10,9 +10,11 @@ import re
 import secrets
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Mapping, Optional, Sequence
 
+import fastapi.routing
 from fastapi import Depends, FastAPI
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
@@ -35,12 +37,23 @@ ASYNC_GRACE_S = 2.0  # at shutdown: for async jobs' last results and webhooks
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:
+    """id of each route object that a request's scope["route"] may hold -> its full path
+    template ("/v1/images/jobs/{job_id}"). FastAPI 0.16x keeps an included router's routes
+    as declared, without the include prefix ("/images/jobs/{job_id}"); its route contexts
+    know the full path. Older versions copy the routes with the prefix."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:
+        return {id(route): route.path for route in routes if getattr(route, "path", None)}
+    return {id(ctx.original_route): ctx.path for ctx in contexts(routes) if ctx.path}
+
+
 class RequestContext:
     """x-request-id on every response (the client's, if sane, else a new one); request
     metrics by route template and status; unexpected errors as a bare 500."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime):
-        self.app, self.runtime = app, runtime
+    def __init__(self, app: ASGIApp, runtime: Runtime, templates: Mapping[int, str]):
+        self.app, self.runtime, self.templates = app, runtime, templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,9 +82,10 @@ class RequestContext:
             self.observe(scope, status[0], time.perf_counter() - started)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        route = scope.get("route")
+        template = self.templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
         try:
-            self.runtime.metrics.observe_request(route, str(status), seconds)
+            self.runtime.metrics.observe_request(template, str(status), seconds)
         except Exception:  # noqa: BLE001 - metrics never break a request
             log.debug("metrics failed", exc_info=True)
 
@@ -161,5 +175,5 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(playground.router, include_in_schema=False)
     app.add_middleware(AuthMiddleware, keys=settings.keys, files_require_key=settings.files_require_key)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes)
-    app.add_middleware(RequestContext, runtime=runtime)
+    app.add_middleware(RequestContext, runtime=runtime, templates=route_templates(app.routes))
     return app

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines import operations as ops
 from pipelines.unclip import Sampling, UnCLIP
+from server.app import create_app
 from server.engine import Engine, QueueFull
 from server.metrics import Metrics
+from server.settings import Settings
 from server.stats import EngineStats
 
 FAST = Sampling(prior_steps=2, decoder_steps=2, upsampler_steps=1, best_of=1)
@@ -118,3 +123,16 @@ def test_metrics_instances_are_independent() -> None:
     a.set_ready(True)
     assert b"unclip_ready 0.0" in b.render()[0] and b"unclip_ready 1.0" in a.render()[0]
     assert isinstance(a, EngineStats)
+
+
+def test_route_label_is_the_full_template(tiny_model_dir: Path) -> None:
+    """The `route` label is the path template with the router's /v1 prefix (what the
+    dashboard's `route=~"/v1/images/.+"` selects), never the raw path. No lifespan: the
+    model is not loaded, the routes answer 404 or 503 and are counted all the same."""
+    client = TestClient(create_app(Settings(model_dir=tiny_model_dir)))
+    for method, path in (("GET", "/v1/images/jobs/job_x"), ("POST", "/v1/images/generations"),
+                         ("GET", "/v1/models"), ("GET", "/nowhere")):
+        client.request(method, path)
+    routes = {s.labels["route"] for family in text_string_to_metric_families(client.get("/metrics").text)
+              if family.name == "unclip_requests" for s in family.samples}
+    assert routes == {"/v1/images/jobs/{job_id}", "/v1/images/generations", "/v1/models", "unmatched"}
