@@ -14,11 +14,12 @@ from typing import AsyncIterator, Mapping, Optional, Sequence
 
 import fastapi.routing
 from fastapi import Depends, FastAPI
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
-from .errors import APIError, error_response, install_handlers
+from .errors import CLIENT_CLOSED, APIError, error_response, install_handlers
 from .routes import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
 from .routes.background import ASYNC_RESPONSE, prefer_header
 from .routes.claimer import Claimer
@@ -50,7 +51,12 @@ def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:
 
 class RequestContext:
     """x-request-id on every response (the client's, if sane, else a new one); request
-    metrics by route template and status; unexpected errors as a bare 500."""
+    metrics by route template and status; unexpected errors as a bare 500.
+
+    A client that goes away before its response starts (mid-body, or while its job runs)
+    is counted as 499, nginx's "client closed request": the `outcome` label stays a status
+    code, so `outcome=~"5.."` keeps meaning server errors. Nothing is sent to it and
+    nothing is logged above INFO."""
 
     def __init__(self, app: ASGIApp, runtime: Runtime, templates: Mapping[int, str]):
         self.app, self.runtime, self.templates = app, runtime, templates
@@ -61,7 +67,13 @@ class RequestContext:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = given if REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = rid
-        status, started = [500, False], time.perf_counter()
+        status, started, gone = [500, False], time.perf_counter(), [False]
+
+        async def watching_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status[1]:
+                gone[0] = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,7 +83,9 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watching_receive, send_with_id)
+        except ClientDisconnect:
+            log.info("request %s: the client went away", rid)
         except Exception:  # noqa: BLE001 - last resort: no internals leave the server
             log.exception("request %s failed", rid)
             if not status[1]:
@@ -79,7 +93,7 @@ class RequestContext:
                                code="internal_error", headers={"x-request-id": rid})
                 await error_response(err)(scope, receive, send)
         finally:
-            self.observe(scope, status[0], time.perf_counter() - started)
+            self.observe(scope, CLIENT_CLOSED if gone[0] else status[0], time.perf_counter() - started)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
