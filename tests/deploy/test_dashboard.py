@@ -46,6 +46,7 @@ DASHBOARD = ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "unclip.jso
 SCALEDOBJECT = ROOT / "deploy" / "k8s" / "scaledobject.yaml"
 DEPLOYMENT = ROOT / "deploy" / "k8s" / "deployment.yaml"
 SERVICEMONITOR = ROOT / "deploy" / "k8s" / "servicemonitor.yaml"
+COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yaml"
 
 READY_TIMEOUT_S = 300.0
 GENERATION = {
@@ -339,17 +340,19 @@ def test_promql_parses(where: str, expr: str) -> None:
     assert set(walk(tree)) == metric_names(expr), where
 
 
+def panel_exprs(word: str) -> list[str]:
+    """The expressions of the one dashboard panel whose title holds `word` (any case)."""
+    by_title = {p.get("title", "").lower(): [t.get("expr", "") for t in p.get("targets", [])]
+                for p in panels(dashboard())}
+    hits = [exprs for title, exprs in by_title.items() if word in title]
+    assert len(hits) == 1, f"one panel titled with {word!r}: {sorted(by_title)}"
+    return hits[0]
+
+
 def test_dashboard_has_the_panels() -> None:
     """Throughput, queue depth, latency p50/p99, batch size, rejections by reason, GPU
     memory: each a panel whose expressions say so."""
-    by_title = {p.get("title", "").lower(): [t.get("expr", "") for t in p.get("targets", [])]
-                for p in panels(dashboard())}
-
-    def find(word: str) -> list[str]:
-        hits = [exprs for title, exprs in by_title.items() if word in title]
-        assert len(hits) == 1, f"one panel titled with {word!r}: {sorted(by_title)}"
-        return hits[0]
-
+    find = panel_exprs
     assert any("rate(" in e for e in find("throughput"))
     assert any("queue_depth" in e for e in find("queue depth"))
     latency = " ".join(find("latency"))
@@ -359,6 +362,23 @@ def test_dashboard_has_the_panels() -> None:
     assert find("batch size")
     assert any(re.search(r"by\s*\(\s*reason\s*\)", e) for e in find("rejections"))
     assert find("gpu memory")
+
+
+def test_queue_depth_panel_counts_the_shared_queue() -> None:
+    """The compose stack runs the server with Redis, where each engine's unclip_queue_depth
+    stays near 0 (a replica claims only into free slots) and the backlog waits in the
+    shared queue, unclip_global_queue_depth (0 without Redis; every replica reports the
+    same number, so its max). The panel's total adds both; each replica's own queue is
+    still plotted."""
+    server = yaml.safe_load(COMPOSE.read_text())["services"]["unclip"]
+    assert server["environment"].get("UNCLIP_REDIS_URL", "").startswith("redis://")
+    exprs = [plain_promql(e) for e in panel_exprs("queue depth")]
+    totals = [e for e in exprs if metric_names(e) == {"unclip_global_queue_depth", "unclip_queue_depth"}]
+    assert len(totals) == 1, exprs
+    assert re.search(r"\bmax\s*\(\s*unclip_global_queue_depth\s*\)", totals[0]), totals[0]
+    assert re.search(r"\bsum\s*\(\s*unclip_queue_depth\s*\)", totals[0]), totals[0]
+    assert any(metric_names(e) == {"unclip_queue_depth"} and re.search(r"by\s*\(\s*instance\s*\)", e)
+               for e in exprs), exprs
 
 
 def test_probe_paths_answer(live_server: LiveServer) -> None:
