@@ -10,14 +10,17 @@ import re
 import secrets
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Mapping, Optional, Sequence
 
+import fastapi.routing
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, bearer_scheme
-from .errors import APIError, error_response, install_handlers
+from .errors import CLIENT_CLOSED, APIError, error_response, install_handlers
 from .routes import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
 from .routes.background import ASYNC_RESPONSE, prefer_header
 from .routes.claimer import Claimer
@@ -36,12 +39,28 @@ ASYNC_GRACE_S = 2.0  # at shutdown: for async jobs' last results and webhooks
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def route_templates(routes: Sequence[BaseRoute]) -> dict[int, str]:
+    """id of each route object that a request's scope["route"] may hold -> its full path
+    template ("/v1/images/jobs/{job_id}"). FastAPI 0.16x keeps an included router's routes
+    as declared, without the include prefix ("/images/jobs/{job_id}"); its route contexts
+    know the full path. Older versions copy the routes with the prefix."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:
+        return {id(route): route.path for route in routes if getattr(route, "path", None)}
+    return {id(ctx.original_route): ctx.path for ctx in contexts(routes) if ctx.path}
+
+
 class RequestContext:
     """x-request-id on every response (the client's, if sane, else a new one); request
-    metrics by route template and status; unexpected errors as a bare 500."""
+    metrics by route template and status; unexpected errors as a bare 500.
 
-    def __init__(self, app: ASGIApp, runtime: Runtime):
-        self.app, self.runtime = app, runtime
+    A client that goes away before its response starts (mid-body, or while its job runs)
+    is counted as 499, nginx's "client closed request": the `outcome` label stays a status
+    code, so `outcome=~"5.."` keeps meaning server errors. Nothing is sent to it and
+    nothing is logged above INFO."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime, templates: Mapping[int, str]):
+        self.app, self.runtime, self.templates = app, runtime, templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +68,13 @@ class RequestContext:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = given if REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = rid
-        status, started = [500, False], time.perf_counter()
+        status, started, gone = [500, False], time.perf_counter(), [False]
+
+        async def watching_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status[1]:
+                gone[0] = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -59,7 +84,9 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watching_receive, send_with_id)
+        except ClientDisconnect:
+            log.info("request %s: the client went away", rid)
         except Exception:  # noqa: BLE001 - last resort: no internals leave the server
             log.exception("request %s failed", rid)
             if not status[1]:
@@ -67,12 +94,13 @@ class RequestContext:
                                code="internal_error", headers={"x-request-id": rid})
                 await error_response(err)(scope, receive, send)
         finally:
-            self.observe(scope, status[0], time.perf_counter() - started)
+            self.observe(scope, CLIENT_CLOSED if gone[0] else status[0], time.perf_counter() - started)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        route = scope.get("route")
+        template = self.templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
         try:
-            self.runtime.metrics.observe_request(route, str(status), seconds)
+            self.runtime.metrics.observe_request(template, str(status), seconds)
         except Exception:  # noqa: BLE001 - metrics never break a request
             log.debug("metrics failed", exc_info=True)
 
@@ -162,5 +190,5 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(playground.router, include_in_schema=False)
     app.add_middleware(AuthMiddleware, keys=settings.keys, files_require_key=settings.files_require_key)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes)
-    app.add_middleware(RequestContext, runtime=runtime)
+    app.add_middleware(RequestContext, runtime=runtime, templates=route_templates(app.routes))
     return app

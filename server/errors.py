@@ -5,6 +5,8 @@ Status codes: 400 invalid input (naming `param`), 401 missing/invalid key, 404 u
 route or expired image, 405, 413 body too large, 429 queue full (with Retry-After),
 500 job failure (no internals), 503 not ready / draining / job cancelled by the server /
 the shared store (Redis) unreachable, 504 the job's deadline passed before it finished.
+499 (`CLIENT_CLOSED`, nginx's "client closed request") is never sent: it is the status
+the metrics give a request whose client went away before its response started.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.errors import InvalidInput
 
 from .engine import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull, ServerShutdown
+
+CLIENT_CLOSED = 499
 
 
 class StoreUnavailable(Exception):

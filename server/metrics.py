@@ -7,7 +7,8 @@ bytes), `_total` on counters, and labels of bounded cardinality only (route temp
 HTTP status, operation kind, stage, rejection reason; never ids or prompts).
 
 Series:
-  unclip_requests_total{route,outcome}          counter   HTTP requests (outcome: status code)
+  unclip_requests_total{route,outcome}          counter   HTTP requests (outcome: status code; 499 when
+                                                          the client went away before its response)
   unclip_request_duration_seconds{route}        histogram HTTP request latency
   unclip_requests_rejected_total{reason}        counter   submissions refused at once
   unclip_jobs_total{kind,outcome}               counter   jobs ended (done/failed/cancelled/expired)
@@ -70,8 +71,8 @@ class Metrics:
         info.info({"model": str(model_name), "sizes": ",".join(str(s) for s in sizes)})
 
     def _requests(self, r: CollectorRegistry) -> None:
-        self.requests = Counter("unclip_requests", "HTTP requests by route template and outcome (status code)",
-                                ["route", "outcome"], registry=r)
+        self.requests = Counter("unclip_requests", "HTTP requests by route template and outcome (status code; "
+                                "499: the client went away before its response)", ["route", "outcome"], registry=r)
         self.request_seconds = Histogram("unclip_request_duration_seconds", "HTTP request latency by route template",
                                          ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.rejections = Counter("unclip_requests_rejected", "Submissions refused at once, by reason",

@@ -14,6 +14,7 @@ from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
 from pipelines.imageio import keep_mask, open_image, reduce, to_uint8_tensor
 
@@ -43,7 +44,8 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 async def read_form(request: Request) -> FormData:
-    """The request's form (400 if the body is not a well-formed form)."""
+    """The request's form (400 if the body is not a well-formed form; ClientDisconnect if
+    the client goes away before its end)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith(FORM_TYPES):
         raise bad_request(None, f"Expected a multipart/form-data body, got content-type {ctype or 'none'!r}.",
@@ -54,6 +56,8 @@ async def read_form(request: Request) -> FormData:
         return await request.form(**FORM_LIMITS)
     except FieldError as err:
         raise bad_request(err.field, err.message, err.code) from None
+    except ClientDisconnect:
+        raise
     except Exception as err:  # noqa: BLE001 - python-multipart raises several kinds
         detail = getattr(err, "detail", None) or str(err) or type(err).__name__
         raise bad_request(None, f"Malformed form body: {detail}", "invalid_form") from None

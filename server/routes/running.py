@@ -1,5 +1,6 @@
 """Running a request's operation: submit it to the engine, await its result (cancelled
-when the client goes away), and map its failure to an API error."""
+when the client goes away: then ClientDisconnect, no answer), and map its failure to an
+API error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from typing import Callable, Optional
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from pipelines.operations import OpResult
 from pipelines.unclip import Operation
@@ -26,7 +28,7 @@ def submit(rt: Runtime, op: Operation, kind: str, on_progress: Optional[Callable
 
 
 async def cancel_on_disconnect(request: Request, job: Job) -> None:
-    """Wait for the client to go away, then cancel its job."""
+    """Wait for the client to go away, then cancel its job (the task returns only then)."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
@@ -43,14 +45,25 @@ async def await_job(request: Request, job: Job) -> OpResult:
         return await asyncio.wrap_future(job.future)
     except asyncio.CancelledError:
         if job.future.cancelled() and not asyncio.current_task().cancelling():
-            raise job_error(request, job, JobCancelled()) from None
+            raise job_failure(request, job, JobCancelled(), watcher) from None
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-shaped error
-        raise job_error(request, job, exc) from None
+        raise job_failure(request, job, exc, watcher) from None
     finally:
         watcher.cancel()
         if not job.future.done():
             job.cancel()
+
+
+def went_away(watcher: asyncio.Task) -> bool:
+    """Whether a disconnect watcher (a cancel_on_disconnect task) saw its client go."""
+    return watcher.done() and not watcher.cancelled() and watcher.exception() is None
+
+
+def job_failure(request: Request, job: Job, exc: Exception, watcher: asyncio.Task) -> Exception:
+    """What a request whose job ended without a result raises: ClientDisconnect when its
+    client went away (no one to answer, nothing to log), else the job's API error."""
+    return ClientDisconnect() if went_away(watcher) else job_error(request, job, exc)
 
 
 def job_error(request: Request, job: Job, exc: Exception) -> APIError:

@@ -37,7 +37,7 @@ from ..engine import Job, JobCancelled, Progress
 from ..errors import APIError, error_body
 from ..images import FileFormat, ImageMeta, encode, encode_pixels
 from ..schemas import Usage
-from .running import cancel_on_disconnect, job_error
+from .running import cancel_on_disconnect, job_error, went_away
 
 _DONE = object()
 # OpenAPI: with `stream=true` the 200 answer is an event stream instead of JSON.
@@ -159,6 +159,8 @@ async def events(request: Request, job: Job, queue: asyncio.Queue, d: Delivery) 
                     yield image_event(f"{d.prefix}.partial_image", d, i, data, partial_image_index=sent)
                 sent += 1
         if job.future.cancelled() or job.future.exception() is not None:
+            if went_away(watcher):  # no one to send the error event to
+                return
             exc = job.future.exception() if not job.future.cancelled() else None
             yield error_event(job_error(request, job, exc or JobCancelled()))
             return

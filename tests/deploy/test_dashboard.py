@@ -3,8 +3,9 @@ trigger's query) names only metrics that the server really exports.
 
 The exported set comes from a LIVE server: `python -m server` runs as a subprocess on a
 free 127.0.0.1 port, serving the tiny random-weight model directory of tests/conftest.py;
-once /ready answers 200, one small generation request gives the histograms samples, and
-GET /metrics is parsed with prometheus_client's own parser.
+once /ready answers 200, one small request of each kind (the five image operations, an
+async job polled to its end, the models list, an image file) gives the series samples,
+and GET /metrics is parsed with prometheus_client's own parser.
 
 Metric names are taken from each expression with a regex (strings, label matchers, range
 selectors, `by (...)`-style label lists and Grafana variables removed first; identifiers
@@ -14,7 +15,9 @@ counter `x` gives `x_total`, a histogram `x` gives `x_bucket`, `x_sum`, `x_count
 `x`, `x_sum`, `x_count`, a gauge only `x`. So a gauge that happens to end in `_count` is
 not mistaken for a histogram part, and `x` alone never matches a counter's `x_total`.
 When promql-parser is installed, every expression is also parsed by it (syntax), and the
-names it finds must equal the regex's.
+names it finds must equal the regex's; and each of its selectors (a metric and its label
+matchers, regexes included) must select at least one series of the scrape, so that no
+panel is empty for a label value the server never exports.
 
 The same live server answers the probe paths of the Deployment, the ServiceMonitor and the
 Dockerfile's HEALTHCHECK, and finally drains and exits 0 on SIGTERM, as the Deployment's
@@ -33,26 +36,30 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 yaml = pytest.importorskip("yaml")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.server.conftest import FAST, FAST_DECODER, half_transparent, png  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "compose" / "grafana" / "dashboards" / "unclip.json"
 SCALEDOBJECT = ROOT / "deploy" / "k8s" / "scaledobject.yaml"
 DEPLOYMENT = ROOT / "deploy" / "k8s" / "deployment.yaml"
 SERVICEMONITOR = ROOT / "deploy" / "k8s" / "servicemonitor.yaml"
+COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yaml"
 
 READY_TIMEOUT_S = 300.0
-GENERATION = {
-    "prompt": "a red circle", "size": "32x32", "n": 1, "prior_steps": 2, "decoder_steps": 2,
-    "response_format": "b64_json",
-}
+GENERATION = {"prompt": "a red circle", "size": "32x32", "n": 1, "response_format": "b64_json", **FAST}
 API_KEY = "deploy-test-key"
+# The routes that send_traffic requests besides the image operations' (as templates).
+OTHER_ROUTES = ("/v1/images/jobs/{job_id}", "/v1/models", "/v1/files/images/{image_id}.{ext}")
 
 KEYWORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
@@ -198,10 +205,7 @@ def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                 pytest.fail(f"server not ready within {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
             time.sleep(0.5)
 
-        status, body = http("POST", server.base + "/v1/images/generations", GENERATION, timeout=300,
-                            headers={"Authorization": f"Bearer {API_KEY}"})
-        assert status == 200, (status, body[:500], server.log_tail())
-        assert json.loads(body)["data"][0]["b64_json"]
+        send_traffic(server)
         status, body = http("GET", server.base + "/metrics")
         assert status == 200, body[:500]
         server.metrics_text = body.decode()
@@ -214,6 +218,47 @@ def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def image_requests() -> dict[str, dict[str, Any]]:
+    """path -> httpx.post keywords of one request of each image operation: 32x32, two steps
+    a stage; the generation answers a URL (its file is fetched), the others base64."""
+    def form(**fields: Any) -> dict[str, str]:
+        return {k: str(v) for k, v in {"size": "32x32", "response_format": "b64_json", **FAST_DECODER,
+                                        **fields}.items()}
+
+    def files(*images: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+        return [(name, (f"{i}.png", data, "image/png")) for i, (name, data) in enumerate(images)]
+
+    return {
+        "/v1/images/generations": {"json": {**GENERATION, "response_format": "url"}},
+        "/v1/images/edits": {"data": form(prompt="fill it", **FAST),
+                             "files": files(("image", png(32, half_transparent(32))))},
+        "/v1/images/variations": {"data": form(), "files": files(("image", png(32)))},
+        "/v1/images/interpolations": {"data": form(frames=2),
+                                      "files": files(("image[]", png(32, seed=1)), ("image[]", png(32, seed=2)))},
+        "/v1/images/text-diffs": {"data": form(prompt="a dog", source_prompt="a cat", frames=2),
+                                  "files": files(("image", png(32)))},
+    }
+
+
+def send_traffic(server: LiveServer) -> None:
+    """One request of each kind, each answered 200 (202): the image operations at once (the
+    engine batches them), the file of the generation's URL, an async generation polled to
+    its end, the models list."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.base, headers=auth, timeout=300) as client, ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda item: client.post(item[0], **item[1]), image_requests().items()))
+        for r in answers:
+            assert r.status_code == 200, (r.url, r.text[:500], server.log_tail())
+        assert client.get(answers[0].json()["data"][0]["url"]).status_code == 200
+        job = client.post("/v1/images/generations", json=GENERATION, headers={"Prefer": "respond-async"})
+        assert job.status_code == 202, job.text[:500]
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/v1/images/jobs/{job.json()['id']}").json()["status"]) != "completed":
+            assert status in ("queued", "in_progress") and time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert client.get("/v1/models").status_code == 200
 
 
 def exported(text: str) -> tuple[set[str], dict[str, str]]:
@@ -315,41 +360,105 @@ def test_promql_labels_exist(live_server: LiveServer, where: str, expr: str) -> 
     assert used_labels(expr) <= allowed, f"{where}: {sorted(used_labels(expr) - allowed)} not labels of {names}"
 
 
+def selectors(node: Any) -> Iterator[Any]:
+    """The vector selectors (promql_parser.VectorSelector) of a parsed expression, those
+    inside range selectors and subqueries included."""
+    import promql_parser
+
+    if isinstance(node, promql_parser.VectorSelector):
+        yield node
+        return
+    for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
+        child = getattr(node, attr, None)
+        if child is not None and not isinstance(child, (int, float, str)):
+            yield from selectors(child)
+    for child in getattr(node, "args", None) or []:
+        yield from selectors(child)
+
+
+def selector_name(selector: Any) -> str:
+    """The metric a selector names, by name or by a `__name__="..."` matcher."""
+    return selector.name or next(m.value for m in selector.matchers.matchers if m.name == "__name__")
+
+
+def label_matches(labels: dict[str, str], matcher: Any) -> bool:
+    """PromQL's matcher semantics: a missing label is "", regexes are anchored."""
+    import promql_parser
+
+    value, op = labels.get(matcher.name, ""), matcher.op
+    if op in (promql_parser.MatchOp.Re, promql_parser.MatchOp.NotRe):
+        return (re.fullmatch(matcher.value, value) is not None) == (op == promql_parser.MatchOp.Re)
+    return (value == matcher.value) == (op == promql_parser.MatchOp.Equal)
+
+
+def exported_series(text: str) -> dict[str, list[dict[str, str]]]:
+    """series name -> the label sets of its samples in the scrape."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample.labels)
+    return out
+
+
+def test_label_matches() -> None:
+    promql_parser = pytest.importorskip("promql_parser")
+    (sel,) = selectors(promql_parser.parse('m{route=~"/v1/images/.+", kind!="warmup", le="1", x!~"a|b"}'))
+    matchers = sel.matchers.matchers
+    assert all(label_matches({"route": "/v1/images/edits", "kind": "edit", "le": "1"}, m) for m in matchers)
+    assert not label_matches({"route": "/images/edits"}, matchers[0])
+    assert not label_matches({"route": "x/v1/images/edits"}, matchers[0])  # anchored
+    assert not label_matches({"kind": "warmup"}, matchers[1])
+    assert label_matches({}, matchers[1]) and not label_matches({}, matchers[2])
+    assert not label_matches({"x": "a"}, matchers[3]) and label_matches({"x": "ab"}, matchers[3])
+
+
 @pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
 def test_promql_parses(where: str, expr: str) -> None:
     """Syntax, by a real PromQL parser; its names agree with the regex's."""
     promql_parser = pytest.importorskip("promql_parser")
     tree = promql_parser.parse(plain_promql(expr))
+    assert {selector_name(sel) for sel in selectors(tree)} == metric_names(expr), where
 
-    def walk(node: Any) -> Iterator[str]:
-        if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                yield node.name
-            for m in node.matchers.matchers:
-                if m.name == "__name__":
-                    yield m.value
-            return
-        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
-            child = getattr(node, attr, None)
-            if child is not None and not isinstance(child, (int, float, str)):
-                yield from walk(child)
-        for child in getattr(node, "args", None) or []:
-            yield from walk(child)
 
-    assert set(walk(tree)) == metric_names(expr), where
+@pytest.mark.parametrize("where,expr", all_exprs(), ids=[w for w, _ in all_exprs()])
+def test_promql_selectors_select_exported_series(live_server: LiveServer, where: str, expr: str) -> None:
+    """Every selector selects at least one series of the scrape after one request of each
+    kind: one series with the metric's name satisfies all of its label matchers (=, !=,
+    =~, !~), but those on labels Prometheus attaches to every target (job, instance...).
+    A matcher on a value the server never exports (route="/images/..." for "/v1/images/...")
+    leaves a panel empty although its metric and label names exist."""
+    promql_parser = pytest.importorskip("promql_parser")
+    series = exported_series(live_server.metrics_text)
+    for sel in selectors(promql_parser.parse(plain_promql(expr))):
+        name = selector_name(sel)
+        matchers = [m for m in sel.matchers.matchers if m.name != "__name__" and m.name not in TARGET_LABELS]
+        assert series.get(name), f"{where}: no series {name}"
+        assert any(all(label_matches(labels, m) for m in matchers) for labels in series[name]), (
+            f"{where}: no series of {name} has {[(m.name, str(m.op), m.value) for m in matchers]}; its values: "
+            f"{ {m.name: sorted({labels.get(m.name, '') for labels in series[name]}) for m in matchers} }")
+
+
+def test_requests_labelled_by_full_route_template(live_server: LiveServer) -> None:
+    """Each request of send_traffic is counted under its route template with the /v1
+    prefix ("/v1/images/jobs/{job_id}"), never the raw path."""
+    routes = {labels["route"] for labels in exported_series(live_server.metrics_text)["unclip_requests_total"]}
+    assert set(image_requests()) | set(OTHER_ROUTES) <= routes, sorted(routes)
+    assert not any(route.startswith("/images/") or "/job_" in route for route in routes), sorted(routes)
+
+
+def panel_exprs(word: str) -> list[str]:
+    """The expressions of the one dashboard panel whose title holds `word` (any case)."""
+    by_title = {p.get("title", "").lower(): [t.get("expr", "") for t in p.get("targets", [])]
+                for p in panels(dashboard())}
+    hits = [exprs for title, exprs in by_title.items() if word in title]
+    assert len(hits) == 1, f"one panel titled with {word!r}: {sorted(by_title)}"
+    return hits[0]
 
 
 def test_dashboard_has_the_panels() -> None:
     """Throughput, queue depth, latency p50/p99, batch size, rejections by reason, GPU
     memory: each a panel whose expressions say so."""
-    by_title = {p.get("title", "").lower(): [t.get("expr", "") for t in p.get("targets", [])]
-                for p in panels(dashboard())}
-
-    def find(word: str) -> list[str]:
-        hits = [exprs for title, exprs in by_title.items() if word in title]
-        assert len(hits) == 1, f"one panel titled with {word!r}: {sorted(by_title)}"
-        return hits[0]
-
+    find = panel_exprs
     assert any("rate(" in e for e in find("throughput"))
     assert any("queue_depth" in e for e in find("queue depth"))
     latency = " ".join(find("latency"))
@@ -359,6 +468,23 @@ def test_dashboard_has_the_panels() -> None:
     assert find("batch size")
     assert any(re.search(r"by\s*\(\s*reason\s*\)", e) for e in find("rejections"))
     assert find("gpu memory")
+
+
+def test_queue_depth_panel_counts_the_shared_queue() -> None:
+    """The compose stack runs the server with Redis, where each engine's unclip_queue_depth
+    stays near 0 (a replica claims only into free slots) and the backlog waits in the
+    shared queue, unclip_global_queue_depth (0 without Redis; every replica reports the
+    same number, so its max). The panel's total adds both; each replica's own queue is
+    still plotted."""
+    server = yaml.safe_load(COMPOSE.read_text())["services"]["unclip"]
+    assert server["environment"].get("UNCLIP_REDIS_URL", "").startswith("redis://")
+    exprs = [plain_promql(e) for e in panel_exprs("queue depth")]
+    totals = [e for e in exprs if metric_names(e) == {"unclip_global_queue_depth", "unclip_queue_depth"}]
+    assert len(totals) == 1, exprs
+    assert re.search(r"\bmax\s*\(\s*unclip_global_queue_depth\s*\)", totals[0]), totals[0]
+    assert re.search(r"\bsum\s*\(\s*unclip_queue_depth\s*\)", totals[0]), totals[0]
+    assert any(metric_names(e) == {"unclip_queue_depth"} and re.search(r"by\s*\(\s*instance\s*\)", e)
+               for e in exprs), exprs
 
 
 def test_probe_paths_answer(live_server: LiveServer) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+from pathlib import Path
+
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines import operations as ops
 from pipelines.unclip import Sampling, UnCLIP
+from server.app import create_app
 from server.engine import Engine, QueueFull
 from server.metrics import Metrics
+from server.settings import Settings
 from server.stats import EngineStats
 
+from .conftest import REPO
+
 FAST = Sampling(prior_steps=2, decoder_steps=2, upsampler_steps=1, best_of=1)
+METRICS_TABLE = REPO / "README.md"  # the file holding the `| metric | type | labels |` table
 
 EXPECTED = {  # family (as the parser names it) -> type
     "unclip_requests": "counter",
@@ -118,3 +128,47 @@ def test_metrics_instances_are_independent() -> None:
     a.set_ready(True)
     assert b"unclip_ready 0.0" in b.render()[0] and b"unclip_ready 1.0" in a.render()[0]
     assert isinstance(a, EngineStats)
+
+
+def test_route_label_is_the_full_template(tiny_model_dir: Path) -> None:
+    """The `route` label is the path template with the router's /v1 prefix (what the
+    dashboard's `route=~"/v1/images/.+"` selects), never the raw path. No lifespan: the
+    model is not loaded, the routes answer 404 or 503 and are counted all the same."""
+    client = TestClient(create_app(Settings(model_dir=tiny_model_dir)))
+    for method, path in (("GET", "/v1/images/jobs/job_x"), ("POST", "/v1/images/generations"),
+                         ("GET", "/v1/models"), ("GET", "/nowhere")):
+        client.request(method, path)
+    routes = {s.labels["route"] for family in text_string_to_metric_families(client.get("/metrics").text)
+              if family.name == "unclip_requests" for s in family.samples}
+    assert routes == {"/v1/images/jobs/{job_id}", "/v1/images/generations", "/v1/models", "unmatched"}
+
+
+def documented_metrics(text: str) -> dict[str, str]:
+    """series name -> type cell, from each row of the markdown table headed
+    `| metric | type | labels |` (a row may name several series)."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if re.match(r"\|\s*metric\s*\|\s*type\s*\|", line))
+    out: dict[str, str] = {}
+    for row in itertools.takewhile(lambda line: line.startswith("|"), lines[head + 2:]):
+        names, kind = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        out.update((name, kind) for name in re.findall(r"`(unclip_\w+)`", names))
+    return out
+
+
+def exported_metrics(metrics: Metrics) -> dict[str, str]:
+    """series name as queries write it (counter `x_total`, info `x_info`) -> type, of every
+    family in the registry that GET /metrics renders (labelled families without children too)."""
+    suffix = {"counter": "_total", "info": "_info"}
+    return {family.name + suffix.get(family.type, ""): family.type for family in metrics.registry.collect()}
+
+
+def test_metrics_table_lists_every_family() -> None:
+    """The metrics table has a row for each exported family, with its type, and no row for
+    a family the server does not export (the process collector's are Linux only)."""
+    documented = documented_metrics(METRICS_TABLE.read_text())
+    exported = exported_metrics(Metrics("m", [32]))
+    assert sorted(set(exported) - set(documented)) == [], f"exported but not in {METRICS_TABLE.name}'s table"
+    assert sorted(set(documented) - set(exported)) == [], f"in {METRICS_TABLE.name}'s table but not exported"
+    wrong = {name: (documented[name], kind) for name, kind in exported.items()
+             if kind not in re.findall(r"\w+", documented[name])}
+    assert not wrong, f"documented type vs exported: {wrong}"
