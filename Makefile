@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch and torchvision are pinned together: these builds pair with each other.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-dev serve lint browser redis test gpu-wheels
+.PHONY: setup setup-dev serve lint browser redis test gpu-wheels gpu-wheels-check
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,10 @@ test: lint browser redis
 GPU_PYTHON_VERSION ?= 3.12
 gpu-wheels: setup
 	GPU_PYTHON_VERSION=$(GPU_PYTHON_VERSION) PY=$(PY) bash bench/gpu_wheels.sh
+
+# Proves offline that those wheels install on a fresh python $(GPU_PYTHON_VERSION) venv holding the GPU
+# image's own packages (torch and torchvision as stand-in metadata) and that the server's
+# modules import: bench/gpu_wheels_check.py. Not part of `make test`: it needs a local python
+# $(GPU_PYTHON_VERSION) and, once, an index for the image's packages (cached in bench/wheels-device).
+gpu-wheels-check: setup
+	GPU_PYTHON_VERSION=$(GPU_PYTHON_VERSION) $(PY) -m bench.gpu_wheels_check

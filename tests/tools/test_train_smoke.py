@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pipelines import operations as O
 from pipelines.checkpoints import load_model_dir
@@ -287,6 +289,55 @@ def test_restore_keeps_stages_that_trained_further(runs: tuple[Path, Path], tmp_
     assert cli("restore", "--run", str(run), "--snapshot", str(snap)) == 0  # nothing newer: kept
     assert _same(checkpoint.load(run / "clip")["ema"], before["ema"])
     assert cli("restore", "--run", str(tmp_path / "x"), "--snapshot", str(tmp_path / "none")) == 2
+
+
+def _tensors(model: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {f.name: load_file(str(f)) for f in sorted(model.glob("*.safetensors"))}
+
+
+def test_restore_from_the_exported_model_extends_a_finished_run(runs: tuple[Path, Path], exported: Path,
+                                                                 tmp_path: Path) -> None:
+    """A snapshot's record without checkpoints (what git holds) and the exported model give
+    back a run that exports the same model bit for bit and trains on past its planned steps."""
+    snap, again = tmp_path / "snap", tmp_path / "again"
+    assert cli("snapshot", "--run", str(runs[0]), "--snapshot", str(snap), "--no-checkpoints") == 0
+    assert not list(snap.rglob("checkpoint.pt")) and (snap / "stages.json").is_file()
+    assert cli("restore", "--run", str(again), "--snapshot", str(snap), "--model", str(exported)) == 0
+    assert all(checkpoint.step_of(again / stage) == 3 for stage in STAGES)
+    out = tmp_path / "re-exported"
+    assert cli("export", "--run", str(again), "--out", str(out)) == 0
+    assert _same(_tensors(out), _tensors(exported))
+
+    assert cli("decoder", "--run", str(again), "--steps", "4") == 0  # from the EMA, fresh optimizer
+    extended = checkpoint.load(again / "decoder")
+    assert extended["step"] == 4 and "optimizer" in extended and extended["meta"]["clip_step"] == 3
+    logged = [json.loads(line)["step"] for line in (again / "decoder" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # the record's log, then the new step
+
+
+def test_restore_refuses_a_model_of_another_architecture(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    snap = tmp_path / "snap"
+    assert cli("snapshot", "--run", str(runs[0]), "--snapshot", str(snap), "--no-checkpoints") == 0
+    assert cli("restore", "--run", str(tmp_path / "r"), "--snapshot", str(snap),
+               "--model", str(ROOT / "weights" / "default")) == 2  # the shipped model, not the smoke run's
+
+
+def test_shipped_record_and_weights_resume_the_default_training(tmp_path: Path) -> None:
+    """weights/training/default (the record git keeps) + weights/default: every stage comes
+    back at its recorded step with the exported EMA weights, and one trains on a step."""
+    record, snap, run = ROOT / "weights" / "training" / "default", tmp_path / "snap", tmp_path / "run"
+    shutil.copytree(record, snap, ignore=shutil.ignore_patterns("checkpoint.pt"))  # as a fresh clone has it
+    steps = {stage: facts["step"] for stage, facts in json.loads((snap / "stages.json").read_text()).items()}
+    assert cli("restore", "--run", str(run), "--snapshot", str(snap),
+               "--model", str(ROOT / "weights" / "default")) == 0
+    model = ROOT / "weights" / "default"
+    for stage, step in steps.items():
+        ckpt = checkpoint.load(run / stage)
+        assert ckpt["step"] == step
+        assert _same(ckpt["ema"], load_file(str(model / f"{stage}.safetensors")))
+    assert cli("upsampler", "--index", "3", "--run", str(run), "--steps", str(steps["upsampler_3"] + 1),
+               "--batch", "2", "--device", "cpu") == 0
+    assert checkpoint.step_of(run / "upsampler_3") == steps["upsampler_3"] + 1
 
 
 def test_crop_rendering_equals_cropping_whole_renders() -> None:

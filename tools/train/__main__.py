@@ -6,9 +6,10 @@
 Every stage resumes from its last checkpoint in the run directory, checkpoints every few
 minutes and stops cleanly (checkpoint written) before the --minutes budget runs out or on
 SIGTERM / Ctrl-C. `all` trains clip -> prior -> decoder -> upsamplers until the budget is
-spent and exports once every stage is done. `snapshot` / `restore` write / read a compact
-copy of the run that can be committed (tools/train/snapshot.py), so that a training spans
-sessions on machines that keep nothing else. `widen` gives a trained decoder the inputs of an
+spent and exports once every stage is done. `snapshot` / `restore` write / read the run's
+record (committed) and compact checkpoints (git-ignored); restore takes the finished stages
+a snapshot has no checkpoint of from the exported model (--model), so a finished training
+can be extended from weights/default (tools/train/snapshot.py). `widen` gives a trained decoder the inputs of an
 inpainting decoder (tools/train/widen.py); `extend` adds to a run the upsamplers its preset
 has gained since the run was created (tools/train/run.py). With CUDA (--device auto picks it) stages run
 in bf16 autocast with `gpu_batch_mult` times larger batches.
@@ -39,6 +40,7 @@ from .widen import widen
 STAGES = ("clip", "prior", "decoder", "upsampler", "export", "all", "status", "time", "snapshot", "restore", "widen",
           "extend")
 SNAPSHOT = Path("weights/training/default")
+MODEL = Path("weights/default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true", help="export: untrained stages keep random weights")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE", help="export: override sampling defaults")
     p.add_argument("--snapshot", type=Path, default=SNAPSHOT, help=f"snapshot / restore: folder (default {SNAPSHOT})")
+    p.add_argument("--model", type=Path, default=MODEL,
+                   help=f"restore: model directory of the finished stages without a checkpoint (default {MODEL})")
+    p.add_argument("--no-checkpoints", action="store_true", help="snapshot: write the record only")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -145,11 +150,11 @@ def dispatch(args: argparse.Namespace, opts: LoopOptions) -> int:
         print(table(time_stages(args.preset or "default", opts)))
         return 0
     if args.stage == "restore":
-        print("\n".join(restore(args.snapshot, args.run)))
+        print("\n".join(restore(args.snapshot, args.run, args.model)))
         return 0
     run = open_run(args.run, args.preset, args.seed)
     if args.stage == "snapshot":
-        print("\n".join(snapshot(run, args.snapshot))
+        print("\n".join(snapshot(run, args.snapshot, not args.no_checkpoints))
               + f"\n{dir_size(args.snapshot) / 2**20:.1f} MiB in {args.snapshot}")
     elif args.stage == "status":
         print(status(run))
