@@ -5,13 +5,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch and torchvision are pinned together: these builds pair with each other.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# Where torch comes from. Empty: the package index pip is set up with (PyPI's build, with
+# CUDA: 6.2 GB of venv, 4.1 GB of it NVIDIA libraries and triton). On a CPU-only machine
+# that reaches it, PyTorch's CPU wheel index (the Dockerfile's TORCH_INDEX_URL) gives the
+# CPU build: make serve TORCH_INDEX_URL=<that index>.
+TORCH_INDEX_URL ?=
 
-.PHONY: setup setup-dev serve lint browser redis test gpu-wheels gpu-wheels-check
+.PHONY: setup setup-dev serve first-image lint browser redis test gpu-wheels gpu-wheels-check
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(TORCH_PINS)
 	$(PIP) install -q -e .
 	touch $@
 
@@ -25,6 +30,12 @@ setup-dev: $(VENV)/.dev-done
 
 serve: setup
 	$(PY) -m server
+
+# The README's first minutes, as a newcomer lives them: `make serve` (runtime dependencies
+# only), /ready, the README's first curl, a real PNG. CI runs it before `make test` adds
+# the dev extra to the same venv.
+first-image:
+	bash .ci/first_image.sh
 
 lint: setup-dev
 	$(PY) -m ruff check .
