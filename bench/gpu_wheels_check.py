@@ -42,10 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Optional
-
-import tomllib
 
 from bench.gpu import DEVICE_PACKAGES, DEVICE_STUBS, REPO, WHEEL_GROUPS, WHEELS, mib, pip_install
 

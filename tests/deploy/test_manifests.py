@@ -645,3 +645,22 @@ def _datasource_uids(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for v in node:
             yield from _datasource_uids(v)
+
+
+# ---- the deploy docs name what exists ------------------------------------------------
+
+DEPLOY_DOCS = ("deploy/k8s/README.md", "docs/deploy.md")
+REPO_PATH = re.compile(r"(?<![\w/.-])(?:\./)?((?:weights|deploy|docs|server|tests|bench|tools|pipelines)/[\w./*-]*)")
+
+
+def named_paths(text: str) -> set[str]:
+    """Repository paths a text names (`./weights/default/.` -> `weights/default`)."""
+    return {m.rstrip("/.") for m in REPO_PATH.findall(text)}
+
+
+def test_paths_named_in_the_deploy_docs_exist() -> None:
+    """deploy/k8s/README.md once told operators to copy `./weights/shapes/.`, which did not exist."""
+    assert named_paths("copy ./weights/shapes/. and docs/deploy.md.") == {"weights/shapes", "docs/deploy.md"}
+    missing = {(doc, path) for doc in DEPLOY_DOCS for path in named_paths((ROOT / doc).read_text())
+               if not any(ROOT.glob(path))}
+    assert missing == set()
