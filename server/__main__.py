@@ -27,6 +27,7 @@ from .app import create_app
 from .batch_caps import BadCaps
 from .runtime import Runtime
 from .settings import Settings
+from .world import BadWorld
 
 log = logging.getLogger("server")
 WRITE_GRACE_S = 2  # after the engine stopped: time for the last answers to be written
@@ -65,13 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line (default: sys.argv[1:]) and serve; returns the exit status.
 
     `--help` exits 0 and a bad flag or value exits 2, as with argparse (SystemExit); missing weights
-    return 2.
+    and a bad world.json return 2.
     """
     settings = Settings.from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except (MissingWeightsError, BadCaps) as err:
+    except (MissingWeightsError, BadCaps, BadWorld) as err:
         log.error("%s", err)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -41,6 +41,7 @@ from .metrics import Metrics
 from .settings import Settings
 from .shared_state import SharedState, shared_state
 from .webhooks import WebhookSender
+from .world import load_about
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Runtime:
         self.input_side = max(max(cfg.sizes), cfg.clip.image_size)
         stages = [PRIOR, DECODER] + [upsampler_key(i) for i in range(len(cfg.upsamplers))]
         check_overrides(settings.stage_caps, stages, settings.max_batch)  # BadCaps before anything starts
+        self.about = load_about(settings.model_dir, self.sizes)  # what it draws (world.json); BadWorld
         self.metrics = Metrics(self.model_name, self.sizes)
         self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the global queue's leases
         self.shared = shared_state(settings, self.replica, self.metrics.set_store_up)

@@ -171,14 +171,31 @@ class ImagesResponse(BaseModel):
     usage: Optional[Usage] = None
 
 
+class ModelWorld(BaseModel):
+    """What the model draws (extension; from its directory's world.json, server/world.py)."""
+
+    name: str = Field(description="the world its training data came from, e.g. 'shapes'")
+    description: str = Field(description="what it draws, for people")
+    examples: list[str] = Field(description="prompts it knows")
+
+
 class ModelCard(BaseModel):
-    """An entry of GET /v1/models."""
+    """An entry of GET /v1/models (`sizes`, `suggested_size` and `world` are extensions)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "unclip-server"
     sizes: list[str] = Field(default_factory=list)
+    suggested_size: Optional[str] = Field(None, description="the smallest size with the model's full detail")
+    world: Optional[ModelWorld] = None
+
+
+class ModelCaption(BaseModel):
+    """GET /v1/models/{id}/random-caption (extension): a random caption of the model's world."""
+
+    object: Literal["model.caption"] = "model.caption"
+    caption: str
 
 
 class ModelList(BaseModel):

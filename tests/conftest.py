@@ -1,8 +1,9 @@
 """Shared fixtures: a tiny random-weight stack of the real architecture, as a model
-directory on disk and as a loaded pipeline."""
+directory on disk (also one that says it draws the shapes world) and as a loaded pipeline."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory (stack.json + safetensors) with seeded random weights."""
     path = tmp_path_factory.mktemp("models") / "tiny"
     save_model_dir(random_stack(StackConfig.tiny(), seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def world_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's files with a world.json (server/world.py): the shapes world, 32 px
+    suggested (its sizes are 32 and 64)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-shapes"
+    path.mkdir()
+    for file in tiny_model_dir.iterdir():
+        (path / file.name).symlink_to(file)
+    (path / "world.json").write_text(json.dumps({"world": "shapes", "suggested_size": 32}))
     return path
 
 

@@ -1,6 +1,7 @@
 """Screenshots of the playground (GET /) for the README, at desktop (1280 px wide) and
-phone (375 px wide) widths, with generated images in the gallery:
-docs/playground-desktop.png and docs/playground-phone.png.
+phone (390 px wide) widths, with generated images in the gallery, each taken DURING a
+run (a slow generation, cancelled afterwards) so that it shows the progress bar and the
+stage being run: docs/playground-desktop.png and docs/playground-phone.png.
 
     make serve                                            # in another shell
     .venv/bin/python -m tools.screenshot_playground [--url http://127.0.0.1:8000]
@@ -25,7 +26,10 @@ MAX_BYTES = 200_000  # the README's screenshots stay well under 300 kB
 PROMPTS = ("a small red circle at the top left on a blue background",
            "a large green triangle in the center on a white background",
            "a yellow square at the bottom right on a purple background")
-WIDTHS = {"desktop": (1280, 900), "phone": (375, 812)}
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+# The run shown mid-way: enough decoder steps to be caught at work, a preview on the way.
+SLOW = {"decoder_steps": 250, "partial_images": 1}
+MID_RUN = 0.3  # the overall fraction the run has passed when the screenshot is taken
 
 
 def launch_chromium(playwright):
@@ -51,6 +55,26 @@ def small_png(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def set_fields(page, values: dict) -> None:
+    """Set form fields (those under Advanced too, left closed) by id."""
+    for name, value in values.items():
+        page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; }", str(value))
+
+
+def mid_run(page, timeout_ms: int) -> bytes:
+    """Start a slow generation, take the screenshot once it is MID_RUN through (what the
+    window shows: the page scrolls its progress into view), then cancel it."""
+    set_fields(page, SLOW)
+    page.click("#generate")
+    page.wait_for_function("f => Number(document.getElementById('progress').getAttribute('value')) >= f",
+                           arg=MID_RUN, timeout=timeout_ms)
+    shot = page.screenshot()
+    page.click("#cancel")
+    page.wait_for_function("() => document.getElementById('run-status').textContent === 'Cancelled.'")
+    set_fields(page, dict.fromkeys(SLOW, ""))
+    return small_png(shot)
+
+
 def shoot(url: str, seed: int, timeout_ms: int) -> dict[str, bytes]:
     from playwright.sync_api import sync_playwright
 
@@ -66,7 +90,7 @@ def shoot(url: str, seed: int, timeout_ms: int) -> dict[str, bytes]:
         for name, (width, height) in WIDTHS.items():
             page.set_viewport_size({"width": width, "height": height})
             page.evaluate("window.scrollTo(0, 0)")
-            shots[name] = small_png(page.screenshot(full_page=True))
+            shots[name] = mid_run(page, timeout_ms)
         browser.close()
     return shots
 

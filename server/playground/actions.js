@@ -111,17 +111,19 @@ export class Actions {
     return this.source;
   }
 
-  /** A job of an operation that answers JSON (no stream). */
-  runTransform(kind, label, endpoint, fields, files, frames = false) {
+  /** A job of an operation run as an async job (ops.js `transform`); `job`: {kind, label,
+   * count, frames, inversions}. */
+  runTransform(job, endpoint, fields, files) {
     const start = (hooks) => transform(endpoint, fields, files, hooks);
-    return this.runner.run({ kind, label, stages: 0, frames, asked: fields, start });
+    return this.runner.run({ ...job, stages: this.stages(fields.size), asked: fields, start });
   }
 
   variations() {
     const source = this.requireSource();
     if (!source) return;
     const fields = { ...settingsFor("variations"), n: valueOf($("var-n")) ?? 1, eta: valueOf($("var-eta")) };
-    this.runTransform("variation", "Making variations", "variations", fields, { image: source.blob });
+    const job = { kind: "variation", label: "Making variations", count: fields.n, inversions: 1 };
+    this.runTransform(job, "variations", fields, { image: source.blob });
   }
 
   async edit() {
@@ -156,7 +158,9 @@ export class Actions {
     if (!ends) return;
     const fields = { ...settingsFor("interpolations"), ...ends.fields, frames: valueOf($("interp-frames")),
       mode: $("interp-mode").value };
-    this.runTransform("interpolation", "Interpolating", "interpolations", fields, ends.files, true);
+    const inversions = ends.files.image?.length ?? 0; // two images are inverted; two prompts are not
+    const job = { kind: "interpolation", label: "Interpolating", frames: true, inversions };
+    this.runTransform(job, "interpolations", fields, ends.files);
   }
 
   textDiff() {
@@ -164,6 +168,7 @@ export class Actions {
     if (!source) return;
     const fields = { ...settingsFor("text-diffs"), source_prompt: $("td-source").value, prompt: $("td-target").value,
       frames: valueOf($("td-frames")), max_theta: valueOf($("td-theta")) };
-    this.runTransform("text_diff", "Applying the text diff", "text-diffs", fields, { image: source.blob }, true);
+    const job = { kind: "text_diff", label: "Applying the text diff", frames: true, inversions: 1 };
+    this.runTransform(job, "text-diffs", fields, { image: source.blob });
   }
 }

@@ -28,8 +28,9 @@ export function whenUnauthorized(handler) {
   onUnauthorized = handler;
 }
 
-function headers(json) {
+function headers(json, prefer) {
   const out = json ? { "Content-Type": "application/json" } : {};
+  if (prefer) out.Prefer = prefer;
   const key = apiKey();
   if (key) out.Authorization = `Bearer ${key}`;
   return out;
@@ -47,10 +48,11 @@ async function errorOf(response) {
   return error;
 }
 
-/** fetch `path`; POST with `json` or `form` (FormData) when given. Resolves to the
- * Response when it is OK, rejects with ApiError otherwise. */
-export async function call(path, { json, form, signal } = {}) {
-  const init = { method: json || form ? "POST" : "GET", headers: headers(Boolean(json)), signal };
+/** fetch `path`; POST with `json` or `form` (FormData) when given (`method` overrides),
+ * with a `Prefer` header when given. Resolves to the Response when it is OK, rejects with
+ * ApiError otherwise. */
+export async function call(path, { json, form, signal, prefer, method } = {}) {
+  const init = { method: method ?? (json || form ? "POST" : "GET"), headers: headers(Boolean(json), prefer), signal };
   if (json) init.body = JSON.stringify(json);
   if (form) init.body = form;
   const response = await fetch(path, init);
@@ -73,8 +75,23 @@ export function formOf(fields, files = {}) {
   return form;
 }
 
-/** The served model's card (id, sizes). */
+/** The served model's card (id, sizes, suggested_size, world). */
 export async function modelCard() {
   const body = await (await call("/v1/models")).json();
   return body.data[0];
+}
+
+/** A random caption of the world the model draws. */
+export async function randomCaption(modelId) {
+  const body = await (await call(`/v1/models/${encodeURIComponent(modelId)}/random-caption`)).json();
+  return body.caption;
+}
+
+/** Cancel an async job; a job already ended or gone is no error here. */
+export async function cancelJob(id) {
+  try {
+    await call(`/v1/images/jobs/${id}/cancel`, { method: "POST" });
+  } catch (error) {
+    console.warn(`Cancelling job ${id} failed.`, error);
+  }
 }

@@ -1,9 +1,10 @@
-// app.js — the playground's entry module: loads the served model's card (its sizes),
+// app.js — the playground's entry module: loads the served model's card (its sizes, the
+// size to start at, and what it draws: a description, example prompts, random captions),
 // asks for an API key when the API answers 401, and wires the Generate form, the gallery,
 // the actions and the runner together.
 
 import { Actions } from "./actions.js";
-import { apiKey, modelCard, setApiKey, whenUnauthorized } from "./api.js";
+import { apiKey, modelCard, randomCaption, setApiKey, whenUnauthorized } from "./api.js";
 import { $, el, valueOf } from "./dom.js";
 import { GALLERY_CAP, Gallery } from "./gallery.js";
 import { MaskPainter } from "./mask.js";
@@ -30,12 +31,35 @@ function askForKey() {
   $("api-key").focus();
 }
 
-function fillSizes(sizes) {
+/** The size menu: the model's sizes, starting at the one it suggests (else the largest). */
+function fillSizes(sizes, suggested) {
   const select = $("size");
   const keep = select.value;
-  const largest = `${sizes.at(-1)}x${sizes.at(-1)}`;
+  const start = suggested ?? `${sizes.at(-1)}x${sizes.at(-1)}`;
   select.replaceChildren(...sizes.map((s) => el("option", { value: `${s}x${s}` }, `${s} × ${s}`)));
-  select.value = sizes.includes(sideOf(keep)) ? keep : largest;
+  select.value = sizes.includes(sideOf(keep)) ? keep : start;
+}
+
+function usePrompt(text) {
+  $("prompt").value = text;
+  $("prompt").focus();
+}
+
+async function useRandomCaption() {
+  try {
+    usePrompt(await randomCaption(model.id));
+  } catch (error) {
+    $("world-description").textContent = `No random caption (${error.message}).`;
+  }
+}
+
+/** What the model draws (its card's `world`), with its example prompts; hidden when unknown. */
+function showWorld(world) {
+  $("world").hidden = !world;
+  if (!world) return;
+  $("world-description").textContent = world.description;
+  $("examples").replaceChildren(...world.examples.map((text) =>
+    el("button", { type: "button", class: "example", onclick: () => usePrompt(text) }, text)));
 }
 
 async function loadModel() {
@@ -43,7 +67,8 @@ async function loadModel() {
     const card = await modelCard();
     model.id = card.id;
     model.sizes = card.sizes.map(sideOf).sort((a, b) => a - b);
-    fillSizes(model.sizes);
+    fillSizes(model.sizes, card.suggested_size);
+    showWorld(card.world);
     $("model-status").textContent = `Model: ${card.id}`;
   } catch (error) {
     if (error.status === 401) return;
@@ -74,12 +99,13 @@ function painter() {
 async function main() {
   whenUnauthorized(askForKey);
   $("key-form").addEventListener("submit", saveKey);
+  $("random-caption").addEventListener("click", useRandomCaption);
   $("gallery-cap").textContent = String(GALLERY_CAP);
   const handlers = { reuse: (entry) => { reuse(entry.params); $("prompt").focus(); },
     action: (name, entry) => actions.open(name, entry) };
   const gallery = new Gallery($("gallery"), await openStore(), handlers);
-  const runner = new Runner({ bar: $("progress"), status: $("run-status"), cancel: $("cancel"), error: $("error"),
-    results: new Results($("results")), gallery });
+  const runner = new Runner({ head: $("run-head"), bar: $("progress"), status: $("run-status"), cancel: $("cancel"),
+    error: $("error"), results: new Results($("results")), gallery, model });
   const actions = new Actions({ gallery, runner, painter: painter(), stages });
   actions.init();
   $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); runner.run(generateJob()); });

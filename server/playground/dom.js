@@ -37,3 +37,9 @@ export async function copyText(text) {
     return false;
   }
 }
+
+/** Scroll `node` to the top of the window unless it is wholly in view already. */
+export function bringIntoView(node) {
+  const box = node.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) node.scrollIntoView({ block: "start" });
+}

@@ -1,24 +1,53 @@
-// progress.js — the progress bar: per-stage steps from the stream's progress events
-// ({stage, step, total}) folded into one overall fraction, each stage weighing the same.
+// progress.js — the progress bar and status line: per-stage steps from the progress
+// events ({stage, step, total}, and from async jobs the server's own `progress` fraction)
+// folded into one overall fraction, each stage named for people ("drawing 64 px").
+
+/** What a stage does, in words: "prior" -> "choosing the image embedding", "decoder" ->
+ * "drawing 64 px" (or "inverting image 1 of 2" for the operation's inversions, which come
+ * first), "upsampler.i" -> "refining 64 → 256 px". `sizes`: the model's, smallest first;
+ * `inverting`: {index, count} while the decoder inverts, else null. */
+export function stageName(stage, sizes, inverting = null) {
+  if (stage === "prior") return "choosing the image embedding";
+  if (stage === "decoder") {
+    if (!inverting) return `drawing ${sizes[0] ?? "?"} px`;
+    return inverting.count > 1 ? `inverting image ${inverting.index + 1} of ${inverting.count}` : "inverting the image";
+  }
+  const upsampler = /^upsampler\.(\d+)$/.exec(stage);
+  if (upsampler) {
+    const i = Number(upsampler[1]);
+    return `refining ${sizes[i] ?? "?"} → ${sizes[i + 1] ?? "?"} px`;
+  }
+  return stage;
+}
 
 export class StageProgress {
-  /** `expected`: how many stages the operation runs (prior, decoder, upsamplers). */
-  constructor(bar, status, expected) {
-    this.bar = bar;
-    this.status = status;
-    this.expected = expected;
+  /** `expected`: how many stages the operation runs (prior, decoder, upsamplers);
+   * `sizes`: the model's; `inversions`: how many decoder stages invert an image first. */
+  constructor(bar, status, { expected, sizes, inversions = 0 }) {
+    Object.assign(this, { bar, status, expected, sizes, inversions });
     this.stages = [];
+    this.fraction = null; // the server's own overall fraction, where it sends one
   }
 
   /** A new stage starts when the name changes or the step count starts again. */
-  update({ stage, step, total }) {
+  update({ stage, step, total, progress }) {
     const last = this.stages.at(-1);
-    if (!last || last.stage !== stage || step < last.step) this.stages.push({ stage, step, total });
-    else Object.assign(last, { step, total });
+    if (!last || last.stage !== stage || step < last.step || total !== last.total) {
+      this.stages.push({ stage, step, total, name: this.nameOf(stage) });
+    } else Object.assign(last, { step, total });
+    if (typeof progress === "number") this.fraction = progress;
     this.render();
   }
 
+  /** The name of a stage starting now: the first `inversions` decoder stages invert. */
+  nameOf(stage) {
+    const index = this.stages.filter((s) => s.stage === "decoder").length;
+    const inverting = stage === "decoder" && index < this.inversions ? { index, count: this.inversions } : null;
+    return stageName(stage, this.sizes, inverting);
+  }
+
   overall() {
+    if (this.fraction !== null) return this.fraction;
     const last = this.stages.at(-1);
     if (!last) return 0;
     const done = this.stages.length - 1 + (last.total ? last.step / last.total : 0);
@@ -26,19 +55,15 @@ export class StageProgress {
   }
 
   render() {
-    const { stage, step, total } = this.stages.at(-1);
-    const overall = this.overall();
-    this.bar.value = overall;
-    this.bar.setAttribute("aria-valuetext", `${Math.round(overall * 100)} %`);
-    this.status.textContent = `${stage}: step ${step} of ${total} · ${Math.round(overall * 100)} % overall`;
+    const { name, step, total } = this.stages.at(-1);
+    const percent = `${Math.round(this.overall() * 100)} %`;
+    this.bar.value = this.overall();
+    this.bar.setAttribute("aria-valuetext", percent);
+    this.status.textContent = `${capitalized(name)}: step ${step} of ${total} · ${percent} overall`;
   }
 }
 
-/** The bar while an operation that does not stream runs. */
-export function indeterminate(bar) {
-  bar.removeAttribute("value");
-  bar.removeAttribute("aria-valuetext");
-}
+const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 
 export function finished(bar, complete) {
   bar.value = complete ? 1 : 0;

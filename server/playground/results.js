@@ -6,6 +6,8 @@ import { el } from "./dom.js";
 
 const FRAME_MS = 300;
 const MAX_SLOTS = 16; // more than any request may ask (n <= 10, frames <= 16)
+// A waiting slot's picture: one transparent pixel (no src would show a broken image).
+const EMPTY = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
 
 class Player {
   constructor(frames) {
@@ -68,7 +70,7 @@ export class Results {
   expect(n) {
     this.clear();
     const count = Math.max(0, Math.min(MAX_SLOTS, Math.trunc(n) || 0));
-    this.slots = Array.from({ length: count }, (_, i) => el("img", { class: "slot", alt: `Image ${i + 1}: waiting` }));
+    this.slots = Array.from({ length: count }, (_, i) => el("img", { class: "slot", src: EMPTY, alt: `Image ${i + 1}: waiting` }));
     this.root.append(el("div", { class: "slots" }, ...this.slots));
   }
 

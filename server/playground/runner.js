@@ -1,10 +1,12 @@
 // runner.js — runs one operation at a time: the busy state, the cancel button (an
-// AbortController: the server cancels the job when the client disconnects), the progress
-// bar, errors (their message and `param`), then the results view and the gallery.
+// AbortController: the server cancels the job when the client disconnects, or ops.js
+// cancels an async job), the progress bar and status (brought into view when the run
+// starts: on a phone they are far below the run buttons), errors (their message and
+// `param`), then the results view and the gallery (a strip of frames is one entry).
 
-import { el } from "./dom.js";
+import { bringIntoView, el } from "./dom.js";
 import { pngParameters } from "./images.js";
-import { finished, indeterminate, StageProgress } from "./progress.js";
+import { finished, StageProgress } from "./progress.js";
 
 /** An error's text: the API's message, the field it names, its code. */
 export function describe(error) {
@@ -23,7 +25,8 @@ function paramsOf(image, asked, index) {
 }
 
 export class Runner {
-  /** parts: {bar, status, cancel, error, results (Results), gallery (Gallery)}. */
+  /** parts: {head (bar, status and cancel), bar, status, cancel, error, results (Results),
+   * gallery (Gallery), model ({sizes}: the model's, for the stages' names)}. */
   constructor(parts) {
     Object.assign(this, parts);
     this.controller = null;
@@ -54,11 +57,11 @@ export class Runner {
     this.cancel.disabled = false;
     this.setRunnable(false);
     this.status.textContent = `${job.label}…`;
-    if (job.stages) {
-      this.results.expect(job.count);
-      this.bar.value = 0;
-    } else indeterminate(this.bar);
-    return new StageProgress(this.bar, this.status, job.stages || 1);
+    this.results.expect(job.frames ? 0 : job.count);
+    this.bar.value = 0;
+    bringIntoView(this.head);
+    return new StageProgress(this.bar, this.status,
+      { expected: job.stages, sizes: this.model.sizes, inversions: job.inversions ?? 0 });
   }
 
   end(complete) {
@@ -68,8 +71,9 @@ export class Runner {
     finished(this.bar, complete);
   }
 
-  /** job: {kind, label, stages (streamed: stage count; 0 otherwise), count, frames (bool),
-   * asked (the request's fields), start(hooks) -> images}. */
+  /** job: {kind, label, stages (how many it runs), inversions (how many of its decoder
+   * stages invert an image first), count (images), frames (bool), asked (the request's
+   * fields), start(hooks) -> images}. */
   async run(job) {
     if (this.busy) return;
     const progress = this.begin(job);
@@ -85,6 +89,7 @@ export class Runner {
       this.status.textContent = `Done: ${images.length} image(s) in ${seconds} s.`;
     } catch (error) {
       this.end(false);
+      this.results.clear(); // no boxes left waiting for images that will not come
       if (error.name === "AbortError") this.status.textContent = "Cancelled.";
       else this.fail(error);
     }
@@ -93,7 +98,7 @@ export class Runner {
   async show(job, images) {
     const entries = images.map((image, i) => ({ kind: job.kind, src: image.src,
       params: paramsOf(image, job.asked, i) }));
-    await this.gallery.add(entries);
+    await this.gallery.add(job.frames ? [{ ...entries[0], frames: entries }] : entries);
     if (job.frames) this.results.showFrames(images);
     else {
       this.results.expect(images.length);

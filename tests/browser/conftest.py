@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -25,13 +26,18 @@ launch_server = server_fixtures.launch_server  # the fixture, shared with tests/
 
 INSTALL = "install it with `apt-get install -y chromium` (as root; `make test` does this)"
 STATUS_LOG = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})")
-# Records every value the progress bar takes (the page itself has no test hooks).
+# Records every value the progress bar takes and every status line (the page itself has no
+# test hooks).
 RECORD_PROGRESS = """
 window.__progress = [];
+window.__statuses = [];
 document.addEventListener("DOMContentLoaded", () => {
   const bar = document.getElementById("progress");
+  const status = document.getElementById("run-status");
   new MutationObserver(() => window.__progress.push(bar.getAttribute("value")))
     .observe(bar, { attributes: true, attributeFilter: ["value"] });
+  new MutationObserver(() => window.__statuses.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true });
 });
 """
 
@@ -75,13 +81,15 @@ def browser() -> Iterator["Browser"]:  # noqa: F821
 
 
 @pytest.fixture(scope="session")
-def playground(launch_server: Callable[..., ServerProc]) -> ServerProc:
-    """The server the pages talk to: tiny model (32 and 64 px), no API keys."""
-    return launch_server()
+def playground(launch_server: Callable[..., ServerProc], world_model_dir: Path) -> ServerProc:
+    """The server the pages talk to: tiny model (32 and 64 px) that says it draws the shapes
+    world (32 px suggested), no API keys."""
+    return launch_server(env={"UNCLIP_MODEL_DIR": str(world_model_dir)})
 
 
 @pytest.fixture(scope="session")
 def keyed_server(launch_server: Callable[..., ServerProc]) -> ServerProc:
+    """The tiny model as it is (nothing said of what it draws), with an API key."""
     return launch_server(env={"UNCLIP_API_KEYS": KEY})
 
 

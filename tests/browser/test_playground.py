@@ -1,7 +1,9 @@
 """The playground (GET /) in a real browser against the real server: generation with its
 progress bar, the gallery, inpainting with a painted mask (the unpainted pixels kept
-exactly), variations, interpolations, text diffs, the server's errors, API keys, cancel,
-and the phone layout. Every test ends with no console errors (see conftest.py)."""
+exactly), variations, interpolations, text diffs (each with per-step progress and stages
+named for people), what the model draws (examples, random captions), the server's errors,
+API keys, cancel, and the phone layout. Every test ends with no console errors (see
+conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from PIL import Image, ImageFilter
 
 from server.routes.playground import ASSETS, ROOT
 from tests.server.conftest import FAST, KEY, REPO, ServerProc, png
+from tools.shapes import ATTRIBUTES, parse_caption
 
 from .conftest import Tab
 
@@ -43,8 +46,10 @@ def cards(tab: Tab):
 
 
 def run(tab: Tab, button: str, images: int) -> None:
-    """Click a run button and wait for `images` new gallery entries (or fail with the error shown)."""
+    """Click a run button and wait for `images` new gallery entries (one per image; one per
+    interpolation or text diff) or fail with the error shown."""
     before = cards(tab).count()
+    tab.page.evaluate("window.__progress = []; window.__statuses = []")  # this run's only
     tab.page.click(button)
     tab.page.wait_for_function(
         "([want]) => document.querySelectorAll('#gallery > li').length >= want"
@@ -88,6 +93,30 @@ def frames_shown(tab: Tab) -> int:
     return tab.page.locator("#results .strip li").count()
 
 
+def statuses(tab: Tab) -> list[str]:
+    """Every status line shown so far."""
+    return tab.page.evaluate("window.__statuses")
+
+
+def progress_values(tab: Tab) -> list[float]:
+    return [float(v) for v in tab.page.evaluate("window.__progress") if v is not None]
+
+
+def assert_steps_shown(tab: Tab, *names: str) -> None:
+    """The last run showed its steps: the bar moved, and the status named these stages in words."""
+    moving = [v for v in progress_values(tab) if 0 < v < 1]
+    assert moving and moving == sorted(moving), moving
+    steps = [s for s in statuses(tab) if ": step " in s]
+    for name in names:
+        assert any(s.startswith(name) for s in steps), (name, steps)
+    assert not any(re.search(r"\b(prior|decoder|upsampler)\b", s) for s in steps), steps
+
+
+def in_view(tab: Tab, selector: str) -> bool:
+    return tab.page.eval_on_selector(selector, """el => { const r = el.getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0; }""")
+
+
 def painted_pixels(tab: Tab) -> int:
     return tab.page.eval_on_selector("#mask-canvas", """c => c.getContext("2d").getImageData(0, 0, c.width, c.height)
         .data.filter((v, i) => i % 4 === 3 && v > 0).length""")
@@ -102,13 +131,16 @@ def rgb(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def test_generate_shows_progress_and_fills_the_gallery(open_page, playground: ServerProc) -> None:
     tab = open_page(playground)
     assert tab.page.locator("#size option").all_inner_texts() == ["32 × 32", "64 × 64"]
+    assert tab.page.input_value("#size") == "32x32"  # the model's suggested size, not the largest
     fast(tab)
+    tab.page.select_option("#size", "64x64")
     tab.page.fill("#seed", "7")
     generate(tab, n=2, prompt="a blue square")
-    values = [float(v) for v in tab.page.evaluate("window.__progress") if v is not None]
+    values = progress_values(tab)
     moving = [v for v in values if 0 < v < 1]
     assert len(set(moving)) >= 3 and values[-1] == 1, values  # prior, decoder, upsampler steps
     assert moving == sorted(moving), values
+    assert_steps_shown(tab, "Choosing the image embedding", "Drawing 32 px", "Refining 32 → 64 px")
     assert tab.page.locator("#results img.slot").count() == 2
     newest = cards(tab).first
     params = json.loads(newest.locator("pre").text_content())
@@ -159,9 +191,12 @@ def test_variations_of_an_upload(open_page, playground: ServerProc) -> None:
     tab.page.fill("#var-n", "2")
     set_range(tab, "#var-eta", 0.5)
     assert tab.page.inner_text("#var-eta-out") == "0.5"
+    tab.page.select_option("#size", "64x64")
+    tab.page.fill("#decoder_steps", "6")  # enough steps that several progress events come
     run(tab, "#run-variations", 2)
     params = json.loads(cards(tab).first.locator("pre").text_content())
     assert params["operation"] == "variation" and params["eta"] == 0.5
+    assert_steps_shown(tab, "Inverting the image", "Drawing 32 px")
 
 
 def test_interpolations_show_the_asked_frames(open_page, playground: ServerProc) -> None:
@@ -170,8 +205,15 @@ def test_interpolations_show_the_asked_frames(open_page, playground: ServerProc)
     generate(tab, n=2)
     cards(tab).first.get_by_role("button", name="Interpolate with…").click()  # with the other gallery image
     set_range(tab, "#interp-frames", 4)
-    run(tab, "#run-interpolate", 4)
+    tab.page.fill("#decoder_steps", "6")
+    run(tab, "#run-interpolate", 1)  # one gallery card holds the four frames
     assert frames_shown(tab) == 4
+    assert_steps_shown(tab, "Inverting image 1 of 2", "Inverting image 2 of 2", "Drawing 32 px")
+    strip = cards(tab).first.locator(".strip .frame")
+    assert strip.count() == 4 and cards(tab).first.locator(".caption").inner_text().startswith("interpolation")
+    strip.nth(2).click()  # the card shows, downloads and acts on the chosen frame
+    assert cards(tab).first.locator(".strip .frame").nth(2).get_attribute("aria-pressed") == "true"
+    assert "interpolation frame 3" in cards(tab).first.locator(":scope > img").get_attribute("alt")
     view = tab.page.locator("#results .frame-view")
     first = view.get_attribute("alt")
     tab.page.get_by_role("button", name="Play").click()
@@ -180,12 +222,12 @@ def test_interpolations_show_the_asked_frames(open_page, playground: ServerProc)
     tab.page.check("input[name=interp-with][value=upload]")
     upload(tab, "#interp-upload", png(64, seed=2))
     set_range(tab, "#interp-frames", 3)
-    run(tab, "#run-interpolate", 3)
+    run(tab, "#run-interpolate", 1)
     assert frames_shown(tab) == 3
     tab.page.check("input[name=interp-with][value=prompts]")
     set_range(tab, "#interp-frames", 2)
-    run(tab, "#run-interpolate", 2)
-    assert frames_shown(tab) == 2
+    run(tab, "#run-interpolate", 1)
+    assert frames_shown(tab) == 2 and cards(tab).count() == 2 + 3
 
 
 def test_text_diff_frames(open_page, playground: ServerProc) -> None:
@@ -197,10 +239,12 @@ def test_text_diff_frames(open_page, playground: ServerProc) -> None:
     tab.page.fill("#td-target", "a blue circle")
     set_range(tab, "#td-frames", 3)
     set_range(tab, "#td-theta", 0.4)
-    run(tab, "#run-textdiff", 3)
-    assert frames_shown(tab) == 3
+    tab.page.fill("#decoder_steps", "6")
+    run(tab, "#run-textdiff", 1)
+    assert frames_shown(tab) == 3 and cards(tab).first.locator(".strip .frame").count() == 3
     params = json.loads(cards(tab).first.locator("pre").text_content())
     assert params["operation"] == "text_diff" and params["max_theta"] == 0.4
+    assert_steps_shown(tab, "Inverting the image", "Drawing 32 px")
 
 
 def server_error(server: ServerProc, body: dict) -> dict:
@@ -246,10 +290,21 @@ def test_cancel_stops_the_job(open_page, playground: ServerProc) -> None:
     fast(tab, prior_steps=250, decoder_steps=250, upsampler_steps=250)
     tab.page.click("#generate")
     tab.page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('value')) > 0")
+    assert tab.page.locator("#results img.slot").count() == 1  # waiting for its image
+    cancel_and_check(tab, playground)
+    upload_source(tab, png(64, seed=1))  # an async job (variations) is cancelled on the server too
+    tab.page.click("#run-variations")
+    tab.page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('value')) > 0")
+    cancel_and_check(tab, playground)
+
+
+def cancel_and_check(tab: Tab, server: ServerProc) -> None:
+    """Cancel the running job: no image, no error, no box left waiting, and the server drops it."""
     tab.page.click("#cancel")
     tab.page.wait_for_function("() => document.getElementById('run-status').textContent === 'Cancelled.'")
     assert cards(tab).count() == 0 and tab.page.locator("#error").is_hidden()
-    with httpx.Client(base_url=playground.base_url) as http:
+    assert tab.page.locator("#results img").count() == 0
+    with httpx.Client(base_url=server.base_url) as http:
         for _ in range(50):
             if http.get("/ready").json()["running"] == 0:
                 break
@@ -279,6 +334,64 @@ def test_phone_width_labels_and_keyboard(open_page, playground: ServerProc) -> N
     assert painted_pixels(tab) > 0
     tab.page.get_by_role("button", name="Undo").click()
     assert painted_pixels(tab) == 0
+
+
+def test_the_model_says_what_it_draws_with_examples_and_random_captions(open_page, playground: ServerProc,
+                                                                       keyed_server: ServerProc) -> None:
+    world = httpx.get(playground.url("/v1/models")).json()["data"][0]["world"]
+    tab = open_page(playground)
+    assert tab.page.inner_text("#world-description") == world["description"]
+    assert "circle, square or triangle" in world["description"]
+    examples = tab.page.locator("#examples button")
+    assert examples.all_inner_texts() == world["examples"]
+    examples.nth(1).click()
+    assert tab.page.input_value("#prompt") == world["examples"][1]
+    for _ in range(3):
+        before = tab.page.input_value("#prompt")
+        tab.page.get_by_role("button", name="Random caption").click()
+        tab.page.wait_for_function("p => document.getElementById('prompt').value !== p", arg=before)
+        caption = tab.page.input_value("#prompt")
+        assert list(parse_caption(caption)) == list(ATTRIBUTES), caption  # all five, in the world's words
+    tab.page.fill("#prompt", "a photo of a cat")  # prompts outside the world stay allowed
+    fast(tab)
+    run(tab, "#generate", 1)
+    plain = open_page(keyed_server)  # a model that says nothing of what it draws: no such section
+    plain.expect_status(401)
+    assert plain.page.locator("#world").is_hidden()
+
+
+def test_source_labels_are_cut_at_a_word_with_an_ellipsis(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground)
+    fast(tab)
+    prompt = "a small purple triangle at the bottom right on a yellow background"
+    generate(tab, prompt=prompt)
+    cards(tab).first.get_by_role("button", name="Variations").click()
+    label = tab.page.inner_text("#source-label")
+    shown = label.split(": ", 2)[-1]
+    assert shown.endswith("…") and len(shown) <= 41, label
+    assert (prompt + " ").startswith(shown[:-1] + " "), label  # whole words only
+
+
+def test_phone_shows_progress_where_the_user_is(open_page, playground: ServerProc) -> None:
+    tab = open_page(playground, width=390, height=844)
+    assert not in_view(tab, "#progress")
+    fast(tab, prior_steps=250, decoder_steps=250)
+    tab.page.click("#generate")
+    tab.page.wait_for_function("() => Number(document.getElementById('progress').getAttribute('value')) > 0")
+    assert in_view(tab, "#progress") and in_view(tab, "#run-status") and in_view(tab, "#cancel")
+    tab.page.click("#cancel")
+    tab.page.wait_for_function("() => document.getElementById('run-status').textContent === 'Cancelled.'")
+    for name, value in FAST.items():  # the Advanced section is open already
+        tab.page.fill(f"#{name}", str(value))
+    generate(tab)
+    cards(tab).first.get_by_role("button", name="Edit").click()
+    tab.page.wait_for_function("() => document.getElementById('mask-canvas').width > 0")
+    tab.page.locator("#mask-canvas").focus()
+    tab.page.keyboard.press("Space")
+    tab.page.eval_on_selector("#run-edit", "b => b.scrollIntoView({ block: 'end' })")  # Repaint at the bottom
+    assert not in_view(tab, "#progress")
+    run(tab, "#run-edit", 1)
+    assert in_view(tab, "#run-status")
 
 
 def test_page_and_assets_are_served(playground: ServerProc, keyed_server: ServerProc) -> None:
