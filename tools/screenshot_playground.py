@@ -1,4 +1,4 @@
-"""Screenshots of the playground (GET /) for the README, at desktop (1280 px wide) and
+"""Screenshots of the playground (GET /) for the README and the docs, at desktop (1280 px wide) and
 phone (375 px wide) widths, with generated images in the gallery:
 docs/playground-desktop.png and docs/playground-phone.png.
 
@@ -21,7 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-MAX_BYTES = 200_000  # the README's screenshots stay well under 300 kB
+MAX_BYTES = 200_000  # the screenshots stay well under 300 kB
 PROMPTS = ("a small red circle at the top left on a blue background",
            "a large green triangle in the center on a white background",
            "a yellow square at the bottom right on a purple background")
