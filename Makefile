@@ -11,7 +11,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # CPU build: make serve TORCH_INDEX_URL=<that index>.
 TORCH_INDEX_URL ?=
 
-.PHONY: setup setup-dev serve first-image lint browser redis test gpu-wheels gpu-wheels-check
+.PHONY: setup setup-dev serve first-image lint docs browser redis test gpu-wheels gpu-wheels-check
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ first-image:
 lint: setup-dev
 	$(PY) -m ruff check .
 
+# The docs site (mkdocs.yml, pages in docs/) into site/ (ignored); --strict: a broken link
+# between pages, a broken anchor or a page missing from the nav fails the build.
+docs: setup-dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 # Debian's Chromium for tests/browser (Playwright cannot download a browser here).
 browser:
 	@[ -x /usr/bin/chromium ] || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
@@ -53,7 +58,7 @@ redis:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
 
-test: lint browser redis
+test: lint docs browser redis
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Wheels that bench/gpu.py installs on the GPU machine (no network there), for its python.

@@ -141,7 +141,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     """The networks' dtype when none is asked for: fp16 on CUDA; on a CPU, bf16 where it
     has native bf16 dot products (oneDNN then runs the convolutions and matmuls in bf16 with
     fp32 accumulation: 1.2-1.5x a generation of the shipped model on an AVX512-BF16 CPU, at
-    equal attribute accuracy; see the README), else fp32. Sampler state stays fp32 either way:
+    equal attribute accuracy; see docs/benchmarks.md, "Precision"), else fp32. Sampler state stays fp32 either way:
     the networks cast their inputs and return fp32."""
     if torch.device(device).type == "cuda":
         return torch.float16

@@ -2,7 +2,7 @@
 
 A preset scales the default number of steps (the model's, from stack.json) of some stages:
 `low` halves the prior's, `medium` keeps every default, `high` doubles the prior's and the
-upsamplers'; steps a request gives itself win. Measured on the default model (README,
+upsamplers'; steps a request gives itself win. Measured on the default model (docs/benchmarks.md,
 "Quality presets"): attribute accuracy is the same within noise for all three (all five
 0.92 / 0.875 / 0.86 at N = 64, standard error 0.04); `low` costs 0.92x `medium`'s time,
 `high` 1.90x (with the upsampler defaults of stack.json: grain of flat backgrounds 1.89 /
@@ -19,7 +19,7 @@ models: this model has no preset beyond `high`.
 Why scale the defaults rather than fix step counts: a preset then means the same for any
 model directory (Karlo's 25/25/7 or the shapes model's 25/4/8/1), and per-stage defaults
 that were tuned by measurement keep their proportions. What each preset costs and gives
-on the default model is in the README (`python -m bench.eval_shapes --quality Q`).
+on the default model is in docs/benchmarks.md (`python -m bench.eval_shapes --quality Q`).
 """
 
 from __future__ import annotations

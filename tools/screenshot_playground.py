@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-MAX_BYTES = 200_000  # the README's screenshots stay well under 300 kB
+MAX_BYTES = 200_000  # the screenshots stay well under 300 kB
 PROMPTS = ("a small red circle at the top left on a blue background",
            "a large green triangle in the center on a white background",
            "a yellow square at the bottom right on a purple background")

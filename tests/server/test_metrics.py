@@ -22,7 +22,7 @@ from server.stats import EngineStats
 from .conftest import REPO
 
 FAST = Sampling(prior_steps=2, decoder_steps=2, upsampler_steps=1, best_of=1)
-METRICS_TABLE = REPO / "README.md"  # the file holding the `| metric | type | labels |` table
+METRICS_TABLE = REPO / "docs" / "operating.md"  # the page holding the `| metric | type | labels |` table
 
 EXPECTED = {  # family (as the parser names it) -> type
     "unclip_requests": "counter",
