@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     public_url: Optional[str] = Field(None, description="base of image URLs; default: the request's own base URL")
     max_batch: int = Field(8, ge=1, description="most samples in one batched model call")
     batch_profile: Literal["measure", "off"] = Field(
-        "measure", description="measure: cap each stage's batch where its samples/s is best (timed at start, "
-        "cached); off: every stage batches up to max_batch")
+        "measure", description="measure: cap each stage's batch where its samples/s is best (timed while idle "
+        "once ready, then cached); off: every stage batches up to max_batch")
     stage_batch: str = Field("", description="per-stage batch caps that win over the measurement, e.g. "
                              "'upsampler.1=1,prior=8'")
     batch_profile_dir: Optional[Path] = Field(Path("~/.cache/unclip"), description="where measured batch "
