@@ -116,7 +116,8 @@ def generate(
     pipe: StagedPipeline, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
     opts: Optional[Sampling] = None,
 ) -> Operation:
-    """Text -> CLIP -> prior (best-of-N) -> decoder (guided) -> upsamplers."""
+    """Text -> CLIP -> prior (best-of-N) -> `render`: decoder (guided) -> upsamplers (Kandinsky:
+    latent decoder -> MoVQ)."""
     opts = opts or Sampling()
     count = pipe.upsampler_count(size)
     seeds, gens = _gens(seed, n)
