@@ -123,7 +123,9 @@ def inversion_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
 
 
 class Stage:
-    """A diffusion stage: its schedule, its settings, and how to evaluate its network."""
+    """A diffusion stage: its schedule, its settings, and how to evaluate its network.
+    `stack` holds the networks (an UnCLIPStack, or Kandinsky's `KandinskyNets`); `step`
+    needs only its `device`, the subclasses' `predict` the networks themselves."""
 
     key = "stage"
 
