@@ -210,6 +210,16 @@ def test_configs_from_the_schedulers(pipe: Kandinsky) -> None:
         assert (sched.alphas_cumprod.double() - ours.alphas_cumprod).abs().max() < 1e-6
 
 
+def test_scheduler_configs_we_cannot_follow_are_refused() -> None:
+    from pipelines.kandinsky.schedulers import ddpm_config, unclip_config
+
+    assert unclip_config({}).clip_x0 == 1.0 and unclip_config({}).prediction == "eps"  # the class's defaults
+    for bad in ({"timestep_spacing": "trailing"}, {"thresholding": True}, {"beta_schedule": "scaled_linear"},
+                {"variance_type": "fixed_large_log"}):
+        with pytest.raises(ValueError, match="unsupported|not supported"):
+            ddpm_config(bad)
+
+
 def test_sizes(pipe: Kandinsky) -> None:
     assert pipe.sizes == (IMAGE,) and pipe.upsampler_count(None) == 0
     with pytest.raises(InvalidInput, match="size"):
