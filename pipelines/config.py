@@ -16,6 +16,9 @@ from typing import Any, Literal, Optional, get_type_hints
 Prediction = Literal["eps", "x0", "v"]
 Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 ScheduleName = Literal["squaredcos_cap_v2", "linear"]
+# Timestep spacings (`diffusion.spaced`): "karlo" Karlo's respacing (with `spacing_power`);
+# "unclip" diffusers' UnCLIPScheduler, "leading" its DDPM/DDIM schedulers' (plus `steps_offset`)
+Spacing = Literal["karlo", "unclip", "leading"]
 INPAINT_CHANNELS = 4  # an inpainting decoder's extra inputs: the kept pixels (3) and the keep mask
 
 
@@ -100,6 +103,9 @@ class DiffusionConfig:
 
     num_timesteps: int = 1000
     schedule: ScheduleName = "squaredcos_cap_v2"
+    # "linear" betas from beta_start to beta_end (None: Karlo's 1e-4 to 0.02, scaled to 1000 steps)
+    beta_start: Optional[float] = None
+    beta_end: Optional[float] = None
     prediction: Prediction = "eps"
     variance: Variance = "fixed_small"
     clip_x0: Optional[float] = 1.0  # clamp of the x0 estimate while sampling
@@ -107,6 +113,8 @@ class DiffusionConfig:
     guidance: float = 1.0  # default classifier-free guidance scale
     sampler: Literal["ddpm", "ddim"] = "ddpm"
     spacing_power: float = 1.0  # timestep spacing (`diffusion.respace`): 1 even, > 1 denser near t = 0
+    spacing: Spacing = "karlo"
+    steps_offset: int = 0  # "leading" spacing: added to every timestep (diffusers' steps_offset)
     # The t at which the final step (to the clean sample) evaluates the network, the input
     # being treated as x_t there; 0 is the plain last step. Above 0 that step denoises the
     # residual grain of the earlier x0 predictions instead of passing it through.

@@ -25,13 +25,14 @@ class Schedule:
     alphas_cumprod: torch.Tensor
 
     @classmethod
-    def make(cls, name: str, num_timesteps: int = 1000) -> "Schedule":
-        betas = make_betas(name, num_timesteps)
+    def make(cls, name: str, num_timesteps: int = 1000, beta_range: Optional[tuple[float, float]] = None) -> "Schedule":
+        betas = make_betas(name, num_timesteps, beta_range)
         return cls(torch.cumprod(1.0 - betas, dim=0))
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> "Schedule":
-        return cls.make(cfg.schedule, cfg.num_timesteps)
+        given = cfg.beta_start is not None and cfg.beta_end is not None
+        return cls.make(cfg.schedule, cfg.num_timesteps, (cfg.beta_start, cfg.beta_end) if given else None)
 
     @property
     def num_timesteps(self) -> int:
@@ -50,11 +51,13 @@ class Schedule:
         return torch.cat([torch.ones(1, dtype=ac.dtype, device=ac.device), ac])
 
 
-def make_betas(name: str, num_timesteps: int) -> torch.Tensor:
-    """betas [T] fp64 of a named schedule."""
+def make_betas(name: str, num_timesteps: int, beta_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """betas [T] fp64 of a named schedule; "linear" runs over beta_range (default Karlo's
+    1e-4 to 0.02, scaled to num_timesteps)."""
     if name == "linear":
         scale = 1000 / num_timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64, device="cpu")
+        start, end = beta_range or (scale * 1e-4, scale * 0.02)
+        return torch.linspace(start, end, num_timesteps, dtype=torch.float64, device="cpu")
     if name == "squaredcos_cap_v2":
         def abar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -85,6 +88,26 @@ def respace(num_timesteps: int, steps: int, power: float = 1.0) -> list[int]:
         taken.append(round(cur))
         cur += stride
     return sorted(set(taken), reverse=True)
+
+
+def spaced(spacing: str, num_timesteps: int, steps: int, power: float = 1.0, offset: int = 0) -> list[int]:
+    """`steps` descending timesteps of a chain of num_timesteps, spaced as named: "karlo"
+    (`respace`, with power), or as diffusers' schedulers space them: "unclip"
+    (UnCLIPScheduler: round(k (T - 1) / (n - 1))) or "leading" (DDPM/DDIM: k (T // n) + offset).
+
+    spaced("unclip", 1000, 4) == [999, 666, 333, 0]; spaced("leading", 1000, 4, offset=1) == [751, 501, 251, 1].
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if spacing == "karlo":
+        return respace(num_timesteps, steps, power)
+    if spacing == "unclip":
+        ratio = (num_timesteps - 1) / max(steps - 1, 1)
+        return [round(k * ratio) for k in range(steps)][::-1]
+    if spacing == "leading":
+        ratio = num_timesteps // steps
+        return [k * ratio + offset for k in range(steps)][::-1]
+    raise ValueError(f"unknown timestep spacing {spacing!r}")
 
 
 def _b(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

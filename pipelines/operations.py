@@ -20,7 +20,7 @@ from .errors import InvalidInput
 from .imageio import as_float
 from .sampling import Known, resize
 from .stage_keys import DECODER, PRIOR, upsampler_key
-from .unclip import Operation, Sampling, UnCLIP, make_generator
+from .unclip import Operation, Sampling, StagedPipeline, UnCLIP, make_generator
 from .vectors import normalize, slerp
 
 Mode = Literal["slerp", "fixed"]
@@ -113,17 +113,17 @@ def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
 
 
 def generate(
-    pipe: UnCLIP, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    pipe: StagedPipeline, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
     opts: Optional[Sampling] = None,
 ) -> Operation:
-    """Text -> CLIP -> prior (best-of-N) -> decoder (guided) -> upsamplers."""
+    """Text -> CLIP -> prior (best-of-N) -> `render`: decoder (guided) -> upsamplers (Kandinsky:
+    latent decoder -> MoVQ)."""
     opts = opts or Sampling()
     count = pipe.upsampler_count(size)
     seeds, gens = _gens(seed, n)
     text = pipe.encode_text([prompt])
     z = yield from pipe.sample_prior(text, seeds, gens, opts)
-    images = yield from pipe.decode(z, text, gens, opts)
-    images = yield from pipe.upsample(images, gens, opts, count)
+    images = yield from pipe.render(z, text, gens, opts, count)
     return OpResult(images, z, settings={"n": n})
 
 

@@ -123,7 +123,9 @@ def inversion_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
 
 
 class Stage:
-    """A diffusion stage: its schedule, its settings, and how to evaluate its network."""
+    """A diffusion stage: its schedule, its settings, and how to evaluate its network.
+    `stack` holds the networks (an UnCLIPStack, or Kandinsky's `KandinskyNets`); `step`
+    needs only its `device`, the subclasses' `predict` the networks themselves."""
 
     key = "stage"
 
@@ -135,7 +137,9 @@ class Stage:
         `scale` (at least 1). invertible=True stops at `inversion_top`, where x_t still
         holds enough of x0 for DDIM inversion to be well conditioned."""
         top = self.inversion_top() if invertible else (self.cfg.start_t or self.cfg.num_timesteps - 1)
-        return D.respace(top + 1, steps or max(1, round(self.cfg.steps * scale)), self.cfg.spacing_power)
+        cfg = self.cfg
+        return D.spaced(cfg.spacing, top + 1, steps or max(1, round(cfg.steps * scale)), cfg.spacing_power,
+                        cfg.steps_offset)
 
     def pairs(self, timesteps: list[int]) -> list[tuple[int, int]]:
         """Sampling pairs of descending timesteps, with the stage's `last_step_t`."""
@@ -277,8 +281,11 @@ class PriorStage(Stage):
 
     def predict(self, x, t, tracks):
         x, t, cond, g = guided_batch(x, t, tracks, self.null)
-        out = self.stack.prior(x, t, cond["text_emb"], cond["text_enc"], cond["mask"])
-        return _apply_guidance(out, tracks, g), None
+        return _apply_guidance(self.network(x, t, cond), tracks, g), None
+
+    def network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The prior's prediction [B, D] for x [B, D] at t [B] under cond (rows as `guided_batch`'s)."""
+        return self.stack.prior(x, t, cond["text_emb"], cond["text_enc"], cond["mask"])
 
 
 class DecoderStage(Stage):
@@ -292,16 +299,23 @@ class DecoderStage(Stage):
         self.null = null_text
 
     def predict(self, x, t, tracks):
-        null = dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
-        xb, t, cond, g = guided_batch(x, t, tracks, null)
+        xb, t, cond, g = guided_batch(x, t, tracks, self.null_cond())
         inpaint = self._inpaint(x, tracks)
         if inpaint is not None:
             inpaint = torch.cat([inpaint, inpaint[g]])  # unconditional rows see the same pixels
-        out = self.stack.decoder(xb, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"],
-                                 inpaint=inpaint)
-        pred, var = D.split_output(out, x.shape[1])
+        pred, var = D.split_output(self.network(xb, t, cond, inpaint), x.shape[1])
         n = len(tracks)
         return _apply_guidance(pred, tracks, g), (None if var is None else var[:n])
+
+    def null_cond(self) -> dict[str, torch.Tensor]:
+        """The unconditional rows' conditioning, each [1, ...]."""
+        return dict(self.null, image_emb=self.stack.decoder.cf_param[None].float())
+
+    def network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
+                inpaint: Optional[torch.Tensor]) -> torch.Tensor:
+        """The decoder's output [B, C or 2C, S, S] for x [B, C, S, S] at t [B] under cond."""
+        return self.stack.decoder(x, t, cond["image_emb"], cond["text_emb"], cond["text_enc"], cond["mask"],
+                                  inpaint=inpaint)
 
     def _inpaint(self, x: torch.Tensor, tracks: list[Track]) -> Optional[torch.Tensor]:
         """An inpainting decoder's extra input [B, 4, S, S] from each track's constraint

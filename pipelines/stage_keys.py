@@ -1,10 +1,11 @@
 """The names of the stages, in one place.
 
 Serving names a stage by its key: "prior", "decoder", "upsampler.0", "upsampler.1", ...
-(the engine's batches, progress events, metrics labels). Files and folders cannot hold
-the dot as comfortably, so on disk (weights `upsampler_0.safetensors`, training runs'
-`upsampler_0/`, and the training RNG streams, which are seeded by that name) the dot is
-an underscore. Both spellings come from the functions below.
+(Kandinsky: "prior", "decoder", "movq"; the engine's batches, progress events, metrics
+labels). Files and folders cannot hold the dot as comfortably, so on disk (weights
+`upsampler_0.safetensors`, training runs' `upsampler_0/`, and the training RNG streams,
+which are seeded by that name) the dot is an underscore. Both spellings come from the
+functions below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional
 
 PRIOR, DECODER = "prior", "decoder"
 UPSAMPLER = "upsampler"
+MOVQ = "movq"  # latent diffusion models (Kandinsky): latents -> pixels, one network call
 
 
 def upsampler_key(index: int) -> str:

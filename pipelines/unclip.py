@@ -32,7 +32,7 @@ from .sampling import (
     upsample_for,
 )
 from .stack import UnCLIPStack
-from .stage_keys import DECODER, PRIOR, upsampler_key
+from .stage_keys import DECODER, PRIOR, upsampler_index, upsampler_key
 
 
 @dataclass
@@ -79,7 +79,98 @@ def child_generator(seed: int, index: int) -> torch.Generator:
     return make_generator((int(seed) * 1_000_003 + 7919 * (index + 1)) % (2**63))
 
 
-class UnCLIP:
+class StagedPipeline:
+    """What every model's pipeline shares: its stages by key, the output sizes, per-request
+    timesteps and settings, initial noise, and prior sampling with best-of-N. Subclasses
+    give the networks (`stages`, `encode_text`, `render`, the prior's space)."""
+
+    stages: dict[str, Stage]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Output sizes, smallest first."""
+        raise NotImplementedError
+
+    @property
+    def prior_dim(self) -> int:
+        """Width D of the prior's image embeddings."""
+        raise NotImplementedError
+
+    @property
+    def default_best_of(self) -> int:
+        return 1
+
+    def encode_text(self, texts: list[str]) -> TextEncoding:
+        raise NotImplementedError
+
+    def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
+        """The prior's samples [B, D] -> image embeddings [B, D] (the decoder's space)."""
+        raise NotImplementedError
+
+    def render(
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """Image embeddings z [n, D] -> images [n, 3, S, S] in [-1, 1] at sizes[count]."""
+        raise NotImplementedError
+
+    def upsampler_count(self, size: Optional[int]) -> int:
+        """The index of an output size in `sizes` (for unCLIP, the upsamplers to run); None:
+        the largest."""
+        if size is None:
+            return len(self.sizes) - 1
+        if size not in self.sizes:
+            raise InvalidInput("size", f"size {size} is not one this model produces: {list(self.sizes)}")
+        return self.sizes.index(size)
+
+    def timesteps(self, key: str, opts: Sampling, invertible: bool = False, steps: Optional[int] = None) -> list[int]:
+        """Stage `key`'s respaced timesteps under opts: `steps`, else the steps opts ask of
+        that stage, else its default times opts' scale for it (see `Stage.timesteps`)."""
+        asked = {PRIOR: opts.prior_steps, DECODER: opts.decoder_steps}.get(key, opts.upsampler_steps)
+        return self.stages[key].timesteps(steps or asked, invertible, opts.scale(key))
+
+    def settings_of(self, opts: Sampling) -> dict[str, Any]:
+        """The sampling settings `opts` amount to (the stages' defaults, scaled, for what
+        opts leave open): steps as respaced, guidance, sampler, best_of."""
+        stages = self.stages
+        ups = [len(self.timesteps(key, opts)) for key in stages if upsampler_index(key) is not None]
+        return {"prior_steps": len(self.timesteps(PRIOR, opts)),
+                "prior_guidance": _default(opts.prior_guidance, stages[PRIOR].cfg.guidance),
+                "best_of": opts.best_of or self.default_best_of,
+                "decoder_steps": len(self.timesteps(DECODER, opts)),
+                "decoder_guidance": _default(opts.decoder_guidance, stages[DECODER].cfg.guidance),
+                "decoder_sampler": opts.decoder_sampler or stages[DECODER].cfg.sampler,
+                "upsampler_steps": ups}
+
+    def sample_prior(
+        self, text: TextEncoding, seeds: list[int], gens: list[torch.Generator], opts: Sampling
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """One image embedding per generator, each the best of N prior samples by z_i . z_t.
+
+        text: encoding of ONE prompt. Returns z_i [n, D] in the decoder's (raw CLIP) space."""
+        stage = self.stages[PRIOR]
+        best_of = opts.best_of or self.default_best_of
+        pairs = stage.pairs(self.timesteps(PRIOR, opts))
+        guidance = _default(opts.prior_guidance, stage.cfg.guidance)
+        cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
+        tracks = []
+        for i, (seed, gen) in enumerate(zip(seeds, gens)):
+            for j in range(best_of):
+                g = gen if j == 0 else child_generator(seed, j)
+                x = self._init(opts, PRIOR, i * best_of + j, (1, self.prior_dim), g)
+                tracks.append(Track(x, list(pairs), "ddpm", guidance=guidance, generator=g, cond=cond))
+        yield StageRequest(PRIOR, tracks)
+        z = self.denormalize_image_emb(torch.cat([tr.x for tr in tracks]))
+        return _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
+
+    def _init(self, opts: Sampling, stage: str, index: int, shape: tuple, gen: torch.Generator) -> torch.Tensor:
+        """Initial noise for one track: fixed by opts.latents, else drawn from gen."""
+        fixed = opts.latents.get(stage)
+        if fixed is not None:
+            return fixed[index:index + 1].float()
+        return torch.randn(shape, generator=gen)
+
+
+class UnCLIP(StagedPipeline):
     """A loaded stack plus its stages and the building blocks of every operation."""
 
     def __init__(self, stack: UnCLIPStack):
@@ -95,24 +186,13 @@ class UnCLIP:
     def sizes(self) -> tuple[int, ...]:
         return self.cfg.sizes
 
-    def timesteps(self, key: str, opts: Sampling, invertible: bool = False, steps: Optional[int] = None) -> list[int]:
-        """Stage `key`'s respaced timesteps under opts: `steps`, else the steps opts ask of
-        that stage, else its default times opts' scale for it (see `Stage.timesteps`)."""
-        asked = {PRIOR: opts.prior_steps, DECODER: opts.decoder_steps}.get(key, opts.upsampler_steps)
-        return self.stages[key].timesteps(steps or asked, invertible, opts.scale(key))
+    @property
+    def prior_dim(self) -> int:
+        return self.cfg.prior.model.clip_dim
 
-    def settings_of(self, opts: Sampling) -> dict[str, Any]:
-        """The sampling settings `opts` amount to (the stages' defaults, scaled, for what
-        opts leave open): steps as respaced, guidance, sampler, best_of."""
-        stages = self.stages
-        ups = [len(self.timesteps(upsampler_key(i), opts)) for i in range(len(self.cfg.upsamplers))]
-        return {"prior_steps": len(self.timesteps(PRIOR, opts)),
-                "prior_guidance": _default(opts.prior_guidance, stages[PRIOR].cfg.guidance),
-                "best_of": opts.best_of or self.cfg.prior.best_of,
-                "decoder_steps": len(self.timesteps(DECODER, opts)),
-                "decoder_guidance": _default(opts.decoder_guidance, stages[DECODER].cfg.guidance),
-                "decoder_sampler": opts.decoder_sampler or stages[DECODER].cfg.sampler,
-                "upsampler_steps": ups}
+    @property
+    def default_best_of(self) -> int:
+        return self.cfg.prior.best_of
 
     def encode_text(self, texts: list[str]) -> TextEncoding:
         return self.stack.clip.encode_text(texts)
@@ -121,35 +201,15 @@ class UnCLIP:
         """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D]."""
         return self.stack.clip.encode_image(images)
 
-    # ---- prior -------------------------------------------------------------------------
+    def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
+        return self.stack.denormalize_image_emb(z.to(self.stack.device))
 
-    def sample_prior(
-        self, text: TextEncoding, seeds: list[int], gens: list[torch.Generator], opts: Sampling
+    def render(
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """One image embedding per generator, each the best of N prior samples by z_i . z_t.
-
-        text: encoding of ONE prompt. Returns z_i [n, D] in raw CLIP space."""
-        stage = self.stages[PRIOR]
-        best_of = opts.best_of or self.cfg.prior.best_of
-        pairs = stage.pairs(self.timesteps(PRIOR, opts))
-        guidance = _default(opts.prior_guidance, stage.cfg.guidance)
-        cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
-        tracks = []
-        for i, (seed, gen) in enumerate(zip(seeds, gens)):
-            for j in range(best_of):
-                g = gen if j == 0 else child_generator(seed, j)
-                x = self._init(opts, PRIOR, i * best_of + j, (1, self.cfg.prior.model.clip_dim), g)
-                tracks.append(Track(x, list(pairs), "ddpm", guidance=guidance, generator=g, cond=cond))
-        yield StageRequest(PRIOR, tracks)
-        z = self.stack.denormalize_image_emb(torch.cat([tr.x for tr in tracks]).to(self.stack.device))
-        return _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
-
-    def _init(self, opts: Sampling, stage: str, index: int, shape: tuple, gen: torch.Generator) -> torch.Tensor:
-        """Initial noise for one track: fixed by opts.latents, else drawn from gen."""
-        fixed = opts.latents.get(stage)
-        if fixed is not None:
-            return fixed[index:index + 1].float()
-        return torch.randn(shape, generator=gen)
+        """Decode z [n, D], then run the first `count` upsamplers."""
+        images = yield from self.decode(z, text, gens, opts)
+        return (yield from self.upsample(images, gens, opts, count))
 
     # ---- decoder -------------------------------------------------------------------------
 
@@ -186,14 +246,6 @@ class UnCLIP:
         return torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
 
     # ---- upsamplers ----------------------------------------------------------------------
-
-    def upsampler_count(self, size: Optional[int]) -> int:
-        """How many upsamplers to run for an output size (None: all)."""
-        if size is None:
-            return len(self.cfg.upsamplers)
-        if size not in self.sizes:
-            raise InvalidInput("size", f"size {size} is not one this model produces: {list(self.sizes)}")
-        return self.sizes.index(size)
 
     def upsample(
         self, images: torch.Tensor, gens: list[torch.Generator], opts: Sampling, count: int,
@@ -260,7 +312,8 @@ def _best_of(z: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
     return z[torch.arange(z.shape[0]), pick]
 
 
-def run_direct(pipe: UnCLIP, op: Operation, max_batch: int = 64, caps: Optional[Mapping[str, int]] = None) -> Any:
+def run_direct(pipe: StagedPipeline, op: Operation, max_batch: int = 64,
+               caps: Optional[Mapping[str, int]] = None) -> Any:
     """Drive one operation to its result, running each stage request to completion."""
     return run_many(pipe, [op], max_batch, caps)[0]
 
@@ -273,7 +326,7 @@ def _advance(op: Operation, first: bool) -> tuple[Optional[StageRequest], Any]:
         return None, stop.value
 
 
-def run_many(pipe: UnCLIP, ops: Sequence[Operation], max_batch: int = 64,
+def run_many(pipe: StagedPipeline, ops: Sequence[Operation], max_batch: int = 64,
              caps: Optional[Mapping[str, int]] = None) -> list[Any]:
     """Drive several operations together (offline evaluation, no server): each round, the
     pending requests' tracks run to completion grouped by `group_key`, so tracks of

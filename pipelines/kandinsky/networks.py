@@ -1,0 +1,109 @@
+"""The networks of a Kandinsky 2.2 model folder, loaded with diffusers' and transformers'
+`from_pretrained` (local files only), and the diffusion configs of its two schedulers.
+
+The classes come from each snapshot's model_index.json (checked by `layout.find_layout`)
+and are imported by name only when a folder is loaded: the default model never needs
+diffusers or transformers (the `hf` extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import DiffusionConfig
+from ..diffusion import Schedule
+from .layout import KandinskyLayout, find_layout
+from .schedulers import ddpm_config, unclip_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KandinskyNets:
+    """prior (PriorTransformer), text_encoder (CLIPTextModelWithProjection), tokenizer
+    (CLIPTokenizer), image_encoder (CLIPVisionModelWithProjection), unet
+    (UNet2DConditionModel, addition_embed_type "image"), movq (VQModel), and the prior's
+    and decoder's diffusion configs (from their schedulers' configs)."""
+
+    prior: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    image_encoder: nn.Module
+    unet: nn.Module
+    movq: nn.Module
+    prior_cfg: DiffusionConfig
+    decoder_cfg: DiffusionConfig
+    layout: Optional[KandinskyLayout] = None
+    prior_schedule: Schedule = field(init=False)
+    decoder_schedule: Schedule = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prior_schedule = Schedule.from_config(self.prior_cfg)
+        self.decoder_schedule = Schedule.from_config(self.decoder_cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def movq_scale(self) -> int:
+        """Pixels per latent cell: 2 ** (MoVQ levels - 1)."""
+        return 2 ** (len(self.movq.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def native_size(self) -> int:
+        """The image size the decoder was configured for (unet sample_size x movq_scale)."""
+        return self.unet.config.sample_size * self.movq_scale
+
+    @property
+    def embed_dim(self) -> int:
+        """Width D of the image embeddings (the prior's samples, the decoder's condition)."""
+        return self.prior.config.embedding_dim
+
+
+def load_kandinsky(path: Path, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> KandinskyNets:
+    """The networks of a Kandinsky model folder (see layout.py) on device, in dtype."""
+    layout = find_layout(Path(path))
+    device = torch.device(device)
+
+    def net(snapshot: str, name: str) -> Any:
+        return load_component(layout, snapshot, name, device, dtype)
+
+    nets = KandinskyNets(
+        prior=net("prior", "prior"), text_encoder=net("prior", "text_encoder"), tokenizer=net("prior", "tokenizer"),
+        image_encoder=net("prior", "image_encoder"), unet=net("decoder", "unet"), movq=net("decoder", "movq"),
+        prior_cfg=unclip_config(scheduler_config(layout, "prior")),
+        decoder_cfg=ddpm_config(scheduler_config(layout, "decoder")), layout=layout)
+    log.info("loaded Kandinsky 2.2 from %s (%s, %s)", path, device, dtype)
+    return nets
+
+
+def load_component(layout: KandinskyLayout, snapshot: str, name: str, device: torch.device,
+                   dtype: torch.dtype) -> Any:
+    """One component by the (library, class) its model_index.json names; modules are moved
+    to device and dtype, in eval mode, without gradients."""
+    library, cls = layout.classes[snapshot][name]
+    kwargs = {"torch_dtype": dtype} if library == "diffusers" else {}  # transformers' keyword changed in 4.56
+    loaded = getattr(importlib.import_module(library), cls).from_pretrained(
+        layout.folder(snapshot) / name, local_files_only=True, **kwargs)
+    if isinstance(loaded, nn.Module):
+        loaded = loaded.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return loaded
+
+
+def scheduler_config(layout: KandinskyLayout, snapshot: str) -> dict[str, Any]:
+    """A snapshot's scheduler/scheduler_config.json."""
+    return json.loads((layout.folder(snapshot) / "scheduler" / "scheduler_config.json").read_text())

@@ -1,0 +1,106 @@
+"""A tiny random-weight Kandinsky 2.2 model folder (prior/ and decoder/ diffusers snapshots,
+written with save_pretrained), for tests/pipelines/test_kandinsky.py. Needs diffusers and
+transformers; no downloads (the tokenizer's vocabulary is written here)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+EMBED = 32  # image/text embedding width D
+CONTEXT = 16  # tokens per caption
+IMAGE = 32  # output size (MoVQ scale 2: 16 x 16 latents)
+PRIOR_SCHEDULER = {"variance_type": "fixed_small_log", "prediction_type": "sample", "num_train_timesteps": 1000,
+                   "clip_sample": True, "clip_sample_range": 5.0}
+DECODER_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.00085,
+                     "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon", "steps_offset": 1,
+                     "timestep_spacing": "leading", "variance_type": "fixed_small"}
+
+
+def write_tokenizer(folder: Path):
+    """A CLIPTokenizer over single letters (each also as a word end), saved to folder."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab |= {c + suffix: len(vocab) + i for i, c in enumerate(string.ascii_lowercase)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CONTEXT)
+
+
+def _wake(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Random values for the parameters initialized to all zeros or ones (positional and
+    learned embeddings, norms), so that every path of the tiny model carries signal."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and (torch.all(p == 0) or torch.all(p == 1)):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def prior_pipeline(tmp: Path, seed: int = 0):
+    """KandinskyV22PriorPipeline with tiny random networks."""
+    from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tokenizer = write_tokenizer(tmp / "vocab")
+    text = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=EMBED, projection_dim=EMBED, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=CONTEXT, bos_token_id=0,
+        eos_token_id=1, pad_token_id=1))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=EMBED, image_size=32, patch_size=8, projection_dim=EMBED, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2))
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=EMBED, num_layers=2,
+                             num_embeddings=CONTEXT)
+    _wake(prior, gen)
+    with torch.no_grad():
+        prior.clip_std.copy_(0.5 + torch.rand(EMBED, generator=gen)[None])
+    processor = CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True, do_normalize=True, do_resize=True,
+                                   resample=3)
+    return KandinskyV22PriorPipeline(prior=prior, image_encoder=_wake(vision, gen), text_encoder=_wake(text, gen),
+                                     tokenizer=tokenizer, scheduler=UnCLIPScheduler(**PRIOR_SCHEDULER),
+                                     image_processor=processor)
+
+
+def decoder_pipeline(seed: int = 0):
+    """KandinskyV22Pipeline with a tiny random UNet (image-embedding conditioning) and MoVQ."""
+    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE // 2, in_channels=4, out_channels=8, addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=EMBED, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None)
+    movq = VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+        in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+        num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+        vq_embed_dim=4)
+    return KandinskyV22Pipeline(unet=_wake(unet, gen), scheduler=DDPMScheduler(**DECODER_SCHEDULER),
+                                movq=_wake(movq, gen))
+
+
+def write_model_dir(root: Path, seed: int = 0) -> Path:
+    """root/prior and root/decoder, as the Hugging Face snapshots lay them out."""
+    prior_pipeline(root / "tmp", seed).save_pretrained(root / "prior")
+    decoder_pipeline(seed).save_pretrained(root / "decoder")
+    return root
