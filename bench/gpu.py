@@ -96,7 +96,8 @@ class WheelGroup:
 # runs is measured there (keep_xformers_only_if_it_runs), else SDPA is used.
 WHEEL_GROUPS: tuple[WheelGroup, ...] = (
     WheelGroup("server", ("fastapi==0.165.0", "uvicorn==0.55.0", "pydantic-settings==2.16.3",
-                          "python-multipart==0.0.34", "redis==8.2.0", "httpx==0.29.0"),
+                          "python-multipart==0.0.34", "redis==8.2.0", "httpx==0.29.0",
+                          "fastapi-offline==1.7.7"),
                ("starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5", "python-dotenv==1.2.4",
                 "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing_extensions==4.16.0",
                 "annotated-doc==0.0.7", "opentelemetry-api==1.45.2", "anyio==4.16.0", "h11==0.16.0",
