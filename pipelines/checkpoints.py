@@ -3,7 +3,9 @@
 Layout of a model directory:
 
     stack.json                 StackConfig
-    clip.safetensors           open_clip state dict (name set by ClipConfig.weights)
+    clip.safetensors           open_clip state dict (name set by ClipConfig.weights); its
+                               token embedding full or pruned (pipelines.clip: the rows of
+                               the tokens the model knows, one fallback row for the rest)
     clip_stats.safetensors     {"mean": [D], "std": [D]}
     prior.safetensors          PriorTransformer
     decoder.safetensors        decoder UNet
@@ -19,12 +21,13 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Literal, Mapping, Optional, get_args
+from typing import Iterable, Literal, Mapping, Optional, get_args
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .clip import KEPT_TOKEN_IDS, TOKEN_EMBEDDING, expand_token_embedding, prune_token_embedding
 from .config import StackConfig
 from .stack import UnCLIPStack
 from .stage_keys import file_name, upsampler_key
@@ -57,13 +60,19 @@ def require_file(path: Path, what: str) -> Path:
     return Path(path)
 
 
-def save_model_dir(stack: UnCLIPStack, path: Path, dtype: Optional[torch.dtype] = None) -> None:
-    """Write stack.json and one safetensors file per module (optionally cast, e.g. fp16)."""
+def save_model_dir(stack: UnCLIPStack, path: Path, dtype: Optional[torch.dtype] = None,
+                   keep_token_ids: Optional[Iterable[int]] = None) -> None:
+    """Write stack.json and one safetensors file per module (optionally cast, e.g. fp16).
+    With keep_token_ids, CLIP's token embedding is stored pruned to those tokens' rows
+    (`pipelines.clip.prune_token_embedding`); else in full."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     stack.cfg.save(path / CONFIG_FILE)
     for name, fname in module_files(stack.cfg).items():
-        _save(_cast(stack.get_submodule(name).state_dict(), dtype), path / fname)
+        sd = _cast(stack.get_submodule(name).state_dict(), dtype)
+        if name == "clip.model" and keep_token_ids is not None:
+            sd = prune_token_embedding(sd, keep_token_ids)
+        _save(sd, path / fname)
     if stack.cfg.clip.stats:
         stats = {"mean": stack.clip_mean, "std": stack.clip_std}
         _save(_cast(stats, torch.float32), path / stack.cfg.clip.stats)
@@ -84,6 +93,19 @@ def _cast(sd: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> dict[
             v = v.to(dtype)
         out[k] = v.contiguous()
     return out
+
+
+def read_weights(file: Path, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of `module` (it may be on the meta device) stored in a safetensors
+    file: a CLIP token embedding stored pruned comes back as the full matrix the module
+    has, every dropped row the stored fallback row (`pipelines.clip.expand_token_embedding`)."""
+    sd = load_file(str(file))
+    if KEPT_TOKEN_IDS in sd:
+        weight = dict(module.named_parameters()).get(TOKEN_EMBEDDING)
+        if weight is None:
+            raise ValueError(f"{file} holds a pruned token embedding, but its module has no {TOKEN_EMBEDDING}")
+        sd = expand_token_embedding(sd, weight.shape[0])
+    return sd
 
 
 def build_on_meta(cfg: StackConfig) -> UnCLIPStack:
@@ -155,8 +177,8 @@ def load_model_dir(path: Path, device: str | torch.device = "cpu", dtype: Option
     cfg = StackConfig.load(require_file(path / CONFIG_FILE, "model config"))
     stack = build_on_meta(cfg)
     for name, fname in module_files(cfg).items():
-        sd = load_file(str(require_file(path / fname, f"weights of {name}")))
-        assign_state(stack.get_submodule(name), sd, dtype, device)
+        module = stack.get_submodule(name)
+        assign_state(module, read_weights(require_file(path / fname, f"weights of {name}"), module), dtype, device)
     _load_stats(stack, path, device)
     materialize_buffers(stack, device)
     log.info("loaded model %s from %s (%s, %s)", cfg.name, path, device, dtype)

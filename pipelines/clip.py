@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -12,6 +13,15 @@ from .config import ClipConfig
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# A CLIP state dict may store its token embedding pruned: only the rows of the token ids a
+# model ever saw, instead of `token_embedding.weight` [vocab_size, width]. Loading rebuilds
+# the full matrix with every dropped row set to one fallback row, the mean of the dropped
+# rows, so a token the model never learned maps to an average untrained embedding.
+TOKEN_EMBEDDING = "token_embedding.weight"
+KEPT_TOKEN_IDS = "token_embedding.kept_ids"  # int64 [K], ascending: the token ids kept
+KEPT_TOKEN_ROWS = "token_embedding.kept_rows"  # [K, width]: their rows, in that order
+FALLBACK_TOKEN_ROW = "token_embedding.fallback_row"  # [width]: every other token's row
 
 
 @dataclass
@@ -34,6 +44,48 @@ class TextEncoding:
             torch.cat([i.pooled for i in items]), torch.cat([i.states for i in items]),
             torch.cat([i.mask for i in items]),
         )
+
+
+def prune_token_embedding(sd: Mapping[str, torch.Tensor], keep: Iterable[int]) -> dict[str, torch.Tensor]:
+    """The state dict with its token embedding stored pruned: the rows of the token ids
+    `keep` (KEPT_TOKEN_IDS, KEPT_TOKEN_ROWS) and the mean of all other rows, computed in
+    fp64 and stored in the embedding's dtype (FALLBACK_TOKEN_ROW). Other entries unchanged.
+    Pruning an expanded state again gives the same tensors: the mean of equal rows is exact
+    in fp64 (fewer than 2^29 rows of a 24-bit mantissa sum without rounding)."""
+    weight = sd[TOKEN_EMBEDDING]
+    ids = torch.tensor(sorted(set(int(i) for i in keep)), dtype=torch.int64)
+    if len(ids) == 0 or ids[0] < 0 or ids[-1] >= weight.shape[0]:
+        raise ValueError(f"token ids to keep must lie in [0, {weight.shape[0]})")
+    dropped = torch.ones(weight.shape[0], dtype=torch.bool)
+    dropped[ids] = False
+    if not dropped.any():
+        raise ValueError("every token is kept: nothing to prune")
+    out = {k: v for k, v in sd.items() if k != TOKEN_EMBEDDING}
+    out[KEPT_TOKEN_IDS] = ids
+    out[KEPT_TOKEN_ROWS] = weight[ids].contiguous()
+    out[FALLBACK_TOKEN_ROW] = weight[dropped].double().mean(0).to(weight.dtype).contiguous()
+    return out
+
+
+def expand_token_embedding(sd: Mapping[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """The state dict with a pruned token embedding (see `prune_token_embedding`) rebuilt as
+    `token_embedding.weight` [vocab_size, width]: kept rows in place, FALLBACK_TOKEN_ROW
+    everywhere else. A state dict with the full matrix is returned unchanged."""
+    if KEPT_TOKEN_IDS not in sd:
+        return dict(sd)
+    if TOKEN_EMBEDDING in sd:
+        raise ValueError(f"a state dict holds both {TOKEN_EMBEDDING} and a pruned token embedding")
+    ids, rows, fallback = sd[KEPT_TOKEN_IDS].long(), sd[KEPT_TOKEN_ROWS], sd[FALLBACK_TOKEN_ROW]
+    if ids.ndim != 1 or rows.shape != (len(ids), fallback.shape[-1]) or fallback.ndim != 1:
+        raise ValueError(f"pruned token embedding: ids {tuple(ids.shape)}, rows {tuple(rows.shape)}, "
+                         f"fallback {tuple(fallback.shape)} do not fit together")
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size or len(ids.unique()) != len(ids)):
+        raise ValueError(f"pruned token embedding: kept ids must be distinct and in [0, {vocab_size})")
+    weight = fallback.expand(vocab_size, -1).clone()
+    weight[ids] = rows
+    out = {k: v for k, v in sd.items() if k not in (KEPT_TOKEN_IDS, KEPT_TOKEN_ROWS, FALLBACK_TOKEN_ROW)}
+    out[TOKEN_EMBEDDING] = weight
+    return out
 
 
 def build_open_clip(cfg: ClipConfig) -> nn.Module:

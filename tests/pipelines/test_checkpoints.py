@@ -1,4 +1,5 @@
-"""Model directories: save/load round trip, fp16 storage, missing files, config JSON."""
+"""Model directories: save/load round trip, fp16 storage, pruned token embeddings, missing
+files, config JSON."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pipelines.checkpoints import (
     CONFIG_FILE,
@@ -16,7 +18,16 @@ from pipelines.checkpoints import (
     load_model_dir,
     module_files,
     random_stack,
+    read_weights,
     save_model_dir,
+)
+from pipelines.clip import (
+    FALLBACK_TOKEN_ROW,
+    KEPT_TOKEN_IDS,
+    KEPT_TOKEN_ROWS,
+    TOKEN_EMBEDDING,
+    expand_token_embedding,
+    prune_token_embedding,
 )
 from pipelines.config import StackConfig
 from pipelines.operations import generate
@@ -119,6 +130,63 @@ def test_bf16_is_batch_invariant_and_near_fp32(tiny: UnCLIPStack, tmp_path: Path
     assert (batched - alone).abs().mean() <= unit
     assert (images[torch.float32][0] - batched).abs().mean() <= 4 * unit
     assert batched.dtype == torch.float32
+
+
+def test_pruned_token_embedding_round_trips(tiny: UnCLIPStack, tmp_path: Path) -> None:
+    """keep_token_ids stores the kept rows, their ids and the mean of the other rows; the
+    loader rebuilds the full matrix from them (fallback row everywhere else), so texts made
+    of kept tokens encode exactly as with the full matrix. Every other tensor is unchanged."""
+    tokens = tiny.clip.tokenize(["a red square", "a blue circle on the left", ""])
+    keep = sorted(set(tokens.flatten().tolist()))  # padding 0, start and end of text included
+    save_model_dir(tiny, tmp_path, keep_token_ids=keep)
+    with safe_open(str(tmp_path / "clip.safetensors"), "pt") as f:
+        assert TOKEN_EMBEDDING not in f.keys()
+        assert f.get_tensor(KEPT_TOKEN_IDS).tolist() == keep
+    full = tiny.clip.model.token_embedding.weight
+    dropped = torch.ones(len(full), dtype=torch.bool)
+    dropped[keep] = False
+    loaded = load_model_dir(tmp_path, dtype=torch.float32)
+    weight = loaded.clip.model.token_embedding.weight
+    assert weight.shape == full.shape
+    assert torch.equal(weight[keep], full[keep])
+    fallback = full[dropped].double().mean(0).float()
+    assert torch.equal(weight[dropped], fallback.expand(int(dropped.sum()), -1))
+    sa, sb = tiny.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if not k.endswith(TOKEN_EMBEDDING))
+    assert_same_outputs(tiny, loaded)  # stack_outputs encodes "a red square" and ""
+    a, b = (s.clip.encode_text(["a blue circle on the left"]) for s in (tiny, loaded))
+    assert torch.equal(a.pooled, b.pooled) and torch.equal(a.states, b.states)
+
+
+def test_full_and_pruned_files_read_back(tiny: UnCLIPStack, tmp_path: Path) -> None:
+    """read_weights returns a full-matrix file as stored and a pruned one expanded to the
+    module's vocabulary; pruning the expanded state again gives the same tensors."""
+    module = tiny.clip.model
+    sd = {k: v.half() for k, v in module.state_dict().items()}
+    pruned = prune_token_embedding(sd, [0, 320, 49406, 49407])
+    assert pruned[KEPT_TOKEN_ROWS].shape == (4, sd[TOKEN_EMBEDDING].shape[1])
+    assert pruned[FALLBACK_TOKEN_ROW].dtype == torch.float16
+    for name, tensors in (("full", sd), ("pruned", pruned)):
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    full = read_weights(tmp_path / "full.safetensors", module)
+    assert full.keys() == sd.keys() and all(torch.equal(full[k], sd[k]) for k in sd)
+    expanded = read_weights(tmp_path / "pruned.safetensors", module)
+    assert expanded.keys() == sd.keys()
+    again = prune_token_embedding(expanded, [0, 320, 49406, 49407])
+    assert all(torch.equal(again[k], pruned[k]) for k in pruned)
+
+
+def test_malformed_pruned_token_embedding_is_refused(tiny: UnCLIPStack) -> None:
+    pruned = prune_token_embedding(tiny.clip.model.state_dict(), [0, 5, 49407])
+    with pytest.raises(ValueError, match="in \\[0, 100\\)"):
+        expand_token_embedding(pruned, 100)
+    with pytest.raises(ValueError, match="distinct"):
+        expand_token_embedding({**pruned, KEPT_TOKEN_IDS: torch.tensor([0, 5, 5])}, 49408)
+    with pytest.raises(ValueError, match="both"):
+        expand_token_embedding({**pruned, TOKEN_EMBEDDING: tiny.clip.model.token_embedding.weight}, 49408)
+    with pytest.raises(ValueError, match="fit together"):
+        expand_token_embedding({**pruned, KEPT_TOKEN_ROWS: pruned[KEPT_TOKEN_ROWS][:2]}, 49408)
 
 
 @pytest.mark.parametrize("fname", [CONFIG_FILE, "decoder.safetensors", "upsampler_0.safetensors",

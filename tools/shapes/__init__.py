@@ -5,7 +5,7 @@ renderer), `captions` (canonical / partial captions and parsing), `judge` (model
 and scoring).
 """
 
-from .captions import canonical_caption, caption_for, parse_caption, partial_caption
+from .captions import all_captions, canonical_caption, caption_for, parse_caption, partial_caption
 from .judge import Judgement, check_caption, judge, judge_batch, judge_many, score, score_captions
 from .render import render
 from .world import (
@@ -23,7 +23,7 @@ from .world import (
 
 __all__ = [
     "ATTRIBUTES", "COLOURS", "PALETTE", "POSITIONS", "SHAPES", "SIZES", "Judgement", "Scene",
-    "all_scenes", "canonical_caption", "caption_for", "check_caption", "judge", "judge_batch",
+    "all_captions", "all_scenes", "canonical_caption", "caption_for", "check_caption", "judge", "judge_batch",
     "judge_many", "parse_caption", "partial_caption", "random_scene", "random_scenes", "render",
     "score", "score_captions",
 ]

@@ -8,12 +8,13 @@ shape becomes the noun `shape` (`a large shape at the top`, or just `a shape`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Collection, Optional
 
 import numpy as np
 
-from .world import ATTRIBUTES, COLOURS, POSITION_PHRASES, SHAPES, SIZES, Scene
+from .world import ATTRIBUTES, COLOURS, POSITION_PHRASES, SHAPES, SIZES, Scene, all_scenes
 
 # Position phrases longest first, so that "at the top left" wins over "at the top".
 _PHRASE_TO_POSITION: dict[str, str] = dict(
@@ -57,6 +58,13 @@ def partial_caption(
         keep = rng.random(len(ATTRIBUTES)) < 0.5
         attributes = [a for a, k in zip(ATTRIBUTES, keep) if k]
     return caption_for(scene, attributes)
+
+
+def all_captions() -> list[str]:
+    """Every caption `caption_for` can write (every scene with every subset of the
+    attributes: 8,760 distinct texts), sorted; the training's null caption "" is not one."""
+    subsets = [s for r in range(len(ATTRIBUTES) + 1) for s in itertools.combinations(ATTRIBUTES, r)]
+    return sorted({caption_for(scene, subset) for scene in all_scenes() for subset in subsets})
 
 
 def parse_caption(text: str) -> dict[str, str]:

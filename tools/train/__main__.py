@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp16", choices=("fp16", "fp32", "bf16"), help="export: storage dtype")
     p.add_argument("--allow-partial", action="store_true", help="export: untrained stages keep random weights")
     p.add_argument("--set", nargs="*", default=[], metavar="PATH=VALUE", help="export: override sampling defaults")
+    p.add_argument("--full-token-embedding", action="store_true",
+                   help="export: store CLIP's whole token embedding, not only the shapes world's tokens' rows")
     p.add_argument("--snapshot", type=Path, default=SNAPSHOT, help=f"snapshot / restore: folder (default {SNAPSHOT})")
     p.add_argument("--model", type=Path, default=MODEL,
                    help=f"restore: model directory of the finished stages without a checkpoint (default {MODEL})")
@@ -114,7 +116,7 @@ def train_all(run: Run, opts: LoopOptions, args: argparse.Namespace) -> bool:
 
 
 def do_export(run: Run, args: argparse.Namespace) -> Path:
-    out = export(run, args.out, args.dtype, args.allow_partial, args.set)
+    out = export(run, args.out, args.dtype, args.allow_partial, args.set, not args.full_token_embedding)
     print(f"exported {out} ({dir_size(out) / 2**20:.1f} MiB, {args.dtype})", flush=True)
     return out
 

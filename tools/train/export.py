@@ -1,8 +1,10 @@
 """Assemble a run's trained stages into a model directory in our layout (fp16 by default).
 
-Every network gets its stage's EMA weights; clip_mean / clip_std are the run's statistics of
-CLIP image embeddings of rendered scenes (the ones the prior was trained against). The
-sampling defaults come from the run's StackConfig and may be overridden, e.g.
+Every network gets its stage's EMA weights (CLIP's token embedding stored pruned to the rows
+of the shapes world's tokens, `tools.convert.shapes_token_ids`, unless asked for in full);
+clip_mean / clip_std are the run's statistics of CLIP image embeddings of rendered scenes
+(the ones the prior was trained against). The sampling defaults come from the run's
+StackConfig and may be overridden, e.g.
 `--set decoder.diffusion.guidance=2.5 prior.best_of=4`, without retraining.
 """
 
@@ -19,7 +21,7 @@ from pipelines.checkpoints import CONFIG_FILE, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.stack import UnCLIPStack
 from pipelines.stage_keys import upsampler_index
-from tools.convert import DTYPES
+from tools.convert import DTYPES, shapes_token_ids
 
 from .checkpoint import load_trained
 from .frozen_clip import ensure_stats
@@ -147,13 +149,17 @@ def replace_dir(tmp: Path, out: Path) -> None:
 
 
 def export(run: Run, out: Path, dtype: str = "fp16", allow_partial: bool = False,
-           overrides: Sequence[str] = ()) -> Path:
-    """Write the run's model directory to `out` (built beside it, then moved into place)."""
+           overrides: Sequence[str] = (), prune_tokens: bool = True) -> Path:
+    """Write the run's model directory to `out` (built beside it, then moved into place).
+    prune_tokens: store only the rows of CLIP's token embedding that shapes-world captions
+    use, and one fallback row for every other token (a CLIP trained on those captions alone
+    never changes the other rows: no gradient reaches them, and embeddings get no weight
+    decay)."""
     stack, facts = assemble(run, allow_partial, overrides)
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(stack, tmp, DTYPES[dtype])
+    save_model_dir(stack, tmp, DTYPES[dtype], shapes_token_ids() if prune_tokens else None)
     (tmp / "MODEL_CARD.md").write_text(model_card(run, stack, facts, dtype))
     replace_dir(tmp, out)
     return out

@@ -28,6 +28,12 @@ weights/default): its EMA weights are exactly the tensors export wrote (export s
 EMA), so the restored run exports the same model again and any stage can be trained further
 from it (`--steps N`, fresh optimizer, learning rate re-warmed). An unfinished stage needs
 its checkpoint: carry the snapshot folder or the run directory between machines.
+
+A CLIP file whose token embedding is stored pruned (export's default: the rows of the
+shapes world's tokens and one fallback row) restores as the full matrix with every other
+row set to that fallback row, not to the initial noise it had in training. No shapes-world
+caption reads those rows, and export prunes them again, so the restored run still exports
+the same model bit for bit; a CLIP trained further on shapes captions never touches them.
 """
 
 from __future__ import annotations
@@ -38,10 +44,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file
 
 from pipelines.checkpoints import CONFIG_FILE as MODEL_CONFIG_FILE
-from pipelines.checkpoints import build_on_meta, module_files
+from pipelines.checkpoints import build_on_meta, module_files, read_weights
 from pipelines.config import StackConfig
 
 from . import checkpoint
@@ -95,9 +100,9 @@ def model_stage_weights(run: Run, model: Path, stage: str) -> dict[str, torch.Te
     if not cfg_file.is_file():
         raise FileNotFoundError(f"no model directory at {model} (no {MODEL_CONFIG_FILE}) to restore {stage} from")
     path = model / module_files(StackConfig.load(cfg_file))[name]
-    want = {k: v.shape for k, v in build_on_meta(run.config.stack).get_submodule(name).state_dict().items()
-            if v.is_floating_point()}
-    got = load_file(str(path))
+    module = build_on_meta(run.config.stack).get_submodule(name)
+    want = {k: v.shape for k, v in module.state_dict().items() if v.is_floating_point()}
+    got = read_weights(path, module)
     shapes = {k: v.shape for k, v in got.items() if v.is_floating_point()}
     if shapes != want:
         wrong = sorted(set(shapes) ^ set(want)) or sorted(k for k in want if shapes[k] != want[k])
