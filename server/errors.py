@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.errors import InvalidInput
 
-from .engine import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull, ServerShutdown
+from .engine.core import EngineCrashed, EngineStopped, JobCancelled, JobExpired, QueueFull, ServerShutdown
 
 CLIENT_CLOSED = 499
 

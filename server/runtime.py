@@ -1,7 +1,7 @@
 """The runtime: everything a request needs besides itself (settings, model, engine,
 metrics, URL store, async jobs, lifecycle state), one per app, and how routes reach it.
 The URL store and the async jobs' store are this process's, or shared by every replica
-through Redis (server/shared_state.py).
+through Redis (server/state/shared.py).
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
 /health 200 "loading", /ready 503) and sets each stage's batch cap (from the cached
@@ -33,14 +33,14 @@ from pipelines.operations import generate
 from pipelines.stage_keys import DECODER, PRIOR, upsampler_key
 from pipelines.unclip import Sampling, UnCLIP
 
-from .async_jobs import AsyncJobs
-from .batch_caps import Calibration, calibration, caps_for, check_overrides
-from .engine import Engine, ServerShutdown
+from .engine.batch_caps import Calibration, calibration, caps_for, check_overrides
+from .engine.core import Engine, ServerShutdown
 from .errors import StoreUnavailable, unavailable
+from .jobs.async_jobs import AsyncJobs
+from .jobs.webhooks import WebhookSender
 from .metrics import Metrics
 from .settings import Settings
-from .shared_state import SharedState, shared_state
-from .webhooks import WebhookSender
+from .state.shared import SharedState, shared_state
 from .world import load_about
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Runtime:
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
         self.waiting = 0  # synchronous requests here waiting for a job of the global queue
-        self.wake_claimer: Callable[[], None] = lambda: None  # a job was queued (server/routes/claimer.py)
+        self.wake_claimer: Callable[[], None] = lambda: None  # a job was queued (server/claimer.py)
         self.created = time.time()
 
     @property
@@ -112,7 +112,7 @@ class Runtime:
             self.engine.calibrate(self.calibration(self.pipe))
 
     def batch_caps(self, pipe: UnCLIP) -> dict[str, int]:
-        """Each stage's batch cap (server/batch_caps.py); runs on the engine thread."""
+        """Each stage's batch cap (server/engine/batch_caps.py); runs on the engine thread."""
         s = self.settings
         return caps_for(pipe, s.max_batch, s.stage_caps, s.batch_profile == "measure", s.batch_profile_dir)
 
