@@ -18,9 +18,10 @@ import asyncio
 import logging
 import time
 
+from .delivery.failures import from_exception
 from .delivery.follow import Following, Fraction, follow
 from .engine.core import Job
-from .errors import StoreUnavailable, error_body, from_exception, unavailable
+from .errors import StoreUnavailable, error_body, unavailable
 from .requests.spec import follow_with, plan_of, prepare, spec_from_json
 from .runtime import Runtime
 from .state.records import EVENT_PREFIX

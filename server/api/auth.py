@@ -18,7 +18,8 @@ from typing import Iterable, Optional
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import APIError, error_response
+from ..errors import APIError
+from .errors import error_response
 
 # Documents the scheme in OpenAPI; enforcement is the middleware's.
 bearer_scheme = HTTPBearer(auto_error=False, description="API key, when the server is configured with keys")

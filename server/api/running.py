@@ -14,8 +14,9 @@ from starlette.requests import ClientDisconnect
 from pipelines.operations import OpResult
 from pipelines.unclip import Operation
 
+from ..delivery.failures import from_exception
 from ..engine.core import Job, JobCancelled, Progress
-from ..errors import APIError, from_exception
+from ..errors import APIError
 from ..runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,12 @@ from pipelines.operations import OpResult
 
 from ..api.auth import key_owner
 from ..engine.core import Job, JobCancelled, JobExpired, Progress
-from ..errors import bad_request, error_body, from_exception
+from ..errors import bad_request, error_body
 from ..jobs.async_jobs import wall_time
 from ..requests.schemas import ImageJob
 from ..runtime import Runtime
 from ..state.records import EVENT_PREFIX, JobRecord, Status
+from .failures import from_exception
 from .progress import Delivery, image_fields, partial_files
 
 log = logging.getLogger(__name__)

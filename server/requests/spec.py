@@ -46,6 +46,7 @@ from pipelines.unclip import Operation, Sampling
 from ..api.auth import key_owner
 from ..api.bodies import load_image, one_upload, read_form, square_tensor, text_fields
 from ..api.running import await_job, submit
+from ..delivery.failures import record_error
 from ..delivery.follow import Following, accepted, check_delivery, prefers_async, start
 from ..delivery.progress import Delivery, Partials, progress_queue, stream_response
 from ..engine.core import Progress, QueueFull
@@ -354,16 +355,6 @@ async def cancel_record_on_disconnect(request: Request, rt: Runtime, job_id: str
                 log.info("client went away: cancelling job %s", job_id)
                 await rt.jobs.cancel(record)
             return
-
-
-def record_error(record: JobRecord) -> APIError:
-    """The API error of a record that ended without a result (as in process, by its code)."""
-    err = record.error or {"message": "The job was cancelled.", "type": "server_error", "code": "cancelled"}
-    code = err.get("code")
-    status = 400 if err.get("type") == "invalid_request_error" else {
-        "deadline_exceeded": 504, "internal_error": 500, "url_store_too_small": 500}.get(code, 503)
-    return APIError(status, err.get("message", "The job failed."), err.get("type", "server_error"),
-                    param=err.get("param"), code=code, headers={"Retry-After": "5"} if status == 503 else None)
 
 
 async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Target, base_url: str) -> dict[str, Any]:
