@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
 from .api.auth import AuthMiddleware, bearer_scheme
+from .api.background import ASYNC_RESPONSE, prefer_header
 from .api.errors import error_response, install_handlers
 from .claimer import Claimer
-from .delivery.follow import ASYNC_RESPONSE, prefer_header
 from .errors import CLIENT_CLOSED, APIError
 from .requests.schemas import ErrorResponse
 from .runtime import Runtime

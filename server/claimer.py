@@ -1,10 +1,12 @@
-"""The global queue's worker on this replica (with Redis; server/state/redis/queue.py).
+"""The global queue's worker on this replica (with Redis; server/state/redis/queue.py),
+beside the API: both take specs to the engine, the API from requests, this from the queue.
 
 While this replica is ready and its engine has a free slot (fewer jobs held than
 `max_running`), it claims the next job of the global queue (woken by the `queued` channel
-when any replica queues one, by its own jobs' ends, and every POLL_S in any case) (a lease in Redis, renewed every
-third of `lease_s`), rebuilds its plan from the stored spec with the route's own builder
-(server/requests/spec.py `plan_of`), submits it to the engine under the job's id, and
+when any replica queues one, by `rt.claimable` when this one does or one of its own jobs
+ends, and every POLL_S in any case) (a lease in Redis, renewed every
+third of `lease_s`), rebuilds its plan from the stored spec with the kind's own builder
+(server/requests/plans.py `PLANS`), submits it to the engine under the job's id, and
 follows it into its record as an async job is followed (server/delivery/follow.py): its
 events and result reach whichever replica asks. Draining stops the claiming.
 
@@ -20,9 +22,11 @@ import time
 
 from .delivery.failures import from_exception
 from .delivery.follow import Following, Fraction, follow
+from .delivery.results import follow_with, prepare
 from .engine.core import Job
 from .errors import StoreUnavailable, error_body, unavailable
-from .requests.spec import follow_with, plan_of, prepare, spec_from_json
+from .requests.plans import plan_of
+from .requests.spec import spec_from_json
 from .runtime import Runtime
 from .state.records import EVENT_PREFIX
 from .state.redis.queue import MAX_ATTEMPTS
@@ -42,12 +46,11 @@ class Claimer:
         self.rt = rt
         self.held: set[str] = set()
         self._tasks: list[asyncio.Task] = []
-        self._wake = asyncio.Event()
+        self._wake = rt.claimable
 
     def start(self) -> None:
         shared = self.rt.shared
         if shared.queue is not None and shared.link is not None:
-            self.rt.wake_claimer = self._wake.set
             self._tasks = [asyncio.create_task(self._run(), name="global-queue"),
                            asyncio.create_task(shared.link.listen(shared.link.key("queued"), self._heard,
                                                                   self._subscribed), name="queued-listener")]

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from typing import Annotated, Callable, Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from fastapi import Depends, Request
 
@@ -70,7 +70,9 @@ class Runtime:
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
         self.waiting = 0  # synchronous requests here waiting for a job of the global queue
-        self.wake_claimer: Callable[[], None] = lambda: None  # a job was queued (server/claimer.py)
+        # Set when this replica may claim a job of the global queue: it queued one, or a slot
+        # freed (server/claimer.py waits for it).
+        self.claimable = asyncio.Event()
         self.created = time.time()
 
     @property

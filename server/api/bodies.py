@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from pipelines.imageio import keep_mask, open_image, reduce, to_uint8_tensor
 
 from ..errors import APIError, bad_request
+from ..requests.spec import Spec, parse_params, target
 from ..runtime import Runtime
 from .multipart import FieldError, NamingParser
 
@@ -165,3 +166,12 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` describing a JSON body validated by `model`."""
     schema = model.model_json_schema()
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def image_spec(request: Request, rt: Runtime, model: type[BaseModel], kind: str) -> Spec:
+    """The spec of a multipart request with one square `image` upload and `model`'s fields."""
+    form = await read_form(request)
+    params = parse_params(model, text_fields(form, files=("image",)))
+    out = target(rt, params, kind)
+    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
+    return Spec(kind, params, out, {"image": image})

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Request
 
-from pipelines.operations import DEFAULTS, inpaint, work
-
-from ..delivery.progress import SSE_RESPONSE
 from ..requests.schemas import EditRequest, ImagesResponse
-from ..requests.spec import Plan, Spec, Target, builds, parse_params, sampling, serve, target
-from ..runtime import ReadyRuntime, Runtime
+from ..requests.spec import Spec, parse_params, target
+from ..runtime import ReadyRuntime
 from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
+from .serve import serve
+from .stream import SSE_RESPONSE
 
 router = APIRouter()
 
@@ -41,11 +39,3 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
     return await serve(request, rt, Spec("edit", params, out, tensors))
 
-
-@builds("edit", EditRequest)
-def edit_plan(rt: Runtime, params: EditRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts, resample = sampling(params), params.resample or DEFAULTS.resample
-    op = inpaint(rt.pipe, tensors["image"], tensors["keep"], params.prompt, n=params.n,
-                 seed=out.seed, size=out.size, resample=resample, opts=opts)
-    cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return Plan(op, "edit", opts, cost, [params.prompt])

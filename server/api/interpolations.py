@@ -15,13 +15,14 @@ import torch
 from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 
-from pipelines.operations import interpolate, interpolation_thetas, work
+from pipelines.operations import interpolation_thetas
 
 from ..errors import bad_request
 from ..requests.schemas import MAX_PROMPT, ImagesResponse, InterpolationRequest
-from ..requests.spec import Plan, Spec, Target, builds, parse_params, sampling, serve, target
+from ..requests.spec import Spec, parse_params, target
 from ..runtime import ReadyRuntime, Runtime
 from .bodies import load_image, multipart_body, read_form, square_tensor, text_fields, uploads
+from .serve import serve
 
 router = APIRouter()
 Ends = tuple[Optional[list[torch.Tensor]], Optional[list[str]]]
@@ -68,16 +69,3 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
     tensors = {f"image{i}": image for i, image in enumerate(images or [])}
     return await serve(request, rt, Spec("interpolation", params, out, tensors))
 
-
-@builds("interpolation", InterpolationRequest)
-def interpolation_plan(rt: Runtime, params: InterpolationRequest, out: Target,
-                       tensors: dict[str, torch.Tensor]) -> Plan:
-    thetas = interpolation_thetas(params.thetas, params.frames)
-    images = [tensors["image0"], tensors["image1"]] if tensors else None
-    prompts = None if images else params.prompt
-    opts = sampling(params)
-    op = interpolate(rt.pipe, images=images, prompts=prompts, thetas=thetas, mode=params.mode, seed=out.seed,
-                     size=out.size, opts=opts)
-    cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
-                inversions=2 if images else 0)
-    return Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []))

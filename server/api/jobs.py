@@ -26,12 +26,12 @@ from typing import AsyncIterator, Optional
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..delivery.progress import sse
 from ..errors import APIError, StoreUnavailable, bad_request
 from ..requests.schemas import ImageJob, ImageJobDeleted, ImageJobList
 from ..runtime import AppRuntime, Runtime
 from ..state.records import EVENT_PREFIX, FINAL, JobEvent, JobRecord
 from .auth import key_owner
+from .stream import sse
 
 log = logging.getLogger(__name__)
 router = APIRouter()

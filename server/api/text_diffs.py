@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Request
 
-from pipelines.operations import DEFAULTS, text_diff, work
-
 from ..requests.schemas import ImagesResponse, TextDiffRequest
-from ..requests.spec import Plan, Target, builds, image_spec, sampling, serve
-from ..runtime import ReadyRuntime, Runtime
-from .bodies import multipart_body
+from ..runtime import ReadyRuntime
+from .bodies import image_spec, multipart_body
+from .serve import serve
 
 router = APIRouter()
 
@@ -32,12 +29,3 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
 async def create_text_diff(request: Request, rt: ReadyRuntime) -> Any:
     return await serve(request, rt, await image_spec(request, rt, TextDiffRequest, "text_diff"))
 
-
-@builds("text_diff", TextDiffRequest)
-def text_diff_plan(rt: Runtime, params: TextDiffRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts, frames = sampling(params), params.frames or DEFAULTS.frames
-    op = text_diff(rt.pipe, tensors["image"], params.prompt, params.source_prompt, frames=frames,
-                   max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts)
-    cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
-    texts = [params.prompt, params.source_prompt]
-    return Plan(op, "text_diff", opts, cost, texts, input_images=1)

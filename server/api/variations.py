@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Request
 
-from pipelines.operations import variations, work
-
 from ..requests.schemas import ImagesResponse, VariationRequest
-from ..requests.spec import Plan, Target, builds, image_spec, sampling, serve
-from ..runtime import ReadyRuntime, Runtime
-from .bodies import multipart_body
+from ..runtime import ReadyRuntime
+from .bodies import image_spec, multipart_body
+from .serve import serve
 
 router = APIRouter()
 
@@ -31,10 +28,3 @@ FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
 async def create_variation(request: Request, rt: ReadyRuntime) -> Any:
     return await serve(request, rt, await image_spec(request, rt, VariationRequest, "variation"))
 
-
-@builds("variation", VariationRequest)
-def variation_plan(rt: Runtime, params: VariationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts = sampling(params)
-    op = variations(rt.pipe, tensors["image"], n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
-    cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
-    return Plan(op, "variation", opts, cost, input_images=1)

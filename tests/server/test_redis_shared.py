@@ -21,7 +21,6 @@ import redis
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app  # noqa: F401 - imports every route: their builders of plans
 from server.requests.images import FileFormat
 from server.requests.schemas import (
     EditRequest,
