@@ -1,7 +1,7 @@
 """The runtime: everything a request needs besides itself (settings, model, engine,
 metrics, URL store, async jobs, lifecycle state), one per app, and how routes reach it.
 The URL store and the async jobs' store are this process's, or shared by every replica
-through Redis (server/state/shared.py).
+through Redis (server/state/shared.py, built by `shared_state` below).
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
 /health 200 "loading", /ready 503) and sets each stage's batch cap (from the cached
@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 from fastapi import Depends, Request
 
@@ -40,7 +40,15 @@ from .jobs.async_jobs import AsyncJobs
 from .jobs.webhooks import WebhookSender
 from .metrics import Metrics
 from .settings import Settings
-from .state.shared import SharedState, shared_state
+from .state.cancels import LocalCancels
+from .state.records import MemoryJobStore
+from .state.redis.cancels import RedisCancels
+from .state.redis.link import RedisLink
+from .state.redis.queue import RedisQueue
+from .state.redis.store import RedisJobStore
+from .state.redis.urls import RedisUrlStore
+from .state.shared import SharedState
+from .state.url_store import UrlStore
 from .world import load_about
 
 log = logging.getLogger(__name__)
@@ -165,6 +173,20 @@ class Runtime:
         close the shared stores."""
         await self.jobs.close(grace_s=grace_s)
         await self.shared.close()
+
+
+def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
+    """The stores the settings ask for (`replica`: this one's name in the global queue's
+    leases); `on_change(up)` hears Redis come and go."""
+    if s.redis_url is None:
+        return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
+                           UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
+    link = RedisLink(s.redis_url, on_change)
+    # A record not yet finished lasts past its job's longest life, in case its replica dies.
+    pending_s = s.max_deadline_s + s.job_ttl_s
+    jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)
+    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, replica)
+    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue)
 
 
 def async_jobs(s: Settings, metrics: Metrics, shared: SharedState) -> AsyncJobs:

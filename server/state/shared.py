@@ -11,17 +11,13 @@ accepted by any replica runs on whichever has a free slot first (server/claimer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
-from ..settings import Settings
-from .cancels import CancelBus, LocalCancels
-from .records import JobStore, MemoryJobStore
-from .redis.cancels import RedisCancels
+from .cancels import CancelBus
+from .records import JobStore
 from .redis.link import RedisLink
 from .redis.queue import RedisQueue
-from .redis.store import RedisJobStore
-from .redis.urls import RedisUrlStore
-from .url_store import ImageStore, UrlStore
+from .url_store import ImageStore
 
 
 @dataclass
@@ -53,16 +49,3 @@ class SharedState:
         if self.link is not None:
             await self.link.close()
 
-
-def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
-    """The stores the settings ask for (`replica`: this one's name in the global queue's
-    leases); `on_change(up)` hears Redis come and go."""
-    if s.redis_url is None:
-        return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
-                           UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
-    link = RedisLink(s.redis_url, on_change)
-    # A record not yet finished lasts past its job's longest life, in case its replica dies.
-    pending_s = s.max_deadline_s + s.job_ttl_s
-    jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)
-    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, replica)
-    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue)
