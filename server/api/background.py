@@ -1,11 +1,8 @@
 """`Prefer: respond-async` (RFC 7240) on an image endpoint: the job is submitted as a
 synchronous call's would be (same checks, same queue, same 429), answered at once with 202,
 its job object, `Location: /v1/images/jobs/{id}` and `Preference-Applied: respond-async`,
-and followed in the background: each progress report becomes an `image.job.progress`
-event of its record (and an `image.job.partial_image` event per image where the request
-asked for `partial_images`); when the engine job ends, its images response is built once,
-exactly as the synchronous answer's (server/requests/spec.py `images_body`), and the record
-is finished (server/jobs/async_jobs.py). A client that goes away does not cancel the job.
+and followed into its record in the background (server/delivery/follow.py). A client
+that goes away does not cancel the job.
 
 `webhook_url` asks for a webhook when the job ends; it needs `Prefer: respond-async`, and
 `stream=true` does not combine with it (the job's events stream instead).
