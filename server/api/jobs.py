@@ -1,5 +1,5 @@
 """Async jobs (extension; made by any image endpoint with `Prefer: respond-async`, see
-server/delivery/follow.py):
+server/api/background.py):
 
 - `GET /v1/images/jobs`: the caller's jobs, newest first; `limit` (1-100, default 20) and
   `after` (a job id: the page after it), in OpenAI's list shape;
