@@ -22,7 +22,7 @@ import torch
 
 from pipelines.checkpoints import DTYPE_NAMES, dtype_named, load_model_dir
 from pipelines.unclip import Sampling, UnCLIP
-from server.quality import STEP_SCALE
+from server.requests.quality import STEP_SCALE
 from tools.evaluation import card_section, evaluate, table, write_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", type=kind, default=None, help="override the model's default")
     p.add_argument("--decoder-sampler", choices=("ddpm", "ddim"), default=None)
     p.add_argument("--quality", choices=sorted(STEP_SCALE), default=None,
-                   help="the server's step preset (server/quality.py); explicit steps still win")
+                   help="the server's step preset (server/requests/quality.py); explicit steps still win")
     p.add_argument("--write-card", action="store_true", help="put the table in the model directory's MODEL_CARD.md")
     return p
 

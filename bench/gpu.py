@@ -89,7 +89,7 @@ class WheelGroup:
 # the device tool: python 3.12, torch 2.11 with CUDA 13, numpy, pillow, safetensors,
 # prometheus-client, transformers, timm, huggingface-hub...) has none of fastapi, starlette,
 # uvicorn, pydantic (+ core, settings), python-multipart, open_clip_torch (+ ftfy), diffusers,
-# redis, httpx (server/webhooks.py) or xformers; httpx, httpcore and timm are carried even
+# redis, httpx (server/jobs/webhooks.py) or xformers; httpx, httpcore and timm are carried even
 # where an image has them. Dependencies checked with the wheels' Requires-Dist, and the whole
 # set offline on a python 3.12 by `make gpu-wheels-check` (bench/gpu_wheels_check.py).
 # xformers 0.0.35 is a py39-none wheel of 3.1 MiB that needs torch>=2.10: it fits; whether it

@@ -57,7 +57,7 @@ CARRIED_MODULES = ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_sett
 # stand on them alone (prometheus-client, python-multipart). The rest of the server imports
 # pipelines, hence torch.
 MUST_IMPORT = ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "python_multipart", "redis", "httpx",
-               "ftfy", "diffusers", "server.metrics", "server.routes.multipart")
+               "ftfy", "diffusers", "server.metrics", "server.api.multipart")
 NEEDS_TORCH = ("torch", "torchvision")
 
 IMPORT_ALL = r"""
@@ -134,7 +134,7 @@ def write_stub(site: Path, name: str, version: str) -> None:
 
 
 def runtime_requirements() -> list[str]:
-    """pyproject.toml's dependencies, its gpu extra, and httpx (server/webhooks.py)."""
+    """pyproject.toml's dependencies, its gpu extra, and httpx (server/jobs/webhooks.py)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("gpu", []))
     if not any(r.split(">")[0].split("=")[0].split("<")[0].strip() == "httpx" for r in reqs):

@@ -514,7 +514,7 @@ class Direct:
 def paired_latency(server: Server, direct: Direct, send: Send, repeats: int) -> dict[str, float]:
     """Median seconds of the same generation over HTTP and by run_direct on this thread,
     alternated one by one (never at the same time) so that drifting machine load hits both
-    alike. All of this process's torch work stays on this one thread (see server/engine.py
+    alike. All of this process's torch work stays on this one thread (see server/engine/core.py
     on OpenMP pools per thread)."""
     times: dict[str, list[float]] = defaultdict(list)
     with httpx.Client(base_url=server.base, timeout=600) as c:

@@ -1,4 +1,4 @@
-"""What each quality preset (server/quality.py) costs and gives on a model: seconds per
+"""What each quality preset (server/requests/quality.py) costs and gives on a model: seconds per
 generation at one size (default the largest), measured alternately in one run so that the
 ratios hold on a noisy machine, and the grain of flat backgrounds (median per-channel
 standard deviation of the top and bottom bands, each 1/16 of the side; 0 for a render of
@@ -22,7 +22,7 @@ import torch
 from pipelines.checkpoints import load_model_dir
 from pipelines.operations import generate
 from pipelines.unclip import Sampling, UnCLIP, run_direct, run_many
-from server.quality import STEP_SCALE
+from server.requests.quality import STEP_SCALE
 from tools.evaluation import background_noise
 
 PROMPT = "a small red circle at the top left on a blue background"

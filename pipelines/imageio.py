@@ -71,7 +71,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
     The arithmetic is numpy's, as in `to_uint8`: the server calls these on request threads,
     and a torch op there would give that thread an OpenMP pool of its own, which slows the
-    engine thread's steps about 2x on a 2-core host (see server/engine.py)."""
+    engine thread's steps about 2x on a 2-core host (see server/engine/core.py)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))[None])
 

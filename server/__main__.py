@@ -24,7 +24,7 @@ import uvicorn
 from pipelines.checkpoints import MissingWeightsError
 
 from .app import create_app
-from .batch_caps import BadCaps
+from .engine.batch_caps import BadCaps
 from .runtime import Runtime
 from .settings import Settings
 from .world import BadWorld

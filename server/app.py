@@ -19,13 +19,14 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import AuthMiddleware, bearer_scheme
-from .errors import CLIENT_CLOSED, APIError, error_response, install_handlers
-from .routes import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
-from .routes.background import ASYNC_RESPONSE, prefer_header
-from .routes.claimer import Claimer
+from .api import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
+from .api.auth import AuthMiddleware, bearer_scheme
+from .api.background import ASYNC_RESPONSE, prefer_header
+from .api.errors import error_response, install_handlers
+from .claimer import Claimer
+from .errors import CLIENT_CLOSED, APIError
+from .requests.schemas import ErrorResponse
 from .runtime import Runtime
-from .schemas import ErrorResponse
 from .settings import Settings
 
 log = logging.getLogger(__name__)

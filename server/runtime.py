@@ -1,7 +1,7 @@
 """The runtime: everything a request needs besides itself (settings, model, engine,
 metrics, URL store, async jobs, lifecycle state), one per app, and how routes reach it.
 The URL store and the async jobs' store are this process's, or shared by every replica
-through Redis (server/shared_state.py).
+through Redis (server/state/shared.py, built by `shared_state` below).
 
 Lifecycle: `start()` loads the model on the engine thread (the port answers at once:
 /health 200 "loading", /ready 503) and sets each stage's batch cap (from the cached
@@ -33,14 +33,22 @@ from pipelines.operations import generate
 from pipelines.stage_keys import DECODER, PRIOR, upsampler_key
 from pipelines.unclip import Sampling, UnCLIP
 
-from .async_jobs import AsyncJobs
-from .batch_caps import Calibration, calibration, caps_for, check_overrides
-from .engine import Engine, ServerShutdown
+from .engine.batch_caps import Calibration, calibration, caps_for, check_overrides
+from .engine.core import Engine, ServerShutdown
 from .errors import StoreUnavailable, unavailable
+from .jobs.async_jobs import AsyncJobs
+from .jobs.webhooks import WebhookSender
 from .metrics import Metrics
 from .settings import Settings
-from .shared_state import SharedState, shared_state
-from .webhooks import WebhookSender
+from .state.cancels import LocalCancels
+from .state.records import MemoryJobStore
+from .state.redis.cancels import RedisCancels
+from .state.redis.link import RedisLink
+from .state.redis.queue import RedisQueue
+from .state.redis.store import RedisJobStore
+from .state.redis.urls import RedisUrlStore
+from .state.shared import SharedState
+from .state.url_store import UrlStore
 from .world import load_about
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,9 @@ class Runtime:
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
         self.waiting = 0  # synchronous requests here waiting for a job of the global queue
-        self.wake_claimer: Callable[[], None] = lambda: None  # a job was queued (server/routes/claimer.py)
+        # Set when this replica may claim a job of the global queue: it queued one, or a slot
+        # freed (server/claimer.py waits for it).
+        self.claimable = asyncio.Event()
         self.created = time.time()
 
     @property
@@ -112,7 +122,7 @@ class Runtime:
             self.engine.calibrate(self.calibration(self.pipe))
 
     def batch_caps(self, pipe: UnCLIP) -> dict[str, int]:
-        """Each stage's batch cap (server/batch_caps.py); runs on the engine thread."""
+        """Each stage's batch cap (server/engine/batch_caps.py); runs on the engine thread."""
         s = self.settings
         return caps_for(pipe, s.max_batch, s.stage_caps, s.batch_profile == "measure", s.batch_profile_dir)
 
@@ -163,6 +173,20 @@ class Runtime:
         close the shared stores."""
         await self.jobs.close(grace_s=grace_s)
         await self.shared.close()
+
+
+def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
+    """The stores the settings ask for (`replica`: this one's name in the global queue's
+    leases); `on_change(up)` hears Redis come and go."""
+    if s.redis_url is None:
+        return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
+                           UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
+    link = RedisLink(s.redis_url, on_change)
+    # A record not yet finished lasts past its job's longest life, in case its replica dies.
+    pending_s = s.max_deadline_s + s.job_ttl_s
+    jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)
+    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, replica)
+    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue)
 
 
 def async_jobs(s: Settings, metrics: Metrics, shared: SharedState) -> AsyncJobs:

@@ -13,8 +13,8 @@ from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsC
 
 from pipelines.checkpoints import DtypeName, dtype_named
 
-from .batch_caps import parse_overrides
-from .webhooks import parse_hosts, secret_key
+from .engine.batch_caps import parse_overrides
+from .jobs.webhooks import parse_hosts, secret_key
 
 PROG = "python -m server"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

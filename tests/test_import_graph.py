@@ -1,5 +1,6 @@
 """The project's modules import each other without circles, and the layers go one way:
-`pipelines` imports neither `server` nor `tools`."""
+`pipelines` imports neither `server` nor `tools`, and in `server` no module imports a layer
+above its own (`SERVER_LAYERS`, the architecture of docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_the_checker_finds_a_circle() -> None:
 
 def test_no_import_circle() -> None:
     edges = graph()
-    assert "server.routes.generations" in edges["server.app"]  # the graph sees relative imports
+    assert "server.api.generations" in edges["server.app"]  # the graph sees relative imports
     assert cycle(edges) == []
 
 
@@ -82,6 +83,61 @@ def test_pipelines_import_neither_server_nor_tools() -> None:
     wrong = {(name, m) for name, deps in graph().items() if name.startswith("pipelines")
              for m in deps if not m.startswith("pipelines")}
     assert wrong == set()
+
+
+# ---- the server's layers -----------------------------------------------------------------
+
+# Bottom first. A module may import its own part (the same prefix) and every layer below;
+# the parts of one layer stand beside each other and import none of each other.
+SERVER_LAYERS = (
+    ("server.errors",),  # the error types: nothing heavy
+    ("server.state",),  # records, URL images, cancels; redis/ (link, stores, global queue)
+    ("server.engine",),  # the engine thread, scheduler, jobs, stats, batch caps
+    ("server.jobs",),  # async jobs, webhooks
+    ("server.settings", "server.world", "server.metrics"),
+    ("server.runtime",),  # everything a request needs besides itself, built from the settings
+    ("server.requests",),  # params models, spec and target, plans, admission, quality, usage, files
+    ("server.delivery",),  # progress, following a job into its record, results, failures
+    ("server.api", "server.claimer"),  # the routes; the global queue's worker
+    ("server.app",),
+    ("server.__main__",),
+)
+
+
+def part_of(module: str) -> tuple[int, str] | None:
+    """The layer (its index) and part (prefix) of a server module; None for the package."""
+    for i, parts in enumerate(SERVER_LAYERS):
+        for prefix in parts:
+            if module == prefix or module.startswith(prefix + "."):
+                return i, prefix
+    return None
+
+
+def arrows_up(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """The imports that go to a layer above, or to another part of the same layer."""
+    wrong = set()
+    for name, deps in edges.items():
+        here = part_of(name)
+        for dep in deps:
+            there = part_of(dep)
+            if here and there and (there[0] > here[0] or there[0] == here[0] and there[1] != here[1]):
+                wrong.add((name, dep))
+    return wrong
+
+
+def test_the_layer_check_sees_an_arrow_up_and_one_across() -> None:
+    assert arrows_up({"server.state.records": {"server.engine.core"}, "server.engine.core": set()}) == {
+        ("server.state.records", "server.engine.core")}
+    assert arrows_up({"server.claimer": {"server.api.serve"}, "server.api.serve": {"server.requests.spec"}}) == {
+        ("server.claimer", "server.api.serve")}
+
+
+def test_every_server_module_has_a_layer() -> None:
+    assert {name for name in graph() if name.startswith("server.") and part_of(name) is None} == set()
+
+
+def test_no_server_module_imports_a_layer_above_its_own() -> None:
+    assert arrows_up(graph()) == set()
 
 
 # ---- what `make serve` imports: runtime dependencies only -------------------------------
@@ -132,7 +188,7 @@ def test_the_server_imports_only_runtime_dependencies() -> None:
     imports must import only what those dependencies bring."""
     edges, files = graph(), {module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
     served = reachable(edges, "server.__main__")
-    assert {"server.webhooks", "pipelines.attention"} <= served
+    assert {"server.jobs.webhooks", "pipelines.attention"} <= served
     providers = metadata.packages_distributions()
     runtime = runtime_distributions()
     wrong = {(mod, name) for mod in served for name in outside_imports(files[mod])

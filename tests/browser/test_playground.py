@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from server.routes.playground import ASSETS, ROOT
+from server.api.playground import ASSETS, ROOT
 from tests.server.conftest import FAST, KEY, REPO, ServerProc, png
 from tools.shapes import ATTRIBUTES, parse_caption
 

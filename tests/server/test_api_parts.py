@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from pipelines.operations import OpResult
-from server.auth import bearer_token, key_matches, needs_key
-from server.images import ImageMeta, encode, image_items, thetas_of
+from server.api.auth import bearer_token, key_matches, needs_key
+from server.requests.images import ImageMeta, encode, image_items, thetas_of
 from server.settings import Settings
-from server.url_store import StoreTooSmall, UrlStore
+from server.state.url_store import StoreTooSmall, UrlStore
 
 from .conftest import run
 

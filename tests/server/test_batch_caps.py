@@ -1,4 +1,4 @@
-"""Per-stage batch caps (server/batch_caps.py): the choice rule, the overrides, the cached
+"""Per-stage batch caps (server/engine/batch_caps.py): the choice rule, the overrides, the cached
 profile, the calibration stepped while idle, and a real server that measures its caps after
 it turns ready and exports them."""
 
@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.unclip import UnCLIP
-from server import batch_caps
-from server.batch_caps import BadCaps
+from server.engine import batch_caps
+from server.engine.batch_caps import BadCaps
 from server.settings import Settings
 
 from .conftest import FAST, REPO, ServerProc

@@ -16,7 +16,7 @@ from pipelines import operations as ops
 from pipelines.checkpoints import load_model_dir
 from pipelines.errors import InvalidInput
 from pipelines.unclip import Operation, Sampling, UnCLIP, run_direct
-from server.engine import Engine, EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
+from server.engine.core import Engine, EngineCrashed, EngineStopped, Job, JobCancelled, JobExpired, Progress, QueueFull
 
 FAST = Sampling(prior_steps=3, decoder_steps=3, upsampler_steps=2, best_of=2)
 ONE = Sampling(prior_steps=1, decoder_steps=1, upsampler_steps=1, best_of=1)

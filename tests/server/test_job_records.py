@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from server.errors import APIError
-from server.job_records import JobRecord, JobStore, MemoryJobStore
-from server.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
+from server.jobs.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
+from server.state.records import JobRecord, JobStore, MemoryJobStore
 
 from .conftest import run
 

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines import operations as ops
 from pipelines.unclip import Sampling, UnCLIP
 from server.app import create_app
-from server.engine import Engine, QueueFull
+from server.engine.core import Engine, QueueFull
+from server.engine.stats import EngineStats
 from server.metrics import Metrics
 from server.settings import Settings
-from server.stats import EngineStats
 
 from .conftest import REPO
 

@@ -21,16 +21,21 @@ import redis
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app  # noqa: F401 - imports every route: their builders of plans
-from server.images import FileFormat
-from server.job_records import JobRecord
-from server.redis_link import RedisLink
-from server.redis_queue import RedisQueue
-from server.redis_store import RedisJobStore
-from server.redis_urls import RedisUrlStore
-from server.routes.common import Spec, Target, spec_from_json, spec_json
-from server.schemas import EditRequest, GenerationRequest, InterpolationRequest, TextDiffRequest, VariationRequest
-from server.url_store import StoreTooSmall
+from server.requests.images import FileFormat
+from server.requests.schemas import (
+    EditRequest,
+    GenerationRequest,
+    InterpolationRequest,
+    TextDiffRequest,
+    VariationRequest,
+)
+from server.requests.spec import Spec, Target, spec_from_json, spec_json
+from server.state.records import JobRecord
+from server.state.redis.link import RedisLink
+from server.state.redis.queue import RedisQueue
+from server.state.redis.store import RedisJobStore
+from server.state.redis.urls import RedisUrlStore
+from server.state.url_store import StoreTooSmall
 
 from .conftest import FAST, FAST_DECODER, ServerProc, free_port, half_transparent, open_png, png, run, wait_ready
 from .test_job_records import check_advance

@@ -1,4 +1,4 @@
-"""The scheduling policy (server/scheduler.py) as a pure function, and the engine following
+"""The scheduling policy (server/engine/scheduler.py) as a pure function, and the engine following
 it: small work passes big work, started work finishes first, batches are capped per stage,
 and aging bounds how long a job can be overtaken."""
 
@@ -14,9 +14,9 @@ import pytest
 
 from pipelines import operations as ops
 from pipelines.unclip import Sampling, UnCLIP
-from server import scheduler
-from server.engine import Engine
-from server.scheduler import Entry
+from server.engine import scheduler
+from server.engine.core import Engine
+from server.engine.scheduler import Entry
 
 from .test_engine import Recorder
 

@@ -43,7 +43,7 @@ def pipe() -> UnCLIP:
 @pytest.fixture(scope="module")
 def caps(pipe: UnCLIP) -> dict[str, int]:
     """One track per upsampler call: on a 2-core CPU the 128 px and larger upsamplers are
-    slower per image in bigger batches (server/batch_caps.py). Batching changes no result."""
+    slower per image in bigger batches (server/engine/batch_caps.py). Batching changes no result."""
     return {key: 1 for key in pipe.stages if key.startswith("upsampler.")}
 
 

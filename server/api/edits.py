@@ -1,0 +1,41 @@
+"""POST /v1/images/edits: text-guided inpainting (multipart, OpenAI-compatible).
+
+`image` (or `image[]` with one file, which the official client sends for lists) must be
+square; the area to edit is where the `mask` is transparent (alpha 0), or, without a
+mask, where the image itself is transparent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..requests.schemas import EditRequest, ImagesResponse
+from ..requests.spec import Spec, parse_params, target
+from ..runtime import ReadyRuntime
+from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
+from .serve import serve
+from .stream import SSE_RESPONSE
+
+router = APIRouter()
+
+FILES = {"image": "square PNG/JPEG/WEBP under the upload limit (also as `image[]`, one file)",
+         "mask": "optional; alpha 0 marks the area to edit; same size as the image"}
+
+
+@router.post(
+    "/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
+    openapi_extra=multipart_body(EditRequest, FILES, required=("image",)), responses=SSE_RESPONSE,
+    summary="Edit an image: regenerate its transparent area from a prompt (inpainting)",
+)
+async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
+    form = await read_form(request)
+    params: EditRequest = parse_params(EditRequest, text_fields(form, files=tuple(FILES)))
+    out = target(rt, params, "edit")
+    image = await load_image(rt, one_upload(form, "image"), "image")
+    mask_file = one_upload(form, "mask", required=False)
+    mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
+    tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
+    return await serve(request, rt, Spec("edit", params, out, tensors))
+

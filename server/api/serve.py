@@ -1,0 +1,131 @@
+"""Answering a spec: `serve` refuses at once (400) an operation whose estimated run time
+exceeds the deadline, runs it on the engine and answers with OpenAI's images response
+(with `size`, `quality`, `output_format`, `background` and `usage`), or, for `stream=true`,
+with Server-Sent Events (server/api/stream.py), or, with `Prefer: respond-async`, with 202
+and a job to poll (server/api/background.py). With Redis, a synchronous or async request
+goes to the global queue instead (`enqueue`; server/claimer.py runs it on some replica) and
+a synchronous one waits for its record's end (`await_record`); `stream=true` runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..delivery.failures import record_error
+from ..delivery.results import Prepared, follow_with, images_body, prepare
+from ..engine.core import QueueFull
+from ..engine.job import new_job_id
+from ..errors import APIError, StoreUnavailable
+from ..requests.plans import plan_of
+from ..requests.spec import Spec, spec_json
+from ..runtime import Runtime
+from ..state.records import EVENT_PREFIX as JOB_EVENT_PREFIX
+from ..state.records import FINAL, JobRecord
+from .auth import key_owner
+from .background import accepted, check_delivery, prefers_async, start
+from .running import await_job, submit
+from .stream import stream_response
+
+log = logging.getLogger(__name__)
+
+# The SSE event prefix of the operations that stream (server/api/stream.py).
+STREAM_PREFIX = {"generation": "image_generation", "edit": "image_edit"}
+
+
+TERMINAL = frozenset(f"{JOB_EVENT_PREFIX}.{status}" for status in FINAL)
+
+
+WAIT_S = 5.0  # one wait for a queued synchronous job's next event
+
+
+async def serve(request: Request, rt: Runtime, spec: Spec) -> Any:
+    """Run the spec's operation and answer: the images response; SSE when params ask to
+    stream; 202 and a job with `Prefer: respond-async` (server/api/background.py). With
+    the global queue (Redis), all but streams run on whichever replica claims them."""
+    params, out, plan = spec.params, spec.out, plan_of(rt, spec)
+    background = prefers_async(request)
+    webhook_url = check_delivery(rt, params, background)
+    ready = prepare(rt, params, out, plan)
+    base = rt.settings.public_url or str(request.base_url)
+    if rt.shared.queue is not None and not getattr(params, "stream", None):
+        return await enqueue(request, rt, spec, ready, base, background, webhook_url)
+    if not background and not getattr(params, "stream", None):
+        result = await await_job(request, submit(rt, plan.op, plan.kind, cost_s=ready.cost_s))
+        return JSONResponse(await images_body(rt, result, ready, out, base), headers=ready.headers)
+    prefix = JOB_EVENT_PREFIX if background else STREAM_PREFIX[plan.kind]
+    following, queue, hook = follow_with(rt, params, out, plan, ready, prefix, base)
+    job = submit(rt, plan.op, plan.kind, on_progress=hook, cost_s=ready.cost_s)
+    if not background:
+        return stream_response(request, job, queue, following.delivery, ready.headers)
+    return await start(request, rt, job, queue, following, webhook_url, ready.headers)
+
+
+async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, base_url: str, background: bool,
+                  webhook_url: Optional[str]) -> Any:
+    """Put the job in the global queue (429 with a Retry-After from the global depth when
+    `queue_size` jobs wait already); answer 202 with the job, or wait for its end. A
+    synchronous request's record is not listed, and goes once answered."""
+    owner = key_owner(request.headers.get("authorization"), rt.settings.keys)
+    record = JobRecord(new_job_id(), spec.kind, int(time.time()), owner=owner, webhook_url=webhook_url,
+                       listed=background)
+    text = spec_json(spec, base_url=base_url, cost_s=ready.cost_s, accepted_at=time.time())
+    await rt.jobs.store.put(record)
+    queued, depth = await rt.shared.queue.push(record.id, text, ready.cost_s)
+    if not queued:
+        await rt.jobs.store.delete(record.id)
+        raise QueueFull(rt.engine.retry_after(max(1, depth - rt.settings.queue_size + 1)), depth)
+    rt.claimable.set()  # this replica takes it at once if it has a free slot
+    if background:
+        return await accepted(rt, record, ready.headers)
+    rt.waiting += 1
+    try:
+        return JSONResponse(await await_record(request, rt, record.id), headers=ready.headers)
+    finally:
+        rt.waiting -= 1
+        try:
+            await rt.jobs.store.delete(record.id)
+        except StoreUnavailable:
+            pass
+
+
+async def await_record(request: Request, rt: Runtime, job_id: str) -> dict[str, Any]:
+    """The images response of a queued synchronous job, wherever it runs: its events are
+    followed until the terminal one (a client disconnect cancels it); its failure is raised."""
+    watcher = asyncio.create_task(cancel_record_on_disconnect(request, rt, job_id))
+    limit = time.monotonic() + rt.settings.default_deadline_s + 3 * rt.settings.lease_s + 30
+    after = 0
+    try:
+        while time.monotonic() < limit:
+            events = await rt.jobs.store.events_after(job_id, after, wait_s=WAIT_S)
+            after = events[-1].id if events else after
+            if events and not any(e.type in TERMINAL for e in events):
+                continue
+            record = await rt.jobs.store.get(job_id)
+            if record is None:
+                raise APIError(500, "The job's record was lost.", "server_error", code="internal_error")
+            if record.finished:
+                if record.status == "completed" and record.result is not None:
+                    return record.result
+                raise record_error(record)
+        raise APIError(504, "The request's deadline passed before the images were ready.", "server_error",
+                       code="deadline_exceeded")
+    finally:
+        watcher.cancel()
+
+
+async def cancel_record_on_disconnect(request: Request, rt: Runtime, job_id: str) -> None:
+    """Wait for the client to go away, then cancel its queued job (wherever it runs)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            record = await rt.jobs.store.get(job_id)
+            if record is not None and not record.finished:
+                log.info("client went away: cancelling job %s", job_id)
+                await rt.jobs.cancel(record)
+            return

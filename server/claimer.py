@@ -1,0 +1,149 @@
+"""The global queue's worker on this replica (with Redis; server/state/redis/queue.py),
+beside the API: both take specs to the engine, the API from requests, this from the queue.
+
+While this replica is ready and its engine has a free slot (fewer jobs held than
+`max_running`), it claims the next job of the global queue (woken by the `queued` channel
+when any replica queues one, by `rt.claimable` when this one does or one of its own jobs
+ends, and every POLL_S in any case) (a lease in Redis, renewed every
+third of `lease_s`), rebuilds its plan from the stored spec with the kind's own builder
+(server/requests/plans.py `PLANS`), submits it to the engine under the job's id, and
+follows it into its record as an async job is followed (server/delivery/follow.py): its
+events and result reach whichever replica asks. Draining stops the claiming.
+
+Every replica also reaps: a claimed job whose lease expired (its replica died) goes back to
+the front of the queue, or, after MAX_ATTEMPTS lost claims, fails with 503 `replica_lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .delivery.failures import from_exception
+from .delivery.follow import Following, Fraction, follow
+from .delivery.results import follow_with, prepare
+from .engine.core import Job
+from .errors import StoreUnavailable, error_body, unavailable
+from .requests.plans import plan_of
+from .requests.spec import spec_from_json
+from .runtime import Runtime
+from .state.records import EVENT_PREFIX
+from .state.redis.queue import MAX_ATTEMPTS
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # between two looks at the queue, at the latest (a queued job or a free slot wakes it)
+REAP_S = 1.0
+REPLICA_LOST = error_body(unavailable(f"The replica running the job was lost {MAX_ATTEMPTS} times; retry the "
+                                      "request.", "replica_lost"))["error"]
+
+
+class Claimer:
+    """Claims jobs of the global queue for this replica's engine; renews their leases; reaps."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.held: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._wake = rt.claimable
+
+    def start(self) -> None:
+        shared = self.rt.shared
+        if shared.queue is not None and shared.link is not None:
+            self._tasks = [asyncio.create_task(self._run(), name="global-queue"),
+                           asyncio.create_task(shared.link.listen(shared.link.key("queued"), self._heard,
+                                                                  self._subscribed), name="queued-listener")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _heard(self, job_id: str) -> None:
+        self._wake.set()
+
+    async def _subscribed(self) -> None:
+        self._wake.set()  # what was queued while not subscribed
+
+    def free(self) -> bool:
+        """Whether this replica takes another job now."""
+        rt, engine = self.rt, self.rt.engine
+        return (rt.state == "ready" and rt.shared.up and engine is not None and engine.alive
+                and engine.running + engine.queue_depth < engine.max_running)
+
+    async def _run(self) -> None:
+        loop, queue = asyncio.get_running_loop(), self.rt.shared.queue
+        renewed = reaped = 0.0
+        while True:
+            try:
+                now = loop.time()
+                if now - renewed >= queue.lease_s / 3:
+                    renewed = now
+                    lost = await queue.renew(sorted(self.held))
+                    if lost:
+                        log.warning("leases lost (another replica may run them): %s", lost)
+                if now - reaped >= REAP_S:
+                    reaped = now
+                    await self._reap()
+                while self.free() and (claimed := await queue.claim()) is not None:
+                    await self._start(*claimed)
+            except StoreUnavailable:
+                pass
+            except Exception:  # noqa: BLE001 - the worker goes on whatever happened
+                log.exception("global queue worker failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _reap(self) -> None:
+        """Hand on the jobs of lost replicas; report the global queue's depth."""
+        requeued, failed = await self.rt.shared.queue.reap()
+        self.rt.metrics.set_global_queue(await self.rt.shared.queue.depth())
+        if requeued:
+            log.warning("jobs of a lost replica queued again: %s", requeued)
+        for job_id in failed:
+            log.error("job %s failed: its replica was lost %d times", job_id, MAX_ATTEMPTS)
+            await self.rt.jobs.finish(job_id, "failed", error=REPLICA_LOST)
+
+    async def _start(self, job_id: str, text: str) -> None:
+        """Run a claimed job here: rebuild its plan, submit it, follow it into its record."""
+        rt, queue = self.rt, self.rt.shared.queue
+        record = await rt.jobs.store.get(job_id)
+        if record is None or record.finished:  # cancelled or deleted while queued
+            await queue.done(job_id)
+            return
+        try:
+            spec, extra = spec_from_json(text)
+            plan = plan_of(rt, spec)
+            ready = prepare(rt, spec.params, spec.out, plan, admitted=True, cost_s=extra["cost_s"])
+            following, progress, hook = follow_with(rt, spec.params, spec.out, plan, ready, EVENT_PREFIX,
+                                                    extra["base_url"])
+            left_s = rt.settings.default_deadline_s - (time.time() - extra["accepted_at"])
+            job = rt.engine.submit(plan.op, kind=spec.kind, on_progress=hook, cost_s=ready.cost_s,
+                                   deadline_s=max(0.001, left_s), job_id=job_id)
+        except Exception as exc:  # noqa: BLE001 - a spec that does not run fails its job
+            log.exception("claimed job %s could not start", job_id)
+            await rt.jobs.finish(job_id, "failed", error=error_body(from_exception(exc))["error"])
+            await queue.done(job_id)
+            return
+        record.replica = rt.replica
+        if not await rt.jobs.store.put(record):  # ended meanwhile
+            job.cancel()
+            await queue.done(job_id)
+            return
+        self.held.add(job_id)
+        rt.jobs.adopt(record, job, self._follow(job, progress, Fraction(plan.work), following))
+
+    async def _follow(self, job: Job, progress: asyncio.Queue, fraction: Fraction, following: Following) -> None:
+        try:
+            await follow(self.rt, job, progress, fraction, following)
+        finally:
+            self.held.discard(job.id)
+            self._wake.set()  # a slot is free
+            try:
+                await self.rt.shared.queue.done(job.id)
+            except StoreUnavailable:
+                log.warning("job %s ended, but its claim could not be dropped (it expires)", job.id)

@@ -1,0 +1,1 @@
+"""Async jobs (`Prefer: respond-async`): their records' life, and webhooks."""

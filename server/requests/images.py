@@ -1,0 +1,158 @@
+"""From an operation's result to the response's image files: PNG, JPEG, WEBP or one
+animated GIF of all the frames, each carrying its generation parameters, then either a
+URL into the store or base64.
+
+Where the parameters go, so that common readers find them:
+- PNG: one tEXt chunk per parameter, all of them as JSON in `unclip`, and AUTOMATIC1111's
+  `parameters` text (`<prompt>\\nSteps: 4, Sampler: ddim, CFG scale: 1.25, Seed: 7, ...`);
+- JPEG, WEBP: the A1111 text as EXIF UserComment (as A1111 writes it), the JSON as XMP;
+- GIF: the A1111 text of the first frame as the file's comment.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from pipelines.imageio import to_uint8
+from pipelines.operations import OpResult
+
+from ..state.url_store import ImageStore
+from .schemas import ImageData, OutputFormat
+
+SOFTWARE = "unclip-server"
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+DEFAULT_FRAME_MS = 200
+EXIF_IFD, USER_COMMENT, EXIF_SOFTWARE = 0x8769, 0x9286, 0x0131
+# A1111's own names for the parameters it shows first; the rest follow as "name: value".
+A1111_NAMES = {"decoder_steps": "Steps", "decoder_sampler": "Sampler", "decoder_guidance": "CFG scale",
+               "seed": "Seed", "size": "Size", "model": "Model"}
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How the images are written: format, JPEG/WEBP quality (None: 100), GIF frame delay."""
+
+    format: OutputFormat = "png"
+    compression: Optional[int] = None
+    frame_ms: int = DEFAULT_FRAME_MS
+
+
+@dataclass
+class ImageMeta:
+    """What produced a result: written into every file. params holds the request's fields
+    and the sampling settings in effect (None values are left out); image i used seed + i."""
+
+    model: str
+    operation: str
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, index: int, theta: Optional[float] = None,
+               settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The parameters of image `index` (the operation's `settings` as used win over the request's)."""
+        values = {k: v for k, v in {**self.params, **(settings or {})}.items() if v is not None}
+        values.update(model=self.model, operation=self.operation, seed=self.seed + index)
+        if theta is not None:
+            values["theta"] = theta
+        return values
+
+    def chunks(self, index: int, theta: Optional[float] = None,
+               settings: Optional[dict[str, Any]] = None) -> dict[str, str]:
+        """PNG tEXt chunks of image `index`: one per parameter, the JSON, the A1111 text."""
+        values = self.values(index, theta, settings)
+        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+        text.update(unclip=json.dumps(values, sort_keys=True), parameters=a1111_text(values), Software=SOFTWARE)
+        return text
+
+
+def a1111_text(values: dict[str, Any]) -> str:
+    """AUTOMATIC1111's `parameters` text: the prompt, then `Name: value, ...`."""
+    shown = {name: values[key] for key, name in A1111_NAMES.items() if key in values}
+    shown |= {k: v for k, v in values.items() if k not in A1111_NAMES and k != "prompt"}
+    line = ", ".join(f"{k}: {v if isinstance(v, (str, int, float)) else json.dumps(v)}" for k, v in shown.items())
+    return f"{values.get('prompt', '')}\n{line}"
+
+
+def thetas_of(result: OpResult) -> list[Optional[float]]:
+    """The theta of every image (interpolations, text diffs) or None for each."""
+    thetas, n = result.thetas, result.images.shape[0]
+    return [float(t) for t in thetas] if thetas is not None and len(thetas) == n else [None] * n
+
+
+def encode(result: OpResult, meta: ImageMeta, fmt: FileFormat = FileFormat()) -> list[bytes]:
+    """result.images [n, 3, S, S] in [-1, 1] -> n files (one GIF of the n frames for gif)."""
+    return encode_pixels(to_uint8(result.images), meta, thetas_of(result), result.settings, fmt)
+
+
+def encode_pixels(pixels: np.ndarray, meta: ImageMeta, thetas: list[Optional[float]], settings: dict[str, Any],
+                  fmt: FileFormat) -> list[bytes]:
+    """uint8 [n, H, W, 3] -> n files (one GIF of the n frames for gif) with their parameters."""
+    values = [meta.values(i, thetas[i], settings) for i in range(len(pixels))]
+    if fmt.format == "gif":
+        return [gif_bytes(pixels, fmt.frame_ms, a1111_text(values[0]))]
+    if fmt.format == "png":
+        return [png_file(pixels[i], meta.chunks(i, thetas[i], settings)) for i in range(len(pixels))]
+    return [exif_file(pixels[i], values[i], fmt) for i in range(len(pixels))]
+
+
+def png_file(pixels: np.ndarray, text: dict[str, str]) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes with `text` as tEXt chunks."""
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_text(k, str(v))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def exif_file(pixels: np.ndarray, values: dict[str, Any], fmt: FileFormat) -> bytes:
+    """uint8 [H, W, 3] -> JPEG or WEBP bytes at the asked quality, parameters in EXIF and XMP."""
+    exif = Image.Exif()
+    exif[EXIF_SOFTWARE] = SOFTWARE
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + a1111_text(values).encode("utf-16-be")
+    quality = 100 if fmt.compression is None else fmt.compression
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt.format.upper(), quality=quality, exif=exif.tobytes(),
+                                 xmp=xmp_packet(values))
+    return buf.getvalue()
+
+
+def xmp_packet(values: dict[str, Any]) -> bytes:
+    """An XMP packet holding the parameters as JSON (unclip:parameters)."""
+    body = escape(json.dumps(values, sort_keys=True))
+    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description xmlns:unclip="urn:unclip-server:1"><unclip:parameters>'
+            f'{body}</unclip:parameters></rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+
+
+def gif_bytes(frames: np.ndarray, frame_ms: int, comment: str) -> bytes:
+    """uint8 [F, H, W, 3] -> one looping animated GIF, `frame_ms` per frame."""
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
+                   comment=comment.encode()[:65_000], optimize=False)
+    return buf.getvalue()
+
+
+async def image_items(files: list[bytes], thetas: list[Optional[float]], response_format: str, store: ImageStore,
+                      base_url: str, fmt: FileFormat = FileFormat()) -> list[ImageData]:
+    """The response's `data`: URLs (`{base_url}/v1/files/images/{id}.{format}`, the files
+    put in `store`) or base64."""
+    if fmt.format == "gif":
+        thetas = [None]
+    items = []
+    for data, theta in zip(files, thetas):
+        if response_format == "b64_json":
+            items.append(ImageData(b64_json=base64.b64encode(data).decode("ascii"), theta=theta))
+        else:
+            url = f"{base_url.rstrip('/')}/v1/files/images/{await store.put(data)}.{fmt.format}"
+            items.append(ImageData(url=url, theta=theta))
+    return items
