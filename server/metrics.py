@@ -59,7 +59,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
-    """The server's metrics; implements server.stats.EngineStats."""
+    """The server's metrics; implements server.engine.stats.EngineStats."""
 
     def __init__(self, model_name: str, sizes: list[int]):
         self.registry = CollectorRegistry(auto_describe=True)
