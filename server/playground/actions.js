@@ -35,10 +35,14 @@ function setupTabs(select) {
 }
 
 export class Actions {
-  /** parts: {gallery, runner, painter (MaskPainter), stages(size) -> stage count}. */
-  constructor(parts) {
-    Object.assign(this, parts);
-    this.source = null;
+  /** painter: the MaskPainter of edits; stages(size): how many stages an operation at
+   * that size runs. */
+  constructor({ gallery, runner, painter, stages }) {
+    this.gallery = gallery;
+    this.runner = runner;
+    this.painter = painter;
+    this.stages = stages;
+    this.source = null; // {src, blob, label, params} of the image the operations take
   }
 
   init() {

@@ -10,9 +10,17 @@ const HISTORY = 30;
 const KEY_MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
 export class MaskPainter {
-  /** parts: {canvas, image, cursor, size, eraser, show, undo, clear} (elements). */
-  constructor(parts) {
-    Object.assign(this, parts);
+  /** The painter's elements: the canvas over the image, the keyboard brush's cursor, the
+   * brush size range, the eraser and show-mask checkboxes, the undo and clear buttons. */
+  constructor({ canvas, image, cursor, size, eraser, show, undo, clear }) {
+    this.canvas = canvas;
+    this.image = image;
+    this.cursor = cursor;
+    this.size = size;
+    this.eraser = eraser;
+    this.show = show;
+    this.undo = undo;
+    this.clear = clear;
     this.ctx = this.canvas.getContext("2d", { willReadFrequently: true });
     this.history = [];
     this.last = null;

@@ -24,7 +24,11 @@ export class StageProgress {
   /** `expected`: how many stages the operation runs (prior, decoder, upsamplers);
    * `sizes`: the model's; `inversions`: how many decoder stages invert an image first. */
   constructor(bar, status, { expected, sizes, inversions = 0 }) {
-    Object.assign(this, { bar, status, expected, sizes, inversions });
+    this.bar = bar;
+    this.status = status;
+    this.expected = expected;
+    this.sizes = sizes;
+    this.inversions = inversions;
     this.stages = [];
     this.fraction = null; // the server's own overall fraction, where it sends one
   }

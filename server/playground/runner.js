@@ -25,10 +25,17 @@ function paramsOf(image, asked, index) {
 }
 
 export class Runner {
-  /** parts: {head (bar, status and cancel), bar, status, cancel, error, results (Results),
-   * gallery (Gallery), model ({sizes}: the model's, for the stages' names)}. */
-  constructor(parts) {
-    Object.assign(this, parts);
+  /** head: the element holding bar, status and cancel; results: the Results view;
+   * gallery: the Gallery; model: {sizes} (the model's, for the stages' names). */
+  constructor({ head, bar, status, cancel, error, results, gallery, model }) {
+    this.head = head;
+    this.bar = bar;
+    this.status = status;
+    this.cancel = cancel;
+    this.error = error;
+    this.results = results;
+    this.gallery = gallery;
+    this.model = model;
     this.controller = null;
     this.cancel.addEventListener("click", () => this.controller?.abort());
   }
