@@ -101,12 +101,12 @@ async function main() {
   $("key-form").addEventListener("submit", saveKey);
   $("random-caption").addEventListener("click", useRandomCaption);
   $("gallery-cap").textContent = String(GALLERY_CAP);
-  const handlers = { reuse: (entry) => { reuse(entry.params); $("prompt").focus(); },
-    action: (name, entry) => actions.open(name, entry) };
+  const handlers = { reuse: (entry) => { reuse(entry.params); $("prompt").focus(); } };
   const gallery = new Gallery($("gallery"), await openStore(), handlers);
   const runner = new Runner({ head: $("run-head"), bar: $("progress"), status: $("run-status"), cancel: $("cancel"),
     error: $("error"), results: new Results($("results")), gallery, model });
   const actions = new Actions({ gallery, runner, painter: painter(), stages });
+  handlers.action = (name, entry) => actions.open(name, entry); // the cards' actions, once they exist
   actions.init();
   $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); runner.run(generateJob()); });
   await gallery.load();

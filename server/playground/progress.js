@@ -20,6 +20,8 @@ export function stageName(stage, sizes, inverting = null) {
   return stage;
 }
 
+const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
 export class StageProgress {
   /** `expected`: how many stages the operation runs (prior, decoder, upsamplers);
    * `sizes`: the model's; `inversions`: how many decoder stages invert an image first. */
@@ -66,8 +68,6 @@ export class StageProgress {
     this.status.textContent = `${capitalized(name)}: step ${step} of ${total} · ${percent} overall`;
   }
 }
-
-const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 
 export function finished(bar, complete) {
   bar.value = complete ? 1 : 0;
