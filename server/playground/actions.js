@@ -56,7 +56,14 @@ export class Actions {
     const submits = { variations: () => this.variations(), edit: () => this.edit(),
       interpolate: () => this.interpolate(), textdiff: () => this.textDiff() };
     for (const [name, submit] of Object.entries(submits)) {
-      $(`panel-${name}`).addEventListener("submit", (e) => { e.preventDefault(); submit(); });
+      $(`panel-${name}`).addEventListener("submit", async (e) => {
+        e.preventDefault();
+        try {
+          await submit();
+        } catch (error) {
+          this.runner.fail(error); // no job: the endpoints' settings are not known yet
+        }
+      });
     }
     this.gallery.onChange((entries) => this.fillPicker(entries));
   }

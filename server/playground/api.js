@@ -1,5 +1,6 @@
 // api.js — the public API client: the bearer key (kept in localStorage), JSON and
-// multipart calls, and OpenAI-shaped errors ({error: {message, param, code}}) as ApiError.
+// multipart calls, OpenAI-shaped errors ({error: {message, param, code}}) as ApiError, and
+// the fields each image endpoint takes, read from the server's OpenAPI description.
 
 const KEY_STORAGE = "unclip.apiKey";
 let onUnauthorized = () => {};
@@ -73,6 +74,30 @@ export function formOf(fields, files = {}) {
     list.forEach((blob, i) => form.append(field, blob, `${name}-${i}.png`));
   }
   return form;
+}
+
+const IMAGE_ENDPOINT = /^\/v1\/images\/([\w-]+)$/;
+
+/** A schema itself, following a local `$ref` ("#/components/schemas/…") of `spec`. */
+function resolved(spec, schema) {
+  if (!schema?.$ref?.startsWith("#/")) return schema ?? {};
+  return schema.$ref.slice(2).split("/").reduce((node, key) => node?.[key], spec) ?? {};
+}
+
+/** The fields of each image endpoint's request body (JSON for generations, multipart for
+ * the others) as the server's /openapi.json publishes them: {endpoint ("generations",
+ * "edits", "variations", …): [field name]}. */
+export async function bodyFields() {
+  const spec = await (await call("/openapi.json")).json();
+  const fields = {};
+  for (const [path, item] of Object.entries(spec.paths ?? {})) {
+    const endpoint = IMAGE_ENDPOINT.exec(path)?.[1];
+    const content = item.post?.requestBody?.content;
+    if (!endpoint || !content) continue;
+    const schemas = Object.values(content).map((media) => resolved(spec, media.schema));
+    fields[endpoint] = schemas.flatMap((schema) => Object.keys(schema.properties ?? {}));
+  }
+  return fields;
 }
 
 /** The served model's card (id, sizes, suggested_size, world). */

@@ -1,5 +1,6 @@
 // app.js — the playground's entry module: loads the served model's card (its sizes, the
-// size to start at, and what it draws: a description, example prompts, random captions),
+// size to start at, and what it draws: a description, example prompts, random captions)
+// and which settings each endpoint accepts (the server's OpenAPI description),
 // asks for an API key when the API answers 401, and wires the Generate form, the gallery,
 // the actions and the runner together.
 
@@ -11,7 +12,7 @@ import { MaskPainter } from "./mask.js";
 import { generate } from "./ops.js";
 import { Results } from "./results.js";
 import { Runner } from "./runner.js";
-import { reuse, settingsFor, stageCount } from "./settings.js";
+import { loadAccepted, reuse, settingsFor, stageCount } from "./settings.js";
 import { openStore } from "./store.js";
 
 const RETRY_MS = 2000;
@@ -62,9 +63,10 @@ function showWorld(world) {
     el("button", { type: "button", class: "example", onclick: () => usePrompt(text) }, text)));
 }
 
+/** The model's card and the endpoints' settings; "Model: …" once both are read. */
 async function loadModel() {
   try {
-    const card = await modelCard();
+    const [card] = await Promise.all([modelCard(), loadAccepted()]);
     model.id = card.id;
     model.sizes = card.sizes.map(sideOf).sort((a, b) => a - b);
     fillSizes(model.sizes, card.suggested_size);
@@ -108,7 +110,14 @@ async function main() {
   const actions = new Actions({ gallery, runner, painter: painter(), stages });
   handlers.action = (name, entry) => actions.open(name, entry); // the cards' actions, once they exist
   actions.init();
-  $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); runner.run(generateJob()); });
+  $("generate-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    try {
+      runner.run(generateJob());
+    } catch (error) {
+      runner.fail(error); // no job: the endpoints' settings are not known yet
+    }
+  });
   await gallery.load();
   await loadModel();
 }

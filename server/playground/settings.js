@@ -1,38 +1,45 @@
 // settings.js — the shared settings of the Generate form (size, seed, quality, per-stage
-// steps and guidance), which fields each endpoint accepts, and filling the form back from
-// a gallery entry's parameters ("reuse").
+// steps and guidance), which of them each endpoint accepts (from the server's OpenAPI
+// description), and filling the form back from a gallery entry's parameters ("reuse").
 
+import { bodyFields } from "./api.js";
 import { $, valueOf } from "./dom.js";
 
 const PRIOR = ["prior_steps", "prior_guidance", "best_of"];
 const DECODER = ["decoder_steps", "decoder_guidance", "upsampler_steps"];
-const COMMON = ["size", "seed", "quality", ...DECODER];
-
-/** The settings each endpoint takes (the server refuses fields it does not know). */
-export const ACCEPTS = {
-  generations: [...COMMON, ...PRIOR, "partial_images"],
-  edits: [...COMMON, ...PRIOR, "partial_images"],
-  variations: COMMON,
-  interpolations: [...COMMON, ...PRIOR],
-  "text-diffs": COMMON,
-};
-const ALL = [...new Set(Object.values(ACCEPTS).flat())];
+/** The form's settings fields, each named (its id) as the API names it. */
+const SETTINGS = ["size", "seed", "quality", ...PRIOR, ...DECODER, "partial_images"];
 // A field sent only when it asks for something: quality "auto" and 0 previews are the defaults.
 const UNSET = { quality: "auto", partial_images: 0 };
+/** The settings each endpoint accepts, {endpoint: [name]} (the server refuses fields it
+ * does not know); null until `loadAccepted` has read them. */
+let accepted = null;
+
+/** Read which settings each endpoint accepts: the form's settings that its request body
+ * schema names (once; a failure rejects, and the next call tries again). */
+export async function loadAccepted() {
+  if (accepted) return;
+  const fields = await bodyFields();
+  accepted = Object.fromEntries(Object.entries(fields).map(([endpoint, names]) =>
+    [endpoint, SETTINGS.filter((name) => names.includes(name))]));
+}
 
 /** A random seed, so that every image's seed is known (image i uses seed + i). */
 export function randomSeed() {
   return Math.floor(Math.random() * 2 ** 31);
 }
 
-/** The settings the form gives for `endpoint` (empty fields left out, seed always set). */
+/** The settings the form gives for `endpoint` (empty fields left out, seed always set
+ * where the endpoint takes one). Throws before `loadAccepted` has succeeded. */
 export function settingsFor(endpoint) {
+  const names = accepted?.[endpoint];
+  if (!names) throw new Error(`The server has not said yet which fields /v1/images/${endpoint} takes; try again.`);
   const out = {};
-  for (const name of ACCEPTS[endpoint]) {
+  for (const name of names) {
     const value = valueOf($(name));
     if (value !== undefined && value !== UNSET[name]) out[name] = value;
   }
-  if (out.seed === undefined) out.seed = randomSeed();
+  if (names.includes("seed") && out.seed === undefined) out.seed = randomSeed();
   return out;
 }
 
@@ -54,6 +61,6 @@ function setField(name, value) {
 export function reuse(params) {
   if (typeof params.prompt === "string") $("prompt").value = params.prompt;
   $("n").value = 1;
-  for (const name of ALL) setField(name, params[name]);
+  for (const name of SETTINGS) setField(name, params[name]);
   if ([...PRIOR, ...DECODER].some((name) => params[name] != null)) $("advanced").open = true;
 }

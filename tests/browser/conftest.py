@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -95,14 +95,18 @@ def keyed_server(launch_server: Callable[..., ServerProc]) -> ServerProc:
 
 @pytest.fixture
 def open_page(browser) -> Iterator[Callable[..., Tab]]:
-    """open(server, width=1280, height=900) -> Tab, the playground loaded (model card read,
-    or the key asked for)."""
+    """open(server, width=1280, height=900, routes=None) -> Tab, the playground loaded (model
+    card read, or the key asked for). `routes`: {URL glob: handler(route)}, Playwright routes
+    set before the page loads (to change what the server answers, or see what is sent)."""
     tabs, contexts = [], []
 
-    def open_tab(server: ServerProc, width: int = 1280, height: int = 900) -> Tab:
+    def open_tab(server: ServerProc, width: int = 1280, height: int = 900,
+                 routes: Optional[dict[str, Callable[["Route"], None]]] = None) -> Tab:  # noqa: F821
         context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
                                       permissions=["clipboard-read", "clipboard-write"])
         context.add_init_script(RECORD_PROGRESS)
+        for url, handler in (routes or {}).items():
+            context.route(url, handler)
         contexts.append(context)
         tab = Tab(context.new_page(), server)
         tab.page.on("console", lambda m: m.type == "error" and tab.problems.append(m.text))

@@ -247,6 +247,49 @@ def test_text_diff_frames(open_page, playground: ServerProc) -> None:
     assert_steps_shown(tab, "Inverting the image", "Drawing 32 px")
 
 
+def test_each_endpoint_is_sent_the_settings_its_openapi_schema_names(open_page, playground: ServerProc) -> None:
+    """Which settings an endpoint takes comes from the server's /openapi.json: a field taken
+    out of one endpoint's request body schema is no longer sent there, and still sent to the
+    endpoints whose schema has it (JSON and multipart bodies alike)."""
+    dropped = {"/v1/images/generations": "best_of", "/v1/images/variations": "upsampler_steps"}
+
+    def without_dropped(route) -> None:
+        spec = route.fetch().json()
+        for path, name in dropped.items():
+            (media,) = spec["paths"][path]["post"]["requestBody"]["content"].values()
+            del media["schema"]["properties"][name]
+        route.fulfill(json=spec)
+
+    def refuse(route) -> None:  # answered at once: no job runs
+        route.fulfill(status=400, json={"error": {"message": "Seen by the test.", "param": None, "code": None}})
+
+    def sent(endpoint: str, button: str) -> bytes:
+        """The body the page sends to `endpoint` when `button` is clicked (then refused)."""
+        with tab.page.expect_request(f"**/v1/images/{endpoint}") as request:
+            tab.page.click(button)
+        tab.page.locator("#error").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert "Seen by the test." in tab.page.inner_text("#error")
+        return request.value.post_data_buffer
+
+    images = {f"**/v1/images/{endpoint}": refuse for endpoint in ("generations", "edits", "variations")}
+    tab = open_page(playground, routes={"**/openapi.json": without_dropped, **images})
+    tab.expect_status(400)
+    fast(tab)
+    tab.page.fill("#prompt", "a red circle")
+    body = json.loads(sent("generations", "#generate"))
+    assert "best_of" not in body and body["prior_steps"] == 2 and body["upsampler_steps"] == 2
+    upload_source(tab, png(64, seed=1))
+    form = sent("variations", "#run-variations")
+    assert b'name="upsampler_steps"' not in form and b'name="decoder_steps"' in form
+    tab.page.get_by_role("tab", name="Edit").click()
+    tab.page.locator("#mask-canvas").focus()
+    tab.page.keyboard.press("Space")
+    tab.page.fill("#edit-prompt", "a green square")
+    form = sent("edits", "#run-edit")
+    for name in ("best_of", "upsampler_steps", "prior_steps"):
+        assert f'name="{name}"'.encode() in form, name
+
+
 def server_error(server: ServerProc, body: dict) -> dict:
     answer = httpx.post(server.url("/v1/images/generations"), json=body, timeout=30)
     assert answer.status_code == 400
