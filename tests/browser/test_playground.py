@@ -409,6 +409,7 @@ def test_source_labels_are_cut_at_a_word_with_an_ellipsis(open_page, playground:
     prompt = "a small purple triangle at the bottom right on a yellow background"
     generate(tab, prompt=prompt)
     cards(tab).first.get_by_role("button", name="Variations").click()
+    tab.page.wait_for_function("() => document.getElementById('source-label').textContent.includes('purple')")
     label = tab.page.inner_text("#source-label")
     shown = label.split(": ", 2)[-1]
     assert shown.endswith("…") and len(shown) <= 41, label
