@@ -300,6 +300,27 @@ def test_negative_prompt(pipe: Kandinsky) -> None:
         assert not torch.allclose(plain.embeddings, neg.embeddings)
 
 
+def test_negative_prompt_prior_matches_diffusers(pipe: Kandinsky, model_dir: Path) -> None:
+    """The prior's guidance against a negative prompt is KandinskyV22PriorPipeline's with
+    negative_prompt (its image_embeds). Two steps: diffusers samples the prompt and the
+    negative prompt as a batch of two, so its generator agrees with ours for one noise draw
+    only. (diffusers also passes the negative prompt's prior sample to the decoder as its
+    negative image embedding; our decoder keeps the zero image's.)"""
+    from diffusers import KandinskyV22PriorPipeline
+
+    ref = KandinskyV22PriorPipeline.from_pretrained(model_dir / "prior", local_files_only=True)
+    ref.set_progress_bar_config(disable=True)
+    use_float64_tables(ref.scheduler, pipe.nets.prior_schedule.alphas_cumprod)
+    noise = torch.randn(2, pipe.prior_dim, generator=torch.Generator().manual_seed(1))
+    theirs = ref("a red cat", negative_prompt="blue", num_inference_steps=2, guidance_scale=4.0,
+                 generator=make_generator(5), latents=noise.clone(), output_type="pt").image_embeds
+    opts = Sampling(prior_steps=2, prior_guidance=4.0, best_of=1, latents={"prior": noise[:1]})
+    ours = run_direct(pipe, pipe.sample_prior(pipe.encode_text(["a red cat"]), [5], [make_generator(5)], opts,
+                                              pipe.negative_encoding("blue")))
+    print(f"prior with a negative prompt: max |ours - diffusers| = {max_diff(ours, theirs):.3g}")
+    assert max_diff(ours, theirs) <= 1e-4
+
+
 # ---- what the server reads ----------------------------------------------------------------
 
 
