@@ -6,6 +6,13 @@ inversion of the decoder, decoded deterministically (DDIM) unless eta > 0.
 
 Each operation's own settings default to `DEFAULTS`, their one home: callers (the API
 included) pass None for "the default", and the result's `settings` records the values used.
+
+The operations run on any `StagedPipeline` (unCLIP, Kandinsky 2.2) through its generic
+methods: encode_text / encode_image, sample_prior, invert_image, noise_shape and render
+(whose x_t starts the decoder from inverted latents and whose known constrains inpainting).
+An operation that takes a prompt also takes a negative prompt: its encoding replaces the
+empty caption's in the prior's unconditional rows (and in the decoder's, where the decoder
+sees text); None or "" change nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ import torch
 from .errors import InvalidInput
 from .imageio import as_float
 from .sampling import Known, resize
-from .stage_keys import DECODER, PRIOR, upsampler_key
-from .unclip import Operation, Sampling, StagedPipeline, UnCLIP, make_generator
+from .stage_keys import DECODER, PRIOR
+from .unclip import Operation, Sampling, StagedPipeline, make_generator
 from .vectors import normalize, slerp
 
 Mode = Literal["slerp", "fixed"]
@@ -65,20 +72,20 @@ def spaced(frames: int, top: float) -> list[float]:
 
 
 def work(
-    pipe: UnCLIP, size: Optional[int], opts: Optional[Sampling], images: int, prior_samples: int = 0,
+    pipe: StagedPipeline, size: Optional[int], opts: Optional[Sampling], images: int, prior_samples: int = 0,
     inversions: int = 0, resample: int = 1,
 ) -> dict[str, int]:
     """Track-steps per stage of an operation (what it will cost, before it runs): `images`
     images at `size`, `prior_samples` embeddings drawn by the prior (each best of N), and
     `inversions` images DDIM-inverted; `resample` repeats every step (inpainting)."""
     opts = opts or Sampling()
-    best_of = opts.best_of or pipe.cfg.prior.best_of
+    best_of = opts.best_of or pipe.default_best_of
     sampled = len(pipe.timesteps(DECODER, opts, invertible=inversions > 0))
     inverted = len(pipe.timesteps(DECODER, opts, invertible=True)) - 1
     out = {PRIOR: prior_samples * best_of * len(pipe.timesteps(PRIOR, opts)),
            DECODER: images * sampled * resample + inversions * inverted * (1 + opts.inversion_refine)}
-    for key in (upsampler_key(u) for u in range(pipe.upsampler_count(size))):
-        out[key] = images * len(pipe.timesteps(key, opts)) * resample
+    for key, steps in pipe.render_work(pipe.upsampler_count(size), opts, resample).items():
+        out[key] = images * steps
     return out
 
 
@@ -114,16 +121,16 @@ def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
 
 def generate(
     pipe: StagedPipeline, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
-    opts: Optional[Sampling] = None,
+    opts: Optional[Sampling] = None, negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Text -> CLIP -> prior (best-of-N) -> `render`: decoder (guided) -> upsamplers (Kandinsky:
     latent decoder -> MoVQ)."""
     opts = opts or Sampling()
     count = pipe.upsampler_count(size)
     seeds, gens = _gens(seed, n)
-    text = pipe.encode_text([prompt])
-    z = yield from pipe.sample_prior(text, seeds, gens, opts)
-    images = yield from pipe.render(z, text, gens, opts, count)
+    text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
+    z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
+    images = yield from pipe.render(z, text, gens, opts, count, negative=negative)
     return OpResult(images, z, settings={"n": n})
 
 
@@ -133,8 +140,8 @@ def walk_keys(frames: int) -> int:
 
 
 def walk(
-    pipe: UnCLIP, prompt: str, frames: Optional[int] = None, seed: int = 0, size: Optional[int] = None,
-    opts: Optional[Sampling] = None,
+    pipe: StagedPipeline, prompt: str, frames: Optional[int] = None, seed: int = 0, size: Optional[int] = None,
+    opts: Optional[Sampling] = None, negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Frames of one prompt (an animated GIF): `walk_keys` embeddings from the prior, and
     the frames evenly along the slerps between successive ones (§3.2's interpolation,
@@ -143,15 +150,13 @@ def walk(
     if frames < 2:
         raise InvalidInput("frame_count", "'frame_count' must be at least 2")
     opts, count, keys = _ddim(opts), pipe.upsampler_count(size), walk_keys(frames)
-    text = pipe.encode_text([prompt])
+    text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
     seeds, gens = _gens(seed, keys)
-    z = yield from pipe.sample_prior(text, seeds, gens, opts)
+    z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
     zs = torch.cat([_on_path(z, u) for u in spaced(frames, keys - 1.0)])
-    side = pipe.cfg.decoder.model.image_size
-    x_t = torch.randn((1, 3, side, side), generator=make_generator(seed)).expand(frames, -1, -1, -1)
+    x_t = torch.randn(pipe.noise_shape(count), generator=make_generator(seed)).expand(frames, *[-1] * 3)
     frame_gens = [make_generator(seed) for _ in range(frames)]  # the same noise in every frame
-    out = yield from pipe.decode(zs, text, frame_gens, opts, x_t=x_t)
-    out = yield from pipe.upsample(out, frame_gens, opts, count)
+    out = yield from pipe.render(zs, text, frame_gens, opts, count, x_t=x_t, negative=negative)
     return OpResult(out, zs, settings={"frame_count": frames, "walk_keys": keys, "decoder_sampler": "ddim"})
 
 
@@ -161,17 +166,15 @@ def _on_path(z: torch.Tensor, u: float) -> torch.Tensor:
     return slerp(z[k:k + 1], z[k + 1:k + 2], u - k)
 
 
-def _encode_and_invert(pipe: UnCLIP, image: torch.Tensor, opts: Sampling) -> Operation:
-    """image [1, 3, H, W] -> (z_i [1, D], x_T [1, 3, S, S], null text)."""
-    small = pipe.to_decoder_size(image)
+def _encode_and_invert(pipe: StagedPipeline, image: torch.Tensor, opts: Sampling, count: int) -> Operation:
+    """image [1, 3, H, W] -> (z_i [1, D], x_T [1, ...] for output size sizes[count], null text)."""
     z = pipe.encode_image(image)
-    null = pipe.null_encoding()
-    x_t = yield from pipe.invert(small, z, null, opts)
-    return z, x_t, null
+    x_t = yield from pipe.invert_image(image, z, opts, count)
+    return z, x_t, pipe.null_encoding()
 
 
 def variations(
-    pipe: UnCLIP, image: torch.Tensor, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    pipe: StagedPipeline, image: torch.Tensor, n: int = 1, seed: int = 0, size: Optional[int] = None,
     eta: Optional[float] = None, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Paper §3.1: invert the image under its own z_i, decode with DDIM at eta
@@ -181,11 +184,10 @@ def variations(
     if not 0.0 <= eta <= 1.0:
         raise InvalidInput("eta", f"'eta' must lie in [0, 1], got {eta}")
     opts, count = _ddim(opts, eta), pipe.upsampler_count(size)
-    z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, count)
     _, gens = _gens(seed, n)
     zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
-    images = yield from pipe.decode(zs, null, gens, opts, x_t=xs)
-    images = yield from pipe.upsample(images, gens, opts, count)
+    images = yield from pipe.render(zs, null, gens, opts, count, x_t=xs)
     return OpResult(images, zs, settings={"n": n, "eta": eta, "decoder_sampler": "ddim"})
 
 
@@ -197,81 +199,88 @@ def interpolation_thetas(thetas: Optional[Sequence[float]], frames: Optional[int
 
 
 def interpolate(
-    pipe: UnCLIP, images: Optional[Sequence[torch.Tensor]] = None, prompts: Optional[Sequence[str]] = None,
+    pipe: StagedPipeline, images: Optional[Sequence[torch.Tensor]] = None, prompts: Optional[Sequence[str]] = None,
     thetas: Optional[Sequence[float]] = None, mode: Optional[Mode] = None, seed: int = 0,
     size: Optional[int] = None, opts: Optional[Sampling] = None, frames: Optional[int] = None,
+    negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Paper §3.2: z_theta = slerp(z_1, z_2, theta) for the given thetas (or `frames` evenly
     spaced); x_T slerped between the two inverted latents ("slerp": the endpoints
-    reconstruct the inputs) or one fixed noise ("fixed")."""
+    reconstruct the inputs) or one fixed noise ("fixed"). negative_prompt: for the prior
+    (two prompts)."""
     thetas, mode = interpolation_thetas(thetas, frames), _or(mode, DEFAULTS.mode)
     if mode not in MODES:
         raise InvalidInput("mode", f"'mode' must be one of {list(MODES)}, got {mode!r}")
     opts, count = _ddim(opts), pipe.upsampler_count(size)
-    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts)
+    negative = pipe.negative_encoding(negative_prompt)
+    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts, count, negative)
     if mode == "fixed":
-        x_t = x_t[:1].expand(2, -1, -1, -1)
+        x_t = x_t[:1].expand(2, *[-1] * (x_t.dim() - 1))
     zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
     xs = torch.cat([slerp(x_t[0:1], x_t[1:2], th) for th in thetas])
     _, gens = _gens(seed, len(thetas))
-    frames = yield from pipe.decode(zs, pipe.null_encoding(), gens, opts, x_t=xs)
-    frames = yield from pipe.upsample(frames, gens, opts, count)
+    frames = yield from pipe.render(zs, pipe.null_encoding(), gens, opts, count, x_t=xs)
     settings = {"mode": mode, "frames": len(thetas), "decoder_sampler": "ddim"}
     return OpResult(frames, zs, thetas=thetas, settings=settings)
 
 
-def _endpoints(pipe: UnCLIP, images, prompts, seed: int, opts: Sampling) -> Operation:
-    """The two ends of an interpolation: z [2, D] and x_T [2, 3, S, S]."""
+def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling, count: int,
+               negative=None) -> Operation:
+    """The two ends of an interpolation: z [2, D] and x_T [2, ...]."""
     if images is not None and len(images) == 2 and not prompts:
         ends = []
         for img in images:
-            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts)))
+            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts, count)))
         return torch.cat([e[0] for e in ends]), torch.cat([e[1] for e in ends])
     if prompts is not None and len(prompts) == 2 and not images:
         seeds, gens = _gens(seed, 2)
         zs = []
         for p, s, g in zip(prompts, seeds, gens):
-            zs.append((yield from pipe.sample_prior(pipe.encode_text([p]), [s], [g], opts)))
-        size = pipe.cfg.decoder.model.image_size
-        x_t = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens])
+            zs.append((yield from pipe.sample_prior(pipe.encode_text([p]), [s], [g], opts, negative)))
+        x_t = torch.cat([torch.randn(pipe.noise_shape(count), generator=g) for g in gens])
         return torch.cat(zs), x_t
     param = "image" if images is not None else "prompt"
     raise InvalidInput(param, "an interpolation needs exactly two images or exactly two prompts")
 
 
 def text_diff(
-    pipe: UnCLIP, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: Optional[int] = None,
+    pipe: StagedPipeline, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: Optional[int] = None,
     max_theta: Optional[float] = None, seed: int = 0, size: Optional[int] = None, opts: Optional[Sampling] = None,
+    negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Paper §3.3: z_d = normalize(z_t - z_t0); frames decode slerp(z_i, z_d, theta) for
-    theta from 0 to max_theta with x_T from inverting the image, fixed across frames."""
+    theta from 0 to max_theta with x_T from inverting the image, fixed across frames.
+    negative_prompt: for the decoder's unconditional rows (unCLIP; Kandinsky's decoder sees
+    no text, so there it changes nothing)."""
     image = check_square(image)
     frames, max_theta = _or(frames, DEFAULTS.frames), _or(max_theta, DEFAULTS.max_theta)
     max_theta = check_thetas([max_theta], "max_theta")[0]
     if frames < 1:
         raise InvalidInput("frames", "'frames' must be at least 1")
     opts, count = _ddim(opts), pipe.upsampler_count(size)
-    z, x_t, null = yield from _encode_and_invert(pipe, image, opts)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, count)
     texts = pipe.encode_text([prompt, source_prompt])
     z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
     thetas = spaced(frames, max_theta)
     target = z_d * z.norm(dim=-1, keepdim=True)  # same norm as z_i: only the direction moves
     zs = torch.cat([slerp(z, target, th) for th in thetas])
     _, gens = _gens(seed, frames)
-    out = yield from pipe.decode(zs, null, gens, opts, x_t=x_t.expand(frames, -1, -1, -1))
-    out = yield from pipe.upsample(out, gens, opts, count)
+    xs = x_t.expand(frames, *[-1] * (x_t.dim() - 1))
+    out = yield from pipe.render(zs, null, gens, opts, count, x_t=xs, negative=pipe.negative_encoding(negative_prompt))
     settings = {"frames": frames, "max_theta": max_theta, "decoder_sampler": "ddim"}
     return OpResult(out, zs, thetas=thetas, direction=z_d, settings=settings)
 
 
 def inpaint(
-    pipe: UnCLIP, image: torch.Tensor, keep: torch.Tensor, prompt: str, n: int = 1, seed: int = 0,
+    pipe: StagedPipeline, image: torch.Tensor, keep: torch.Tensor, prompt: str, n: int = 1, seed: int = 0,
     size: Optional[int] = None, resample: Optional[int] = None, opts: Optional[Sampling] = None,
+    negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Text-guided inpainting: keep [1, 1, H, W] is 1 where the original stays. At every
     step of every stage the kept region is replaced by the forward-noised original (and an
-    inpainting decoder is also given the kept pixels and the mask as input); the final
-    image keeps the original's pixels (resized to the output size) exactly."""
+    inpainting decoder is also given the kept pixels and the mask as input; Kandinsky: in
+    latent space, see `Kandinsky.render`); the final image keeps the original's pixels
+    (resized to the output size) exactly."""
     image, keep = check_square(image), keep.float()
     if keep.shape[-2:] != image.shape[-2:]:
         raise InvalidInput("mask", "the mask must have the image's size")
@@ -281,9 +290,8 @@ def inpaint(
     keep_out = torch.nn.functional.interpolate(keep, size=(out_size, out_size), mode="nearest")
     seeds, gens = _gens(seed, n)
     known = None if keep_out.sum() == 0 else [Known(original, keep_out, resample)] * n
-    text = pipe.encode_text([prompt])
-    z = yield from pipe.sample_prior(text, seeds, gens, opts)
-    images = yield from pipe.decode(z, text, gens, opts, known=known)
-    images = yield from pipe.upsample(images, gens, opts, count, known=known)
+    text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
+    z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
+    images = yield from pipe.render(z, text, gens, opts, count, known=known, negative=negative)
     images = keep_out * original + (1 - keep_out) * images
     return OpResult(images, z, settings={"n": n, "resample": resample})

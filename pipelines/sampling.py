@@ -33,15 +33,20 @@ class Known:
     x0: torch.Tensor
     keep: torch.Tensor
     resample: int = 1  # RePaint-style repeats of each step (1 = none)
+    # Fixed noise [1, C, H, W] the known region is re-noised with at every step (diffusers'
+    # Kandinsky inpainting re-noises with the initial latents); None: fresh noise each step
+    noise: Optional[torch.Tensor] = None
 
     def at(self, size: int) -> "Known":
         """The constraint at size x size: the image resized (bicubic, antialiased), the keep
-        mask area-averaged when shrinking and thresholded at 0.5 (it stays binary)."""
+        mask area-averaged when shrinking and thresholded at 0.5 (it stays binary); fixed
+        noise only survives at its own size."""
         keep = self.keep
         if keep.shape[-1] != size:
             mode = "area" if keep.shape[-1] > size else "nearest"
             keep = (F.interpolate(keep, size=(size, size), mode=mode) > 0.5).float()
-        return Known(resize(self.x0, size), keep, self.resample)
+        noise = self.noise if self.noise is not None and self.noise.shape[-1] == size else None
+        return Known(resize(self.x0, size), keep, self.resample, noise)
 
 
 @dataclass
@@ -224,8 +229,13 @@ class Stage:
             return x
         k = tr.known
         t_to = torch.tensor([tr.t_to], device=x.device)
-        known = k.x0 if tr.t_to < 0 else D.q_sample(self.schedule, k.x0, t_to, tr.noise(x))
-        return k.keep * known + (1 - k.keep) * x
+        if tr.t_to < 0:
+            known = k.x0.to(x)
+        else:
+            noise = tr.noise(x) if k.noise is None else k.noise.to(x)
+            known = D.q_sample(self.schedule, k.x0.to(x), t_to, noise)
+        keep = k.keep.to(x)
+        return keep * known + (1 - keep) * x
 
     def _advance(self, tr: Track) -> None:
         """Move to the next pair, refine this inversion step again, or (RePaint) re-noise
@@ -245,6 +255,16 @@ class Stage:
         tr.index += 1
 
 
+NEGATIVE = "negative:"  # cond key prefix: a track's own unconditional row (a negative prompt)
+
+
+def negative_cond(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cond (e.g. a negative prompt's text_emb, text_enc, mask) as the overrides of a track's
+    unconditional row: keys prefixed with NEGATIVE. Tracks carrying them batch only with
+    tracks carrying the same keys (`group_key`)."""
+    return {NEGATIVE + k: v for k, v in cond.items()}
+
+
 def _cat(tracks: list[Track], key: str, device: torch.device) -> torch.Tensor:
     return torch.cat([tr.cond[key] for tr in tracks]).to(device)
 
@@ -257,7 +277,8 @@ def guided_batch(
     x: torch.Tensor, t: torch.Tensor, tracks: list[Track], null: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[int]]:
     """The batch of one guided model call: every track's conditional row, then an
-    unconditional row (conditioning from `null`, each [1, ...]) for each guided track.
+    unconditional row (conditioning from `null`, each [1, ...], or the track's own
+    `NEGATIVE`-prefixed keys where it has them) for each guided track.
     Returns x [B + G, ...], t [B + G], cond {key: [B + G, ...]} and the guided rows."""
     dev = x.device
     cond = {k: _cat(tracks, k, dev) for k in null}
@@ -265,7 +286,12 @@ def guided_batch(
     if g:
         x, t = torch.cat([x, x[g]]), torch.cat([t, t[g]])
         for k, v in null.items():
-            cond[k] = torch.cat([cond[k], v.to(dev).expand(len(g), *v.shape[1:])])
+            own = [tracks[i].cond.get(NEGATIVE + k) for i in g]
+            if all(o is None for o in own):
+                uncond = v.to(dev).expand(len(g), *v.shape[1:])
+            else:
+                uncond = torch.cat([(v if o is None else o).to(dev, v.dtype) for o in own])
+            cond[k] = torch.cat([cond[k], uncond])
     return x, t, cond, g
 
 

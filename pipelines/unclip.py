@@ -27,6 +27,7 @@ from .sampling import (
     UpsamplerStage,
     group_key,
     inversion_pairs,
+    negative_cond,
     resize,
     run_to_end,
     upsample_for,
@@ -82,9 +83,33 @@ def child_generator(seed: int, index: int) -> torch.Generator:
 class StagedPipeline:
     """What every model's pipeline shares: its stages by key, the output sizes, per-request
     timesteps and settings, initial noise, and prior sampling with best-of-N. Subclasses
-    give the networks (`stages`, `encode_text`, `render`, the prior's space)."""
+    give the networks (`stages`, `encode_text`, `encode_image`, `invert_image`, `render`,
+    the prior's space, token counts)."""
 
     stages: dict[str, Stage]
+    null_text: dict[str, torch.Tensor]  # the encoding of "" (text_emb, text_enc, mask)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run."""
+        raise NotImplementedError
+
+    # ---- token counts (usage, truncation notices) ------------------------------------------
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as the text encoder counts them (start and end included, before
+        truncation: more than `context_length` means the encoder sees it truncated)."""
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:
+        """The text encoder's context: the most tokens of a prompt it sees."""
+        raise NotImplementedError
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens of one input image: the vision tower's patches plus its class token."""
+        raise NotImplementedError
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -103,14 +128,51 @@ class StagedPipeline:
     def encode_text(self, texts: list[str]) -> TextEncoding:
         raise NotImplementedError
 
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D] (the decoder's space)."""
+        raise NotImplementedError
+
+    def null_encoding(self) -> TextEncoding:
+        """The encoding of the empty caption [1, ...]."""
+        n = self.null_text
+        return TextEncoding(n["text_emb"], n["text_enc"], n["mask"])
+
+    def negative_encoding(self, prompt: Optional[str]) -> Optional[TextEncoding]:
+        """A negative prompt's encoding [1, ...]; None for None or "" (the unconditional
+        branch then uses the encoding of "", as without one)."""
+        return self.encode_text([prompt]) if prompt else None
+
+    def noise_shape(self, count: int) -> tuple[int, ...]:
+        """The shape [1, ...] of one image's decoder noise x_T for output size sizes[count]."""
+        raise NotImplementedError
+
+    def invert_image(
+        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, count: int
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """DDIM-invert images [n, 3, H, W] in [-1, 1] through the decoder conditioned on their
+        own embeddings z [n, D] (and the empty caption): x_T [n, ...] that `render` with
+        x_t decodes back to them (output size sizes[count])."""
+        raise NotImplementedError
+
     def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
         """The prior's samples [B, D] -> image embeddings [B, D] (the decoder's space)."""
         raise NotImplementedError
 
+    def render_work(self, count: int, opts: Sampling, resample: int = 1) -> dict[str, int]:
+        """Track-steps per image of the stages `render` runs after the decoder, for output
+        size sizes[count] (resample: inpainting's repeats of every step)."""
+        raise NotImplementedError
+
     def render(
-        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int,
+        x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
+        negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """Image embeddings z [n, D] -> images [n, 3, S, S] in [-1, 1] at sizes[count]."""
+        """Image embeddings z [n, D] -> images [n, 3, S, S] in [-1, 1] at sizes[count]. x_t
+        [n, ...] (from `invert_image`, or `noise_shape` noise): the decoder starts there and
+        runs the invertible timesteps; known[i] (pixels, any size): inpainting constraint of
+        image i; negative: a negative prompt for the decoder's unconditional rows, where the
+        decoder sees text."""
         raise NotImplementedError
 
     def upsampler_count(self, size: Optional[int]) -> int:
@@ -142,16 +204,19 @@ class StagedPipeline:
                 "upsampler_steps": ups}
 
     def sample_prior(
-        self, text: TextEncoding, seeds: list[int], gens: list[torch.Generator], opts: Sampling
+        self, text: TextEncoding, seeds: list[int], gens: list[torch.Generator], opts: Sampling,
+        negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """One image embedding per generator, each the best of N prior samples by z_i . z_t.
 
-        text: encoding of ONE prompt. Returns z_i [n, D] in the decoder's (raw CLIP) space."""
+        text: encoding of ONE prompt; negative: a negative prompt's, for the guidance's
+        unconditional rows instead of the encoding of "". Returns z_i [n, D] in the decoder's
+        (raw CLIP) space."""
         stage = self.stages[PRIOR]
         best_of = opts.best_of or self.default_best_of
         pairs = stage.pairs(self.timesteps(PRIOR, opts))
         guidance = _default(opts.prior_guidance, stage.cfg.guidance)
-        cond = {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
+        cond = _text_cond(text) | negative_cond(_text_cond(negative or self.null_encoding()))
         tracks = []
         for i, (seed, gen) in enumerate(zip(seeds, gens)):
             for j in range(best_of):
@@ -194,6 +259,21 @@ class UnCLIP(StagedPipeline):
     def default_best_of(self) -> int:
         return self.cfg.prior.best_of
 
+    @property
+    def device(self) -> torch.device:
+        return self.stack.device
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [self.stack.clip.count_tokens(t) for t in texts]
+
+    @property
+    def context_length(self) -> int:
+        return self.stack.clip.cfg.context_length
+
+    @property
+    def image_tokens(self) -> int:
+        return self.stack.clip.image_tokens
+
     def encode_text(self, texts: list[str]) -> TextEncoding:
         return self.stack.clip.encode_text(texts)
 
@@ -201,25 +281,43 @@ class UnCLIP(StagedPipeline):
         """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D]."""
         return self.stack.clip.encode_image(images)
 
+    def render_work(self, count: int, opts: Sampling, resample: int = 1) -> dict[str, int]:
+        keys = [upsampler_key(u) for u in range(count)]
+        return {key: len(self.timesteps(key, opts)) * resample for key in keys}
+
+    def noise_shape(self, count: int) -> tuple[int, ...]:
+        size = self.cfg.decoder.model.image_size
+        return (1, 3, size, size)
+
+    def invert_image(
+        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, count: int
+    ) -> Generator[StageRequest, None, torch.Tensor]:
+        """The images at decoder resolution, inverted under their z and the empty caption."""
+        return (yield from self.invert(self.to_decoder_size(image), z, self.null_encoding(), opts))
+
     def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
         return self.stack.denormalize_image_emb(z.to(self.stack.device))
 
     def render(
-        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int,
+        x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
+        negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """Decode z [n, D], then run the first `count` upsamplers."""
-        images = yield from self.decode(z, text, gens, opts)
-        return (yield from self.upsample(images, gens, opts, count))
+        """Decode z [n, D], then run the first `count` upsamplers (see `decode`, `upsample`)."""
+        images = yield from self.decode(z, text, gens, opts, x_t, known, negative)
+        return (yield from self.upsample(images, gens, opts, count, known))
 
     # ---- decoder -------------------------------------------------------------------------
 
     def decoder_tracks(
         self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling,
         x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
+        negative: Optional[TextEncoding] = None,
     ) -> list[Track]:
         """Decoder tracks for image embeddings z [n, D] (text: one row, or n rows).
         x_t [n, 3, S, S] starts them from given latents (inversion) instead of noise;
-        known[i] (inpainting, any size) constrains track i."""
+        known[i] (inpainting, any size) constrains track i; negative (one row): the text of
+        the unconditional rows instead of the empty caption's."""
         stage = self.stages[DECODER]
         sampler = opts.decoder_sampler or stage.cfg.sampler
         pairs = stage.pairs(self.timesteps(DECODER, opts, invertible=x_t is not None))
@@ -228,8 +326,9 @@ class UnCLIP(StagedPipeline):
         tracks = []
         for i, g in enumerate(gens):
             r = i if text.pooled.shape[0] > 1 else 0
-            cond = {"image_emb": z[i:i + 1], "text_emb": text.pooled[r:r + 1], "text_enc": text.states[r:r + 1],
-                    "mask": text.mask[r:r + 1]}
+            cond = {"image_emb": z[i:i + 1]} | _text_cond(text[r])
+            if negative is not None:
+                cond |= negative_cond(_text_cond(negative))
             x = x_t[i:i + 1] if x_t is not None else self._init(opts, DECODER, i, (1, 3, size, size), g)
             k = known[i].at(size) if known else None
             tracks.append(Track(x, list(pairs), sampler, opts.eta, guidance, g, cond, k))
@@ -238,10 +337,11 @@ class UnCLIP(StagedPipeline):
     def decode(
         self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling,
         x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
+        negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """Decode image embeddings z [n, D] to images [n, 3, S, S] in [-1, 1] (see
-        `decoder_tracks` for text, x_t and known)."""
-        tracks = self.decoder_tracks(z, text, gens, opts, x_t, known)
+        `decoder_tracks` for text, x_t, known and negative)."""
+        tracks = self.decoder_tracks(z, text, gens, opts, x_t, known, negative)
         yield StageRequest(DECODER, tracks)
         return torch.cat([tr.x for tr in tracks]).clamp(-1, 1)
 
@@ -295,10 +395,10 @@ class UnCLIP(StagedPipeline):
         """Any-size images [n, 3, H, W] in [-1, 1] -> decoder resolution."""
         return resize(images, self.cfg.decoder.model.image_size)
 
-    def null_encoding(self) -> TextEncoding:
-        """The encoding of the empty caption [1, ...]."""
-        n = self.null_text
-        return TextEncoding(n["text_emb"], n["text_enc"], n["mask"])
+
+def _text_cond(text: TextEncoding) -> dict[str, torch.Tensor]:
+    """The first row of a text encoding as stage conditioning (text_emb, text_enc, mask)."""
+    return {"text_emb": text.pooled[:1], "text_enc": text.states[:1], "mask": text.mask[:1]}
 
 
 def _default(value: Optional[float], default: float) -> float:

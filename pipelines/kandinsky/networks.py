@@ -31,7 +31,10 @@ class KandinskyNets:
     """prior (PriorTransformer), text_encoder (CLIPTextModelWithProjection), tokenizer
     (CLIPTokenizer), image_encoder (CLIPVisionModelWithProjection), unet
     (UNet2DConditionModel, addition_embed_type "image"), movq (VQModel), and the prior's
-    and decoder's diffusion configs (from their schedulers' configs)."""
+    and decoder's diffusion configs (from their schedulers' configs); optionally the
+    inpainting decoder's UNet (9 input channels: latents, masked image latents, keep mask;
+    sampled with the decoder's schedule) and the image processor's config
+    (prior/image_processor/preprocessor_config.json, see `ImagePrep`)."""
 
     prior: nn.Module
     text_encoder: nn.Module
@@ -42,6 +45,8 @@ class KandinskyNets:
     prior_cfg: DiffusionConfig
     decoder_cfg: DiffusionConfig
     layout: Optional[KandinskyLayout] = None
+    inpaint_unet: Optional[nn.Module] = None
+    image_processor: dict[str, Any] = field(default_factory=dict)
     prior_schedule: Schedule = field(init=False)
     decoder_schedule: Schedule = field(init=False)
 
@@ -86,7 +91,13 @@ def load_kandinsky(path: Path, device: str | torch.device = "cpu",
         prior=net("prior", "prior"), text_encoder=net("prior", "text_encoder"), tokenizer=net("prior", "tokenizer"),
         image_encoder=net("prior", "image_encoder"), unet=net("decoder", "unet"), movq=net("decoder", "movq"),
         prior_cfg=unclip_config(scheduler_config(layout, "prior")),
-        decoder_cfg=ddpm_config(scheduler_config(layout, "decoder")), layout=layout)
+        decoder_cfg=ddpm_config(scheduler_config(layout, "decoder")), layout=layout,
+        image_processor=processor_config(layout))
+    if layout.has_inpaint:
+        if ddpm_config(scheduler_config(layout, "decoder-inpaint")) != nets.decoder_cfg:
+            raise ValueError(f"{layout.folder('decoder-inpaint')}: its scheduler differs from the decoder's; "
+                             "the inpainting decoder is sampled with the decoder's")
+        nets.inpaint_unet = net("decoder-inpaint", "unet")
     log.info("loaded Kandinsky 2.2 from %s (%s, %s)", path, device, dtype)
     return nets
 
@@ -102,6 +113,12 @@ def load_component(layout: KandinskyLayout, snapshot: str, name: str, device: to
     if isinstance(loaded, nn.Module):
         loaded = loaded.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return loaded
+
+
+def processor_config(layout: KandinskyLayout) -> dict[str, Any]:
+    """The prior snapshot's image_processor/preprocessor_config.json ({} without one)."""
+    path = layout.folder("prior") / "image_processor" / "preprocessor_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def scheduler_config(layout: KandinskyLayout, snapshot: str) -> dict[str, Any]:

@@ -35,7 +35,10 @@ class KandinskyPriorStage(PriorStage):
 class LatentDecoderStage(DecoderStage):
     """The latent decoder: tracks hold latents [1, C, h, w]; cond: image_emb [1, D]. The
     unconditional rows get the embedding of the all-zero image (diffusers' negative image
-    embedding); a learned-variance output's variance channels come from the conditional rows."""
+    embedding); a learned-variance output's variance channels come from the conditional rows.
+    Inpainting tracks (cond also holds masked_latents [1, C, h, w] and keep [1, 1, h, w]) run
+    the inpainting UNet on [latents, masked_latents, keep], as KandinskyV22InpaintPipeline
+    does; their cond keys keep them out of other tracks' batches (`group_key`)."""
 
     def __init__(self, nets: KandinskyNets, zero_image_emb: torch.Tensor):
         Stage.__init__(self, nets, nets.decoder_cfg, nets.decoder_schedule)  # the networks are diffusers'
@@ -46,13 +49,19 @@ class LatentDecoderStage(DecoderStage):
 
     def network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
                 inpaint: Optional[torch.Tensor]) -> torch.Tensor:
-        unet = self.stack.unet
+        unet = self.stack.unet if inpaint is None else self.stack.inpaint_unet
+        if inpaint is not None:
+            x = torch.cat([x, inpaint.to(x)], dim=1)
         emb = cond["image_emb"].to(unet.dtype)
         out = unet(x.to(unet.dtype), t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb})
         return out.sample.float()
 
     def _inpaint(self, x: torch.Tensor, tracks: list[Track]) -> Optional[torch.Tensor]:
-        return None  # no inpainting decoder yet
+        """The inpainting UNet's extra input [B, C + 1, h, w] (masked latents, keep), or None
+        for a batch of plain tracks."""
+        if "keep" not in tracks[0].cond:
+            return None
+        return torch.cat([torch.cat([tr.cond["masked_latents"], tr.cond["keep"]], dim=1) for tr in tracks]).to(x)
 
 
 class MovqStage:

@@ -1,5 +1,6 @@
-"""A tiny random-weight Kandinsky 2.2 model folder (prior/ and decoder/ diffusers snapshots,
-written with save_pretrained), for tests/pipelines/test_kandinsky.py. Needs diffusers and
+"""A tiny random-weight Kandinsky 2.2 model folder (prior/, decoder/ and optionally
+decoder-inpaint/ diffusers snapshots, written with save_pretrained), for
+tests/pipelines/test_kandinsky.py and test_kandinsky_ops.py. Needs diffusers and
 transformers; no downloads (the tokenizer's vocabulary is written here)."""
 
 from __future__ import annotations
@@ -77,19 +78,26 @@ def prior_pipeline(tmp: Path, seed: int = 0):
                                      image_processor=processor)
 
 
-def decoder_pipeline(seed: int = 0):
-    """KandinskyV22Pipeline with a tiny random UNet (image-embedding conditioning) and MoVQ."""
-    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+def tiny_unet(in_channels: int = 4):
+    """A tiny UNet2DConditionModel of Kandinsky 2.2's decoder kind (image-embedding conditioning)."""
+    from diffusers import UNet2DConditionModel
 
-    gen = torch.Generator().manual_seed(seed + 1)
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(
-        sample_size=IMAGE // 2, in_channels=4, out_channels=8, addition_embed_type="image",
+    return UNet2DConditionModel(
+        sample_size=IMAGE // 2, in_channels=in_channels, out_channels=8, addition_embed_type="image",
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
         encoder_hid_dim=EMBED, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
         resnet_time_scale_shift="scale_shift", class_embed_type=None)
+
+
+def decoder_pipeline(seed: int = 0):
+    """KandinskyV22Pipeline with a tiny random UNet (image-embedding conditioning) and MoVQ."""
+    from diffusers import DDPMScheduler, KandinskyV22Pipeline, VQModel
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 1)
+    unet = tiny_unet()
     movq = VQModel(
         block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
         in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
@@ -99,8 +107,23 @@ def decoder_pipeline(seed: int = 0):
                                 movq=_wake(movq, gen))
 
 
-def write_model_dir(root: Path, seed: int = 0) -> Path:
-    """root/prior and root/decoder, as the Hugging Face snapshots lay them out."""
+def inpaint_pipeline(movq: nn.Module, seed: int = 0):
+    """KandinskyV22InpaintPipeline: a tiny random UNet with 9 input channels (latents, masked
+    image latents, mask) and the decoder's MoVQ (the real snapshots share it)."""
+    from diffusers import DDPMScheduler, KandinskyV22InpaintPipeline
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    torch.manual_seed(seed + 2)
+    return KandinskyV22InpaintPipeline(unet=_wake(tiny_unet(in_channels=9), gen),
+                                       scheduler=DDPMScheduler(**DECODER_SCHEDULER), movq=movq)
+
+
+def write_model_dir(root: Path, seed: int = 0, inpaint: bool = False) -> Path:
+    """root/prior and root/decoder (and root/decoder-inpaint), as the Hugging Face snapshots
+    lay them out."""
     prior_pipeline(root / "tmp", seed).save_pretrained(root / "prior")
-    decoder_pipeline(seed).save_pretrained(root / "decoder")
+    decoder = decoder_pipeline(seed)
+    decoder.save_pretrained(root / "decoder")
+    if inpaint:
+        inpaint_pipeline(decoder.movq, seed).save_pretrained(root / "decoder-inpaint")
     return root

@@ -21,7 +21,7 @@ from pipelines import operations as O
 from pipelines.checkpoints import random_stack
 from pipelines.config import StackConfig
 from pipelines.errors import InvalidInput
-from pipelines.unclip import Sampling, UnCLIP, run_direct, run_many
+from pipelines.unclip import Sampling, UnCLIP, make_generator, run_direct, run_many
 
 RECON = Sampling(decoder_steps=20, decoder_guidance=1.0)
 FAST = Sampling(prior_steps=4, decoder_steps=4, upsampler_steps=2)
@@ -216,3 +216,26 @@ def test_opaque_mask_keeps_everything() -> None:
     image = imageio.open_image(_png("RGB", (16, 16)))
     keep = imageio.keep_mask(image, imageio.open_image(_png("RGBA", (16, 16), 255)))
     assert keep.shape == (1, 1, 16, 16) and bool(keep.all())
+
+
+def test_negative_prompt(pipe: UnCLIP) -> None:
+    """A negative prompt's encoding replaces the empty caption's in the prior's and the
+    decoder's unconditional rows; None or "" change nothing."""
+    base = run_direct(pipe, O.generate(pipe, "a red circle", seed=2, size=32, opts=FAST))
+    for empty in (None, ""):
+        same = run_direct(pipe, O.generate(pipe, "a red circle", seed=2, size=32, opts=FAST, negative_prompt=empty))
+        assert torch.equal(same.images, base.images) and torch.equal(same.embeddings, base.embeddings)
+    neg = run_direct(pipe, O.generate(pipe, "a red circle", seed=2, size=32, opts=FAST, negative_prompt="blue"))
+    assert not torch.allclose(neg.embeddings, base.embeddings)
+    text, negative = pipe.encode_text(["a red circle"]), pipe.encode_text(["blue"])
+    z = base.embeddings
+    plain = run_direct(pipe, pipe.decode(z, text, [make_generator(2)], FAST))
+    with_neg = run_direct(pipe, pipe.decode(z, text, [make_generator(2)], FAST, negative=negative))
+    assert not torch.allclose(plain, with_neg)
+
+
+def test_pipeline_properties(pipe: UnCLIP) -> None:
+    clip = pipe.stack.clip
+    assert pipe.device == clip.device and pipe.default_best_of == pipe.cfg.prior.best_of
+    assert pipe.context_length == clip.cfg.context_length and pipe.image_tokens == clip.image_tokens
+    assert pipe.count_tokens(["", "a red circle"]) == [clip.count_tokens(""), clip.count_tokens("a red circle")]
