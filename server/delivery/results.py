@@ -56,10 +56,10 @@ def prepare(rt: Runtime, params: BaseModel, out: Target, plan: Plan, *, admitted
     queue was `admitted` where it was accepted, with its `cost_s`."""
     if not admitted:
         cost_s = admit(rt, params, plan.work)
-    clip = rt.pipe.stack.clip
-    cut = truncation(clip, plan.texts)
+    cut = truncation(rt.pipe, plan.texts)
     headers = {"x-prompt-truncated": cut} if cut else {}
-    return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(clip, plan.texts, plan.input_images), headers)
+    return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(rt.pipe, plan.texts, plan.input_images),
+                    headers)
 
 
 def follow_with(rt: Runtime, params: BaseModel, out: Target, plan: Plan, ready: Prepared, prefix: str,

@@ -498,7 +498,7 @@ class Engine:
 
     def _gpu_memory(self) -> None:
         """CUDA memory, at most once a second."""
-        device = self.pipe.stack.device
+        device = self.pipe.device
         now = time.monotonic()
         if torch.device(device).type != "cuda" or now - self._gpu_at < 1.0:
             return

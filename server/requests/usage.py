@@ -1,4 +1,5 @@
-"""OpenAI's `usage` from CLIP's own token counts, and the notice of a truncated prompt.
+"""OpenAI's `usage` from the text encoder's own token counts, and the notice of a truncated
+prompt, for any pipeline (`StagedPipeline`: our CLIP, or a snapshot's transformers CLIP).
 
 Input tokens are what the frozen CLIP encodes: each prompt's BPE tokens with its start and
 end tokens (at most the text encoder's context), and each input image's patches plus its
@@ -9,26 +10,24 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from pipelines.clip import ClipEncoder
+from pipelines.unclip import StagedPipeline
 
 from .schemas import TokenDetails, Usage
 
 
-def usage(clip: ClipEncoder, texts: Sequence[str], images: int) -> Usage:
+def usage(pipe: StagedPipeline, texts: Sequence[str], images: int) -> Usage:
     """The usage of a request whose CLIP encodes `texts` and `images` input images."""
-    context = clip.cfg.context_length
-    text = sum(min(clip.count_tokens(t), context) for t in texts)
-    image = images * clip.image_tokens
+    text = sum(min(count, pipe.context_length) for count in pipe.count_tokens(texts))
+    image = images * pipe.image_tokens
     return Usage(input_tokens=text + image, input_tokens_details=TokenDetails(text_tokens=text, image_tokens=image),
                  output_tokens=0, total_tokens=text + image)
 
 
-def truncation(clip: ClipEncoder, texts: Sequence[str]) -> Optional[str]:
+def truncation(pipe: StagedPipeline, texts: Sequence[str]) -> Optional[str]:
     """None, or what was cut: "kept 24 of 31 tokens" for the first prompt too long for the
     text encoder's context (it sees the start of the prompt only)."""
-    context = clip.cfg.context_length
-    for text in texts:
-        count = clip.count_tokens(text)
+    context = pipe.context_length
+    for count in pipe.count_tokens(texts):
         if count > context:
             return f"kept {context} of {count} tokens"
     return None
