@@ -10,6 +10,9 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # that reaches it, PyTorch's CPU wheel index (the Dockerfile's TORCH_INDEX_URL) gives the
 # CPU build: make serve TORCH_INDEX_URL=<that index>.
 TORCH_INDEX_URL ?=
+# Optional extras to add to the venv, e.g. EXTRAS=hf to serve Hugging Face snapshots
+# (Kandinsky 2.2, Karlo): make serve EXTRAS=hf UNCLIP_MODEL_DIR=...
+EXTRAS ?=
 
 .PHONY: setup setup-dev serve first-image lint docs browser redis test gpu-wheels gpu-wheels-check
 
@@ -20,11 +23,15 @@ $(VENV)/.setup-done: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+$(VENV)/.extras-%: $(VENV)/.setup-done
+	$(PIP) install -q -e '.[$*]'
+	touch $@
+
 $(VENV)/.dev-done: $(VENV)/.setup-done
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.setup-done
+setup: $(VENV)/.setup-done $(if $(EXTRAS),$(VENV)/.extras-$(EXTRAS))
 
 setup-dev: $(VENV)/.dev-done
 

@@ -119,6 +119,10 @@ class ClipEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.model.token_embedding.weight.device
 
+    @property
+    def context_length(self) -> int:
+        return self.cfg.context_length
+
     def count_tokens(self, text: str) -> int:
         """The text's BPE tokens plus start and end: more than `context_length` means the
         encoder sees it truncated."""

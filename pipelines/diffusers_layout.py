@@ -428,21 +428,33 @@ def read_diffusers_dir(path: Union[str, Path]) -> tuple[dict[str, dict], dict[st
     return configs, sds
 
 
+def load_karlo_snapshot(path: Union[str, Path], device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> UnCLIPStack:
+    """Our stack from a Karlo snapshot as downloaded (see `load_diffusers_dir`), its CLIP the
+    snapshot's own transformers towers (`hf_clip.HFClip`: text_encoder/ and tokenizer/, and
+    image_encoder/ with feature_extractor/ where the folder has them), on device."""
+    from .hf_clip import load_hf_clip
+
+    path = Path(path)
+    return load_diffusers_dir(path, dtype=dtype, clip_module=load_hf_clip(path, dtype)).to(device)
+
+
 def load_diffusers_dir(
     path: Union[str, Path], clip_weights: Optional[Union[str, Path]] = None, cfg: Optional[StackConfig] = None,
     dtype: torch.dtype = torch.float32, allow_random_clip: bool = False, clip: Optional[ClipConfig] = None,
+    clip_module: Optional[nn.Module] = None,
 ) -> UnCLIPStack:
     """Our stack from a diffusers unCLIP folder (prior/, decoder/, text_proj/,
     super_res_first/, super_res_last/, each config.json + diffusion_pytorch_model.safetensors).
 
-    diffusers keeps only CLIP's text tower (in transformers' layout), so CLIP comes from an
-    open_clip state dict `clip_weights`; without one, CLIP stays randomly initialised only
-    if allow_random_clip (tests). `cfg` defaults to the one the component configs describe,
-    with CLIP `clip` (default ViT-L-14)."""
+    CLIP is `clip_module` (e.g. the snapshot's transformers towers, `load_karlo_snapshot`), or
+    open_clip with the state dict `clip_weights`; without either, CLIP stays randomly
+    initialised only if allow_random_clip (tests). `cfg` defaults to the one the component
+    configs describe, with CLIP `clip` (default ViT-L-14)."""
     from .checkpoints import MissingWeightsError, assign_state, build_on_meta, materialize_buffers
     from .karlo import read_clip_weights
 
-    if clip_weights is None and not allow_random_clip:
+    if clip_weights is None and clip_module is None and not allow_random_clip:
         raise MissingWeightsError("load_diffusers_dir needs the open_clip CLIP weights (clip_weights=...)")
     configs, sds = read_diffusers_dir(path)
     cfg = cfg or stack_config_from_diffusers(configs, clip=clip)
@@ -453,7 +465,9 @@ def load_diffusers_dir(
     cpu = torch.device("cpu")
     for name in ("prior", "decoder", "upsamplers.0"):
         assign_state(stack.get_submodule(name), groups[name], dtype, cpu)
-    if clip_weights is not None:
+    if clip_module is not None:
+        stack.clip = clip_module
+    elif clip_weights is not None:
         assign_state(stack.clip.model, read_clip_weights(Path(clip_weights)), torch.float32, cpu)
     else:
         stack.clip = ClipEncoder(cfg.clip)

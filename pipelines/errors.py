@@ -11,3 +11,11 @@ class InvalidInput(ValueError):
         self.param = param
         self.message = message
         self.code = code
+
+
+class MissingExtra(RuntimeError):
+    """A model folder's layout needs packages of an optional extra that is not installed."""
+
+    def __init__(self, layout: str, extra: str, err: ImportError):
+        super().__init__(f"{layout} needs the '{extra}' extra ({err.name or err}): make serve EXTRAS={extra} "
+                         f"(or pip install '.[{extra}]' into the server's environment)")

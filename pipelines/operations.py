@@ -26,6 +26,7 @@ import torch
 from .errors import InvalidInput
 from .imageio import as_float
 from .sampling import Known, resize
+from .sizes import Output, SizeLike
 from .stage_keys import DECODER, PRIOR
 from .unclip import Operation, Sampling, StagedPipeline, make_generator
 from .vectors import normalize, slerp
@@ -51,7 +52,7 @@ DEFAULTS = Defaults()
 
 @dataclass
 class OpResult:
-    """images: [n, 3, S, S] in [-1, 1]; embeddings: the z_i each image was decoded from
+    """images: [n, 3, H, W] in [-1, 1]; embeddings: the z_i each image was decoded from
     [n, D]; thetas: each frame's theta (interpolations, text diffs); direction: the text
     diff's z_d [1, D]; settings: the operation's own settings as used (defaults resolved)."""
 
@@ -72,7 +73,7 @@ def spaced(frames: int, top: float) -> list[float]:
 
 
 def work(
-    pipe: StagedPipeline, size: Optional[int], opts: Optional[Sampling], images: int, prior_samples: int = 0,
+    pipe: StagedPipeline, size: SizeLike, opts: Optional[Sampling], images: int, prior_samples: int = 0,
     inversions: int = 0, resample: int = 1,
 ) -> dict[str, int]:
     """Track-steps per stage of an operation (what it will cost, before it runs): `images`
@@ -84,7 +85,7 @@ def work(
     inverted = len(pipe.timesteps(DECODER, opts, invertible=True)) - 1
     out = {PRIOR: prior_samples * best_of * len(pipe.timesteps(PRIOR, opts)),
            DECODER: images * sampled * resample + inversions * inverted * (1 + opts.inversion_refine)}
-    for key, steps in pipe.render_work(pipe.upsampler_count(size), opts, resample).items():
+    for key, steps in pipe.render_work(pipe.output(size), opts, resample).items():
         out[key] = images * steps
     return out
 
@@ -120,17 +121,17 @@ def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
 
 
 def generate(
-    pipe: StagedPipeline, prompt: str, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    pipe: StagedPipeline, prompt: str, n: int = 1, seed: int = 0, size: SizeLike = None,
     opts: Optional[Sampling] = None, negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Text -> CLIP -> prior (best-of-N) -> `render`: decoder (guided) -> upsamplers (Kandinsky:
     latent decoder -> MoVQ)."""
     opts = opts or Sampling()
-    count = pipe.upsampler_count(size)
+    out = pipe.output(size)
     seeds, gens = _gens(seed, n)
     text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
     z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
-    images = yield from pipe.render(z, text, gens, opts, count, negative=negative)
+    images = yield from pipe.render(z, text, gens, opts, out, negative=negative)
     return OpResult(images, z, settings={"n": n})
 
 
@@ -140,7 +141,7 @@ def walk_keys(frames: int) -> int:
 
 
 def walk(
-    pipe: StagedPipeline, prompt: str, frames: Optional[int] = None, seed: int = 0, size: Optional[int] = None,
+    pipe: StagedPipeline, prompt: str, frames: Optional[int] = None, seed: int = 0, size: SizeLike = None,
     opts: Optional[Sampling] = None, negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Frames of one prompt (an animated GIF): `walk_keys` embeddings from the prior, and
@@ -149,15 +150,15 @@ def walk(
     frames = _or(frames, DEFAULTS.walk_frames)
     if frames < 2:
         raise InvalidInput("frame_count", "'frame_count' must be at least 2")
-    opts, count, keys = _ddim(opts), pipe.upsampler_count(size), walk_keys(frames)
+    opts, out, keys = _ddim(opts), pipe.output(size), walk_keys(frames)
     text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
     seeds, gens = _gens(seed, keys)
     z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
     zs = torch.cat([_on_path(z, u) for u in spaced(frames, keys - 1.0)])
-    x_t = torch.randn(pipe.noise_shape(count), generator=make_generator(seed)).expand(frames, *[-1] * 3)
+    x_t = torch.randn(pipe.noise_shape(out), generator=make_generator(seed)).expand(frames, *[-1] * 3)
     frame_gens = [make_generator(seed) for _ in range(frames)]  # the same noise in every frame
-    out = yield from pipe.render(zs, text, frame_gens, opts, count, x_t=x_t, negative=negative)
-    return OpResult(out, zs, settings={"frame_count": frames, "walk_keys": keys, "decoder_sampler": "ddim"})
+    images = yield from pipe.render(zs, text, frame_gens, opts, out, x_t=x_t, negative=negative)
+    return OpResult(images, zs, settings={"frame_count": frames, "walk_keys": keys, "decoder_sampler": "ddim"})
 
 
 def _on_path(z: torch.Tensor, u: float) -> torch.Tensor:
@@ -166,15 +167,15 @@ def _on_path(z: torch.Tensor, u: float) -> torch.Tensor:
     return slerp(z[k:k + 1], z[k + 1:k + 2], u - k)
 
 
-def _encode_and_invert(pipe: StagedPipeline, image: torch.Tensor, opts: Sampling, count: int) -> Operation:
-    """image [1, 3, H, W] -> (z_i [1, D], x_T [1, ...] for output size sizes[count], null text)."""
+def _encode_and_invert(pipe: StagedPipeline, image: torch.Tensor, opts: Sampling, out: Output) -> Operation:
+    """image [1, 3, H, W] -> (z_i [1, D], x_T [1, ...] for a render ending at `out`, null text)."""
     z = pipe.encode_image(image)
-    x_t = yield from pipe.invert_image(image, z, opts, count)
+    x_t = yield from pipe.invert_image(image, z, opts, out)
     return z, x_t, pipe.null_encoding()
 
 
 def variations(
-    pipe: StagedPipeline, image: torch.Tensor, n: int = 1, seed: int = 0, size: Optional[int] = None,
+    pipe: StagedPipeline, image: torch.Tensor, n: int = 1, seed: int = 0, size: SizeLike = None,
     eta: Optional[float] = None, opts: Optional[Sampling] = None,
 ) -> Operation:
     """Paper §3.1: invert the image under its own z_i, decode with DDIM at eta
@@ -183,11 +184,11 @@ def variations(
     eta = float(_or(eta, DEFAULTS.eta))
     if not 0.0 <= eta <= 1.0:
         raise InvalidInput("eta", f"'eta' must lie in [0, 1], got {eta}")
-    opts, count = _ddim(opts, eta), pipe.upsampler_count(size)
-    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, count)
+    opts, out = _ddim(opts, eta), pipe.output(size)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, out)
     _, gens = _gens(seed, n)
     zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
-    images = yield from pipe.render(zs, null, gens, opts, count, x_t=xs)
+    images = yield from pipe.render(zs, null, gens, opts, out, x_t=xs)
     return OpResult(images, zs, settings={"n": n, "eta": eta, "decoder_sampler": "ddim"})
 
 
@@ -201,7 +202,7 @@ def interpolation_thetas(thetas: Optional[Sequence[float]], frames: Optional[int
 def interpolate(
     pipe: StagedPipeline, images: Optional[Sequence[torch.Tensor]] = None, prompts: Optional[Sequence[str]] = None,
     thetas: Optional[Sequence[float]] = None, mode: Optional[Mode] = None, seed: int = 0,
-    size: Optional[int] = None, opts: Optional[Sampling] = None, frames: Optional[int] = None,
+    size: SizeLike = None, opts: Optional[Sampling] = None, frames: Optional[int] = None,
     negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Paper §3.2: z_theta = slerp(z_1, z_2, theta) for the given thetas (or `frames` evenly
@@ -211,33 +212,33 @@ def interpolate(
     thetas, mode = interpolation_thetas(thetas, frames), _or(mode, DEFAULTS.mode)
     if mode not in MODES:
         raise InvalidInput("mode", f"'mode' must be one of {list(MODES)}, got {mode!r}")
-    opts, count = _ddim(opts), pipe.upsampler_count(size)
+    opts, out = _ddim(opts), pipe.output(size)
     negative = pipe.negative_encoding(negative_prompt)
-    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts, count, negative)
+    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts, out, negative)
     if mode == "fixed":
         x_t = x_t[:1].expand(2, *[-1] * (x_t.dim() - 1))
     zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
     xs = torch.cat([slerp(x_t[0:1], x_t[1:2], th) for th in thetas])
     _, gens = _gens(seed, len(thetas))
-    frames = yield from pipe.render(zs, pipe.null_encoding(), gens, opts, count, x_t=xs)
+    frames = yield from pipe.render(zs, pipe.null_encoding(), gens, opts, out, x_t=xs)
     settings = {"mode": mode, "frames": len(thetas), "decoder_sampler": "ddim"}
     return OpResult(frames, zs, thetas=thetas, settings=settings)
 
 
-def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling, count: int,
+def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling, out: Output,
                negative=None) -> Operation:
     """The two ends of an interpolation: z [2, D] and x_T [2, ...]."""
     if images is not None and len(images) == 2 and not prompts:
         ends = []
         for img in images:
-            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts, count)))
+            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts, out)))
         return torch.cat([e[0] for e in ends]), torch.cat([e[1] for e in ends])
     if prompts is not None and len(prompts) == 2 and not images:
         seeds, gens = _gens(seed, 2)
         zs = []
         for p, s, g in zip(prompts, seeds, gens):
             zs.append((yield from pipe.sample_prior(pipe.encode_text([p]), [s], [g], opts, negative)))
-        x_t = torch.cat([torch.randn(pipe.noise_shape(count), generator=g) for g in gens])
+        x_t = torch.cat([torch.randn(pipe.noise_shape(out), generator=g) for g in gens])
         return torch.cat(zs), x_t
     param = "image" if images is not None else "prompt"
     raise InvalidInput(param, "an interpolation needs exactly two images or exactly two prompts")
@@ -245,7 +246,7 @@ def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling,
 
 def text_diff(
     pipe: StagedPipeline, image: torch.Tensor, prompt: str, source_prompt: str = "", frames: Optional[int] = None,
-    max_theta: Optional[float] = None, seed: int = 0, size: Optional[int] = None, opts: Optional[Sampling] = None,
+    max_theta: Optional[float] = None, seed: int = 0, size: SizeLike = None, opts: Optional[Sampling] = None,
     negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Paper §3.3: z_d = normalize(z_t - z_t0); frames decode slerp(z_i, z_d, theta) for
@@ -257,8 +258,8 @@ def text_diff(
     max_theta = check_thetas([max_theta], "max_theta")[0]
     if frames < 1:
         raise InvalidInput("frames", "'frames' must be at least 1")
-    opts, count = _ddim(opts), pipe.upsampler_count(size)
-    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, count)
+    opts, out = _ddim(opts), pipe.output(size)
+    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, out)
     texts = pipe.encode_text([prompt, source_prompt])
     z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
     thetas = spaced(frames, max_theta)
@@ -266,14 +267,15 @@ def text_diff(
     zs = torch.cat([slerp(z, target, th) for th in thetas])
     _, gens = _gens(seed, frames)
     xs = x_t.expand(frames, *[-1] * (x_t.dim() - 1))
-    out = yield from pipe.render(zs, null, gens, opts, count, x_t=xs, negative=pipe.negative_encoding(negative_prompt))
+    images = yield from pipe.render(zs, null, gens, opts, out, x_t=xs,
+                                    negative=pipe.negative_encoding(negative_prompt))
     settings = {"frames": frames, "max_theta": max_theta, "decoder_sampler": "ddim"}
-    return OpResult(out, zs, thetas=thetas, direction=z_d, settings=settings)
+    return OpResult(images, zs, thetas=thetas, direction=z_d, settings=settings)
 
 
 def inpaint(
     pipe: StagedPipeline, image: torch.Tensor, keep: torch.Tensor, prompt: str, n: int = 1, seed: int = 0,
-    size: Optional[int] = None, resample: Optional[int] = None, opts: Optional[Sampling] = None,
+    size: SizeLike = None, resample: Optional[int] = None, opts: Optional[Sampling] = None,
     negative_prompt: Optional[str] = None,
 ) -> Operation:
     """Text-guided inpainting: keep [1, 1, H, W] is 1 where the original stays. At every
@@ -284,14 +286,13 @@ def inpaint(
     image, keep = check_square(image), keep.float()
     if keep.shape[-2:] != image.shape[-2:]:
         raise InvalidInput("mask", "the mask must have the image's size")
-    opts, count, resample = opts or Sampling(), pipe.upsampler_count(size), _or(resample, DEFAULTS.resample)
-    out_size = pipe.sizes[count]
-    original = resize(image, out_size)
-    keep_out = torch.nn.functional.interpolate(keep, size=(out_size, out_size), mode="nearest")
+    opts, out, resample = opts or Sampling(), pipe.output(size), _or(resample, DEFAULTS.resample)
+    original = resize(image, out.size)
+    keep_out = torch.nn.functional.interpolate(keep, size=(out.height, out.width), mode="nearest")
     seeds, gens = _gens(seed, n)
     known = None if keep_out.sum() == 0 else [Known(original, keep_out, resample)] * n
     text, negative = pipe.encode_text([prompt]), pipe.negative_encoding(negative_prompt)
     z = yield from pipe.sample_prior(text, seeds, gens, opts, negative)
-    images = yield from pipe.render(z, text, gens, opts, count, known=known, negative=negative)
+    images = yield from pipe.render(z, text, gens, opts, out, known=known, negative=negative)
     images = keep_out * original + (1 - keep_out) * images
     return OpResult(images, z, settings={"n": n, "resample": resample})

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import diffusion as D
 from .config import DiffusionConfig
+from .sizes import Size, as_size
 from .stack import UnCLIPStack
 from .stage_keys import DECODER, PRIOR, upsampler_key
 from .unet import inpaint_condition
@@ -104,11 +105,15 @@ class Track:
         return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(like.device, like.dtype)
 
 
-def preview(tracks: list[Track]) -> torch.Tensor:
-    """The images the tracks hold so far [n, C, S, S] in [-1, 1]: each finished track's
+def latest(tracks: list[Track]) -> torch.Tensor:
+    """What the tracks hold so far [n, C, H, W], fp32 on the CPU: each finished track's
     sample, else its last prediction of the clean sample (its latent before any step)."""
-    rows = [tr.x if tr.done or tr.x0 is None else tr.x0 for tr in tracks]
-    return torch.cat([r.float().cpu() for r in rows]).clamp(-1, 1)
+    return torch.cat([(tr.x if tr.done or tr.x0 is None else tr.x0).float().cpu() for tr in tracks])
+
+
+def preview(tracks: list[Track]) -> torch.Tensor:
+    """The images pixel-space tracks hold so far [n, 3, H, W] in [-1, 1] (`latest`)."""
+    return latest(tracks).clamp(-1, 1)
 
 
 def sampling_pairs(timesteps: list[int], last_t: int = 0) -> list[tuple[int, int]]:
@@ -391,14 +396,19 @@ def _apply_guidance(out: torch.Tensor, tracks: list[Track], guided: list[int]) -
     return pred
 
 
-def upsample_for(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Low-resolution image [B, 3, s, s] in [-1, 1] -> [B, 3, size, size], bicubic, antialiased."""
-    return F.interpolate(image.clamp(-1, 1), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+def upsample_for(image: torch.Tensor, size: int | Size) -> torch.Tensor:
+    """Low-resolution image [B, 3, h, w] in [-1, 1] -> [B, 3, H, W] for size (W, H) or the
+    square side, bicubic, antialiased."""
+    width, height = as_size(size)
+    return F.interpolate(image.clamp(-1, 1), size=(height, width), mode="bicubic", align_corners=False,
+                         antialias=True)
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images [n, 3, H, W] in [-1, 1] -> [n, 3, size, size] (bicubic, antialiased; no-op at size)."""
-    return images if images.shape[-1] == size and images.shape[-2] == size else upsample_for(images, size)
+def resize(images: torch.Tensor, size: int | Size) -> torch.Tensor:
+    """Images [n, 3, h, w] in [-1, 1] -> [n, 3, H, W] for size (W, H) or the square side
+    (bicubic, antialiased; no-op at that size)."""
+    width, height = as_size(size)
+    return images if images.shape[-2:] == (height, width) else upsample_for(images, size)
 
 
 def group_key(stage: str, track: Track) -> tuple:

@@ -10,13 +10,13 @@ inversion) are shared by all operations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator, Mapping, Optional, Sequence
+from typing import Any, Generator, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from .clip import TextEncoding
+from .clip import ClipEncoder, TextEncoding
 from .diffusion import q_sample
-from .errors import InvalidInput
+from .hf_clip import HFClip
 from .sampling import (
     DecoderStage,
     Known,
@@ -28,10 +28,12 @@ from .sampling import (
     group_key,
     inversion_pairs,
     negative_cond,
+    preview,
     resize,
     run_to_end,
     upsample_for,
 )
+from .sizes import Output, SizeLike, SizeRule
 from .stack import UnCLIPStack
 from .stage_keys import DECODER, PRIOR, upsampler_index, upsampler_key
 
@@ -83,10 +85,10 @@ def child_generator(seed: int, index: int) -> torch.Generator:
 class StagedPipeline:
     """What every model's pipeline shares: its stages by key, the output sizes, per-request
     timesteps and settings, initial noise, and prior sampling with best-of-N. Subclasses
-    give the networks (`stages`, `encode_text`, `encode_image`, `invert_image`, `render`,
-    the prior's space, token counts)."""
+    give the networks (`stages`, `clip`, `invert_image`, `render`, the prior's space)."""
 
     stages: dict[str, Stage]
+    clip: ClipEncoder | HFClip  # the frozen CLIP (open_clip or transformers' towers)
     null_text: dict[str, torch.Tensor]  # the encoding of "" (text_emb, text_enc, mask)
 
     @property
@@ -94,26 +96,34 @@ class StagedPipeline:
         """Where the networks run."""
         raise NotImplementedError
 
-    # ---- token counts (usage, truncation notices) ------------------------------------------
+    # ---- CLIP (usage, truncation notices, encodings) ---------------------------------------
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Each text's tokens as the text encoder counts them (start and end included, before
         truncation: more than `context_length` means the encoder sees it truncated)."""
-        raise NotImplementedError
+        return [self.clip.count_tokens(t) for t in texts]
 
     @property
     def context_length(self) -> int:
         """The text encoder's context: the most tokens of a prompt it sees."""
-        raise NotImplementedError
+        return self.clip.context_length
 
     @property
     def image_tokens(self) -> int:
         """Tokens of one input image: the vision tower's patches plus its class token."""
-        raise NotImplementedError
+        return self.clip.image_tokens
+
+    def encode_text(self, texts: list[str]) -> TextEncoding:
+        """texts -> pooled [B, D], states [B, T, W], mask [B, T] (fp32)."""
+        return self.clip.encode_text(texts)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D] (the decoder's space)."""
+        return self.clip.encode_image(images)
 
     @property
-    def sizes(self) -> tuple[int, ...]:
-        """Output sizes, smallest first."""
+    def size_rule(self) -> SizeRule:
+        """The output sizes the model makes (pipelines/sizes.py)."""
         raise NotImplementedError
 
     @property
@@ -125,13 +135,6 @@ class StagedPipeline:
     def default_best_of(self) -> int:
         return 1
 
-    def encode_text(self, texts: list[str]) -> TextEncoding:
-        raise NotImplementedError
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D] (the decoder's space)."""
-        raise NotImplementedError
-
     def null_encoding(self) -> TextEncoding:
         """The encoding of the empty caption [1, ...]."""
         n = self.null_text
@@ -142,47 +145,58 @@ class StagedPipeline:
         branch then uses the encoding of "", as without one)."""
         return self.encode_text([prompt]) if prompt else None
 
-    def noise_shape(self, count: int) -> tuple[int, ...]:
-        """The shape [1, ...] of one image's decoder noise x_T for output size sizes[count]."""
+    def noise_shape(self, out: Output) -> tuple[int, ...]:
+        """The shape [1, ...] of one image's decoder noise x_T for a render ending at `out`."""
         raise NotImplementedError
 
     def invert_image(
-        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, count: int
+        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, out: Output
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """DDIM-invert images [n, 3, H, W] in [-1, 1] through the decoder conditioned on their
         own embeddings z [n, D] (and the empty caption): x_T [n, ...] that `render` with
-        x_t decodes back to them (output size sizes[count])."""
+        x_t decodes back to them (a render ending at `out`)."""
         raise NotImplementedError
 
     def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
         """The prior's samples [B, D] -> image embeddings [B, D] (the decoder's space)."""
         raise NotImplementedError
 
-    def render_work(self, count: int, opts: Sampling, resample: int = 1) -> dict[str, int]:
-        """Track-steps per image of the stages `render` runs after the decoder, for output
-        size sizes[count] (resample: inpainting's repeats of every step)."""
+    def render_work(self, out: Output, opts: Sampling, resample: int = 1) -> dict[str, int]:
+        """Track-steps per image of the stages `render` runs after the decoder, for a render
+        ending at `out` (resample: inpainting's repeats of every step)."""
         raise NotImplementedError
 
     def render(
-        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int,
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, out: Output,
         x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
         negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """Image embeddings z [n, D] -> images [n, 3, S, S] in [-1, 1] at sizes[count]. x_t
+        """Image embeddings z [n, D] -> images [n, 3, out.height, out.width] in [-1, 1]. x_t
         [n, ...] (from `invert_image`, or `noise_shape` noise): the decoder starts there and
         runs the invertible timesteps; known[i] (pixels, any size): inpainting constraint of
         image i; negative: a negative prompt for the decoder's unconditional rows, where the
         decoder sees text."""
         raise NotImplementedError
 
-    def upsampler_count(self, size: Optional[int]) -> int:
-        """The index of an output size in `sizes` (for unCLIP, the upsamplers to run); None:
-        the largest."""
-        if size is None:
-            return len(self.sizes) - 1
-        if size not in self.sizes:
-            raise InvalidInput("size", f"size {size} is not one this model produces: {list(self.sizes)}")
-        return self.sizes.index(size)
+    def output(self, size: SizeLike = None) -> Output:
+        """Where a render of `size` ends (None: the model's default); InvalidInput on "size"
+        for a size the model does not make."""
+        width, height = self.size_rule.check(size)
+        return Output(width, height)
+
+    def calibration_output(self, stages: Iterable[str]) -> Output:
+        """The cheapest render that runs every stage in `stages` at its serving cost, for
+        timing batch sizes (server/engine/batch_caps.py): the default size."""
+        return self.output()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a stage's step time depends on besides the batch (configs, device, dtype),
+        not the weights' values: the batch profile cache's key."""
+        raise NotImplementedError
+
+    def preview(self, stage: str, tracks: list[Track]) -> torch.Tensor:
+        """The images a stage's tracks hold so far [n, 3, H, W] in [-1, 1] (partial images)."""
+        return preview(tracks)
 
     def timesteps(self, key: str, opts: Sampling, invertible: bool = False, steps: Optional[int] = None) -> list[int]:
         """Stage `key`'s respaced timesteps under opts: `steps`, else the steps opts ask of
@@ -241,7 +255,8 @@ class UnCLIP(StagedPipeline):
     def __init__(self, stack: UnCLIPStack):
         self.stack = stack
         self.cfg = stack.cfg
-        null = stack.clip.encode_text([""])
+        self.clip = stack.clip
+        null = self.clip.encode_text([""])
         self.null_text = {"text_emb": null.pooled, "text_enc": null.states, "mask": null.mask}
         stages = [PriorStage(stack, self.null_text), DecoderStage(stack, self.null_text)]
         stages += [UpsamplerStage(stack, i) for i in range(len(stack.upsamplers))]
@@ -249,7 +264,28 @@ class UnCLIP(StagedPipeline):
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        """The square sides made: the decoder's, then each upsampler's."""
         return self.cfg.sizes
+
+    @property
+    def size_rule(self) -> SizeRule:
+        return SizeRule.squares(self.sizes)
+
+    def output(self, size: SizeLike = None) -> Output:
+        """A listed square, and the upsamplers that reach it."""
+        width, height = self.size_rule.check(size)
+        return Output(width, height, self.sizes.index(width))
+
+    def calibration_output(self, stages: Iterable[str]) -> Output:
+        """The smallest size whose render runs every stage in `stages` (an upsampler's cost
+        does not depend on where the render ends)."""
+        last = max((i for i in range(len(self.cfg.upsamplers)) if upsampler_key(i) in stages), default=-1)
+        return self.output(self.sizes[last + 1])
+
+    def fingerprint(self) -> dict[str, Any]:
+        stack = self.stack
+        return {"config": stack.cfg.to_json(), "device": str(stack.device), "dtype": str(stack.dtype),
+                "channels_last": stack.channels_last}
 
     @property
     def prior_dim(self) -> int:
@@ -263,34 +299,16 @@ class UnCLIP(StagedPipeline):
     def device(self) -> torch.device:
         return self.stack.device
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [self.stack.clip.count_tokens(t) for t in texts]
-
-    @property
-    def context_length(self) -> int:
-        return self.stack.clip.cfg.context_length
-
-    @property
-    def image_tokens(self) -> int:
-        return self.stack.clip.image_tokens
-
-    def encode_text(self, texts: list[str]) -> TextEncoding:
-        return self.stack.clip.encode_text(texts)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] in [-1, 1] -> CLIP image embeddings [B, D]."""
-        return self.stack.clip.encode_image(images)
-
-    def render_work(self, count: int, opts: Sampling, resample: int = 1) -> dict[str, int]:
-        keys = [upsampler_key(u) for u in range(count)]
+    def render_work(self, out: Output, opts: Sampling, resample: int = 1) -> dict[str, int]:
+        keys = [upsampler_key(u) for u in range(out.upsamplers)]
         return {key: len(self.timesteps(key, opts)) * resample for key in keys}
 
-    def noise_shape(self, count: int) -> tuple[int, ...]:
+    def noise_shape(self, out: Output) -> tuple[int, ...]:
         size = self.cfg.decoder.model.image_size
         return (1, 3, size, size)
 
     def invert_image(
-        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, count: int
+        self, image: torch.Tensor, z: torch.Tensor, opts: Sampling, out: Output
     ) -> Generator[StageRequest, None, torch.Tensor]:
         """The images at decoder resolution, inverted under their z and the empty caption."""
         return (yield from self.invert(self.to_decoder_size(image), z, self.null_encoding(), opts))
@@ -299,13 +317,13 @@ class UnCLIP(StagedPipeline):
         return self.stack.denormalize_image_emb(z.to(self.stack.device))
 
     def render(
-        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, count: int,
+        self, z: torch.Tensor, text: TextEncoding, gens: list[torch.Generator], opts: Sampling, out: Output,
         x_t: Optional[torch.Tensor] = None, known: Optional[Sequence[Known]] = None,
         negative: Optional[TextEncoding] = None,
     ) -> Generator[StageRequest, None, torch.Tensor]:
-        """Decode z [n, D], then run the first `count` upsamplers (see `decode`, `upsample`)."""
+        """Decode z [n, D], then run the upsamplers that reach `out` (see `decode`, `upsample`)."""
         images = yield from self.decode(z, text, gens, opts, x_t, known, negative)
-        return (yield from self.upsample(images, gens, opts, count, known))
+        return (yield from self.upsample(images, gens, opts, out.upsamplers, known))
 
     # ---- decoder -------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 import uvicorn
 
 from pipelines.checkpoints import MissingWeightsError
+from pipelines.errors import MissingExtra
+from pipelines.model_dir import ModelDirError
 
 from .app import create_app
 from .engine.batch_caps import BadCaps
@@ -65,14 +67,14 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line (default: sys.argv[1:]) and serve; returns the exit status.
 
-    `--help` exits 0 and a bad flag or value exits 2, as with argparse (SystemExit); missing weights
-    and a bad world.json return 2.
+    `--help` exits 0 and a bad flag or value exits 2, as with argparse (SystemExit); a model
+    folder that holds no model, missing weights and a bad world.json return 2.
     """
     settings = Settings.from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except (MissingWeightsError, BadCaps, BadWorld) as err:
+    except (MissingWeightsError, ModelDirError, MissingExtra, BadCaps, BadWorld) as err:
         log.error("%s", err)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -27,11 +27,10 @@ from typing import Annotated, Callable, Literal, Optional
 
 from fastapi import Depends, Request
 
-from pipelines.checkpoints import CONFIG_FILE, load_model_dir, require_file
-from pipelines.config import StackConfig
+from pipelines.model_dir import describe
 from pipelines.operations import generate
-from pipelines.stage_keys import DECODER, PRIOR, upsampler_key
-from pipelines.unclip import Sampling, UnCLIP
+from pipelines.sizes import size_name
+from pipelines.unclip import Sampling, StagedPipeline
 
 from .engine.batch_caps import Calibration, calibration, caps_for, check_overrides
 from .engine.core import Engine, ServerShutdown
@@ -61,20 +60,19 @@ class Runtime:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        cfg = StackConfig.load(require_file(settings.model_dir / CONFIG_FILE, "model config"))
-        self.model_name, self.sizes = cfg.name, list(cfg.sizes)
+        self.model = describe(settings.model_dir)  # its layout, name, sizes, stages; ModelDirError
+        self.model_name, self.size_rule = self.model.name, self.model.size_rule
         # Uploads are reduced to this side at once: the largest size any stage reads them at.
-        self.input_side = max(max(cfg.sizes), cfg.clip.image_size)
-        stages = [PRIOR, DECODER] + [upsampler_key(i) for i in range(len(cfg.upsamplers))]
-        check_overrides(settings.stage_caps, stages, settings.max_batch)  # BadCaps before anything starts
-        self.about = load_about(settings.model_dir, self.sizes)  # what it draws (world.json); BadWorld
-        self.metrics = Metrics(self.model_name, self.sizes)
+        self.input_side = self.model.input_side
+        check_overrides(settings.stage_caps, self.model.stages, settings.max_batch)  # BadCaps before anything starts
+        self.about = load_about(settings.model_dir, self.size_rule)  # what it draws (world.json); BadWorld
+        self.metrics = Metrics(self.model_name, [size_name(s) for s in self.size_rule.listed])
         self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the global queue's leases
         self.shared = shared_state(settings, self.replica, self.metrics.set_store_up)
         self.metrics.set_store_up(self.shared.up)
         self.store = self.shared.images  # the URL images
         self.jobs = async_jobs(settings, self.metrics, self.shared)
-        self.pipe: Optional[UnCLIP] = None
+        self.pipe: Optional[StagedPipeline] = None
         self.engine: Optional[Engine] = None
         self.state: RuntimeState = "loading"  # loading -> ready -> draining; or failed
         self.waiting = 0  # synchronous requests here waiting for a job of the global queue
@@ -106,8 +104,7 @@ class Runtime:
         s = self.settings
         await self.shared.start()
         self.jobs.start()
-        self.engine = Engine(lambda: UnCLIP(load_model_dir(s.model_dir, s.torch_device(), s.torch_dtype())
-                                            .use_channels_last(s.channels_last)),
+        self.engine = Engine(lambda: self.model.load(s.torch_device(), s.torch_dtype(), s.channels_last),
                              max_batch=s.max_batch, queue_size=s.queue_size,
                              default_deadline_s=s.default_deadline_s, max_deadline_s=s.max_deadline_s,
                              stats=self.metrics, caps=self.batch_caps)
@@ -118,15 +115,15 @@ class Runtime:
         if self.state == "loading":
             self.state = "ready"
             self.metrics.set_ready(True)
-            log.info("ready: model %s, sizes %s", self.model_name, self.sizes)
+            log.info("ready: model %s (%s), sizes %s", self.model_name, self.model.family, self.size_rule.describe())
             self.engine.calibrate(self.calibration(self.pipe))
 
-    def batch_caps(self, pipe: UnCLIP) -> dict[str, int]:
+    def batch_caps(self, pipe: StagedPipeline) -> dict[str, int]:
         """Each stage's batch cap (server/engine/batch_caps.py); runs on the engine thread."""
         s = self.settings
         return caps_for(pipe, s.max_batch, s.stage_caps, s.batch_profile == "measure", s.batch_profile_dir)
 
-    def calibration(self, pipe: UnCLIP) -> Optional[Calibration]:
+    def calibration(self, pipe: StagedPipeline) -> Optional[Calibration]:
         """The measurement of the caps the cache lacks, run by the engine while idle."""
         s = self.settings
         if s.batch_profile != "measure":
@@ -134,9 +131,10 @@ class Runtime:
         return calibration(pipe, s.max_batch, s.stage_caps, s.batch_profile_dir)
 
     async def warm_up(self) -> None:
-        """One generation at the largest size with one step per stage."""
+        """One generation at the largest listed size with one step per stage."""
         opts = Sampling(prior_steps=1, decoder_steps=1, upsampler_steps=1, best_of=1)
-        op = generate(self.pipe, "warm-up", n=1, seed=0, size=max(self.sizes), opts=opts)
+        largest = max(self.size_rule.listed, key=lambda s: s[0] * s[1])
+        op = generate(self.pipe, "warm-up", n=1, seed=0, size=largest, opts=opts)
         job = self.engine.submit(op, kind="warmup", deadline_s=self.settings.max_deadline_s)
         await asyncio.wrap_future(job.future)
 

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from pipelines.sizes import SizeRule
 from tools.shapes import ATTRIBUTES, COLOURS, POSITIONS, SHAPES, SIZES, caption_for, random_scene
 
 WORLD_FILE = "world.json"
@@ -73,7 +74,7 @@ class ModelAbout:
     suggested_size: Optional[int] = None
 
 
-def load_about(model_dir: Path, sizes: list[int]) -> ModelAbout:
+def load_about(model_dir: Path, sizes: SizeRule) -> ModelAbout:
     """The model directory's `world.json` (none: nothing known); BadWorld for a world this
     server does not know or a size the model does not produce."""
     path = Path(model_dir) / WORLD_FILE
@@ -83,6 +84,6 @@ def load_about(model_dir: Path, sizes: list[int]) -> ModelAbout:
     name, size = data.get("world"), data.get("suggested_size")
     if name is not None and name not in WORLDS:
         raise BadWorld(f"{path}: unknown world {name!r}; known: {sorted(WORLDS)}")
-    if size is not None and size not in sizes:
-        raise BadWorld(f"{path}: suggested_size {size} is not one of the model's sizes {sizes}")
+    if size is not None and not sizes.allows((size, size)):
+        raise BadWorld(f"{path}: suggested_size {size} is not a size the model makes. {sizes.describe()}")
     return ModelAbout(WORLDS[name]() if name is not None else None, size)

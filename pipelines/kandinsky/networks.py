@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..config import DiffusionConfig
 from ..diffusion import Schedule
+from ..errors import MissingExtra
 from .layout import KandinskyLayout, find_layout
 from .schedulers import ddpm_config, unclip_config
 
@@ -69,8 +70,9 @@ class KandinskyNets:
 
     @property
     def native_size(self) -> int:
-        """The image size the decoder was configured for (unet sample_size x movq_scale)."""
-        return self.unet.config.sample_size * self.movq_scale
+        """The image size the decoder was configured for: unet sample_size x movq_scale
+        (a config without sample_size: 64 latent cells, diffusers' default of 512 pixels)."""
+        return (self.unet.config.sample_size or 64) * self.movq_scale
 
     @property
     def embed_dim(self) -> int:
@@ -108,7 +110,11 @@ def load_component(layout: KandinskyLayout, snapshot: str, name: str, device: to
     to device and dtype, in eval mode, without gradients."""
     library, cls = layout.classes[snapshot][name]
     kwargs = {"torch_dtype": dtype} if library == "diffusers" else {}  # transformers' keyword changed in 4.56
-    loaded = getattr(importlib.import_module(library), cls).from_pretrained(
+    try:
+        module = importlib.import_module(library)
+    except ImportError as err:
+        raise MissingExtra("a Kandinsky 2.2 folder", "hf", err) from err
+    loaded = getattr(module, cls).from_pretrained(
         layout.folder(snapshot) / name, local_files_only=True, **kwargs)
     if isinstance(loaded, nn.Module):
         loaded = loaded.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 from fastapi import APIRouter
 
+from pipelines.sizes import size_name
+
 from ..errors import APIError
 from ..requests.schemas import ModelCaption, ModelCard, ModelList, ModelWorld
 from ..runtime import AppRuntime, Runtime
@@ -16,7 +18,7 @@ router = APIRouter()
 
 
 def side(size: Optional[int]) -> Optional[str]:
-    return f"{size}x{size}" if size is not None else None
+    return size_name((size, size)) if size is not None else None
 
 
 def world_of(rt: Runtime) -> Optional[ModelWorld]:
@@ -28,7 +30,7 @@ def world_of(rt: Runtime) -> Optional[ModelWorld]:
 
 def card(rt: Runtime) -> ModelCard:
     """The served model's entry."""
-    return ModelCard(id=rt.model_name, created=int(rt.created), sizes=[side(s) for s in rt.sizes],
+    return ModelCard(id=rt.model_name, created=int(rt.created), sizes=[size_name(s) for s in rt.size_rule.listed],
                      suggested_size=side(rt.about.suggested_size), world=world_of(rt))
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel
 
 from pipelines.operations import OpResult
+from pipelines.sizes import size_name
 
 from ..engine.core import Progress
 from ..errors import APIError
@@ -67,7 +68,8 @@ def follow_with(rt: Runtime, params: BaseModel, out: Target, plan: Plan, ready: 
     """How a job is followed (its events named `prefix`, the partial images params ask for,
     the images response of its result under `base_url`), the queue its progress reports go
     to, and the engine's hook that fills it."""
-    partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.upsampler_count(out.size))
+    partials = Partials(getattr(params, "partial_images", None) or 0, rt.pipe.output(out.size).upsamplers,
+                        rt.pipe.preview)
     delivery = Delivery(ready.meta, out.size, out.fmt, out.quality, ready.usage, prefix)
     queue, hook = progress_queue(partials)
     build = functools.partial(images_body, rt, ready=ready, out=out, base_url=base_url)
@@ -84,7 +86,7 @@ async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Targe
         log.error("%s", err)
         raise APIError(500, "The image is too large for the URL store; use response_format=b64_json.",
                        "server_error", code="url_store_too_small") from None
-    body = ImagesResponse(created=int(time.time()), data=data, size=f"{out.size}x{out.size}", quality=out.quality,
+    body = ImagesResponse(created=int(time.time()), data=data, size=size_name(out.size), quality=out.quality,
                           output_format=out.fmt.format, background="opaque", usage=ready.usage)
     return body.model_dump(exclude_none=True)
 
@@ -94,5 +96,5 @@ def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optio
     ids), the size, the quality preset and, if the prompt was cut, what was kept."""
     values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
-    values.update(size=f"{out.size}x{out.size}", quality=out.quality, prompt_truncated=cut)
+    values.update(size=size_name(out.size), quality=out.quality, prompt_truncated=cut)
     return ImageMeta(rt.model_name, plan.kind, out.seed, values)

@@ -35,8 +35,7 @@ from typing import Generator, Iterable, Iterator, Mapping, Optional
 import torch
 
 from pipelines.operations import generate
-from pipelines.stage_keys import upsampler_key
-from pipelines.unclip import Operation, Sampling, UnCLIP
+from pipelines.unclip import Operation, Sampling, StagedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,8 @@ def parse_overrides(text: str) -> dict[str, int]:
     return caps
 
 
-def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional[Iterable[str]] = None) -> Rates:
+def measure(pipe: StagedPipeline, max_batch: int, rounds: int = ROUNDS,
+            stages: Optional[Iterable[str]] = None) -> Rates:
     """`measuring` run to its end: samples/s per stage and batch size."""
     run = measuring(pipe, max_batch, rounds, stages)
     while True:
@@ -85,7 +85,7 @@ def measure(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS, stages: Optional
             return done.value
 
 
-def measuring(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS,
+def measuring(pipe: StagedPipeline, max_batch: int, rounds: int = ROUNDS,
               stages: Optional[Iterable[str]] = None) -> Generator[Optional[str], None, Rates]:
     """Samples/s of a step of each of `stages` (default: all) at batch sizes of
     `sizes_to_try(max_batch)`: `rounds` sweeps over the sizes, one generation per size with
@@ -109,7 +109,7 @@ def measuring(pipe: UnCLIP, max_batch: int, rounds: int = ROUNDS,
             timed = {k for k, by_size in seconds.items() if b in by_size or still_scaling(by_size)}
             if not timed:
                 continue
-            op = generate(pipe, PROMPT, n=b, seed=0, size=_size_for(pipe, timed), opts=opts)
+            op = generate(pipe, PROMPT, n=b, seed=0, size=pipe.calibration_output(timed).size, opts=opts)
             for stage, took in _step_times(pipe, op):
                 if stage in timed:
                     seconds[stage][b] = min(took, seconds[stage].get(b, took))
@@ -127,13 +127,7 @@ def still_scaling(seconds: Mapping[int, float]) -> bool:
     return max(rates, key=rates.__getitem__) == max(rates)
 
 
-def _size_for(pipe: UnCLIP, stages: set[str]) -> int:
-    """The smallest output size whose generation runs every stage in `stages`."""
-    last = max((i for i in range(len(pipe.cfg.upsamplers)) if upsampler_key(i) in stages), default=-1)
-    return pipe.sizes[last + 1]
-
-
-def _step_times(pipe: UnCLIP, op: Operation) -> Iterator[tuple[str, float]]:
+def _step_times(pipe: StagedPipeline, op: Operation) -> Iterator[tuple[str, float]]:
     """Run the op, each stage request's tracks stepped together to their end; yield
     (stage, seconds) per step."""
     try:
@@ -149,12 +143,11 @@ def _step_times(pipe: UnCLIP, op: Operation) -> Iterator[tuple[str, float]]:
         return
 
 
-def profile_key(pipe: UnCLIP, max_batch: int, stages: Iterable[str]) -> str:
+def profile_key(pipe: StagedPipeline, max_batch: int, stages: Iterable[str]) -> str:
     """What step times depend on, and the stages timed, hashed: not the weights' values."""
-    stack = pipe.stack
-    what = {"config": stack.cfg.to_json(), "device": str(stack.device), "dtype": str(stack.dtype),
-            "channels_last": stack.channels_last, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "sizes": sizes_to_try(max_batch), "device_name": _device_name(stack.device), "stages": sorted(stages)}
+    what = pipe.fingerprint() | {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                 "sizes": sizes_to_try(max_batch), "device_name": _device_name(pipe.device),
+                                 "stages": sorted(stages)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -164,16 +157,16 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def _profile_path(pipe: UnCLIP, max_batch: int, cache_dir: Optional[Path], stages: list[str]) -> Optional[Path]:
+def _profile_path(pipe: StagedPipeline, max_batch: int, cache_dir: Optional[Path], stages: list[str]) -> Optional[Path]:
     name = f"batch-profile-{profile_key(pipe, max_batch, stages)}.json"
     return None if cache_dir is None else Path(cache_dir).expanduser() / name
 
 
-def _measured_stages(pipe: UnCLIP, overrides: Mapping[str, int]) -> list[str]:
+def _measured_stages(pipe: StagedPipeline, overrides: Mapping[str, int]) -> list[str]:
     return [key for key in pipe.stages if key not in overrides]
 
 
-def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measured: bool,
+def caps_for(pipe: StagedPipeline, max_batch: int, overrides: Mapping[str, int], measured: bool,
              cache_dir: Optional[Path] = None) -> dict[str, int]:
     """Each stage's cap to serve with now: the override, else the cached profile's choice
     (`measured`), else max_batch. Nothing is measured here (`calibration` does)."""
@@ -188,7 +181,7 @@ def caps_for(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], measure
     return caps
 
 
-def calibration(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int],
+def calibration(pipe: StagedPipeline, max_batch: int, overrides: Mapping[str, int],
                 cache_dir: Optional[Path] = None) -> Optional[Calibration]:
     """The measurement of the stages without an override, as a generator to step between
     jobs (one generation a `next()`; returns every stage's cap and caches the profile);
@@ -201,7 +194,7 @@ def calibration(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int],
     return _calibrate(pipe, max_batch, overrides, stages, path)
 
 
-def _calibrate(pipe: UnCLIP, max_batch: int, overrides: Mapping[str, int], stages: list[str],
+def _calibrate(pipe: StagedPipeline, max_batch: int, overrides: Mapping[str, int], stages: list[str],
                path: Optional[Path]) -> Calibration:
     log.info("no cached batch profile: measuring the caps of %s while idle, serving meanwhile", stages)
     started, busy = time.perf_counter(), 0.0

@@ -62,7 +62,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Union
 import torch
 
 from pipelines.sampling import Stage, Track
-from pipelines.unclip import Operation, UnCLIP
+from pipelines.unclip import Operation, StagedPipeline
 
 from . import scheduler
 from .job import (
@@ -86,23 +86,23 @@ log = logging.getLogger(__name__)
 
 STOP_ERRORS = {"cancelled": JobCancelled, "expired": JobExpired}
 
-Caps = Union[Mapping[str, int], Callable[[UnCLIP], Mapping[str, int]], None]
+Caps = Union[Mapping[str, int], Callable[[StagedPipeline], Mapping[str, int]], None]
 Calibration = Generator[Any, None, Mapping[str, int]]  # one unit a next(); returns the caps
 
 
 class Engine:
     """Runs jobs' stage requests in shared batches on one thread. Thread-safe API."""
 
-    def __init__(self, pipe: Union[UnCLIP, Callable[[], UnCLIP]], *, max_batch: int = 8, queue_size: int = 32,
-                 default_deadline_s: float = 600.0, max_deadline_s: float = 1800.0,
+    def __init__(self, pipe: Union[StagedPipeline, Callable[[], StagedPipeline]], *, max_batch: int = 8,
+                 queue_size: int = 32, default_deadline_s: float = 600.0, max_deadline_s: float = 1800.0,
                  stats: Optional[EngineStats] = None, max_running: Optional[int] = None, caps: Caps = None):
         if max_batch < 1 or queue_size < 1 or (max_running is not None and max_running < 1):
             raise ValueError("max_batch, queue_size and max_running must be at least 1")
         if not 0 < default_deadline_s <= max_deadline_s:
             raise ValueError("need 0 < default_deadline_s <= max_deadline_s")
-        self._load: Optional[Callable[[], UnCLIP]] = None if isinstance(pipe, UnCLIP) else pipe
-        self.pipe: Optional[UnCLIP] = pipe if isinstance(pipe, UnCLIP) else None
-        self.loaded: Future[UnCLIP] = Future()
+        self._load: Optional[Callable[[], StagedPipeline]] = None if isinstance(pipe, StagedPipeline) else pipe
+        self.pipe: Optional[StagedPipeline] = pipe if isinstance(pipe, StagedPipeline) else None
+        self.loaded: Future[StagedPipeline] = Future()
         self.max_batch, self.queue_size = max_batch, queue_size
         self._caps, self._fixed_running = caps, max_running
         self._calibration: Optional[Calibration] = None  # pending, stepped while idle

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
+from pipelines.errors import InvalidInput
+from pipelines.sizes import Size
 from pipelines.unclip import Sampling
 
 from ..errors import APIError, bad_request, from_validation
@@ -60,7 +62,7 @@ class Target:
     """What a request's images will be and how they are delivered: side in pixels, seed of
     the first image, file format, quality preset, `url` or `b64_json`."""
 
-    size: int
+    size: Size  # (width, height)
     seed: int
     fmt: FileFormat = FileFormat()
     quality: Preset = "medium"
@@ -157,15 +159,18 @@ def check_model(rt: Runtime, model: Optional[str]) -> None:
                        param="model", code="model_not_found")
 
 
-def parse_size(rt: Runtime, size: Optional[str]) -> int:
-    """'WxH' (square, one of the model's sizes) -> the side; None or 'auto' -> the largest."""
+def parse_size(rt: Runtime, size: Optional[str]) -> Size:
+    """'WxH' (one the model makes, pipelines/sizes.py) -> (width, height); None or 'auto' ->
+    the model's default."""
     if size is None or size == "auto":
-        return max(rt.sizes)
+        return rt.size_rule.default
     match = SIZE.fullmatch(size.lower())
-    if match is None or match[1] != match[2] or int(match[1]) not in rt.sizes:
-        allowed = [f"{s}x{s}" for s in rt.sizes]
-        raise bad_request("size", f"'{size}' is not a supported size. Supported: {allowed}.")
-    return int(match[1])
+    if match is None:
+        raise bad_request("size", f"'{size}' is not a supported size. {rt.size_rule.describe()}")
+    try:
+        return rt.size_rule.check((int(match[1]), int(match[2])))
+    except InvalidInput as err:
+        raise bad_request("size", err.message) from None
 
 
 def sampling(params: BaseModel) -> Sampling:

@@ -99,7 +99,7 @@ def staged(pipe: Kandinsky, latents: dict, seed: int = SEED):
     """generate()'s stages, keeping each one's output."""
     opts, gens = options(latents), [make_generator(seed)]
     z = yield from pipe.sample_prior(pipe.encode_text([PROMPT]), [seed], gens, opts)
-    lat = yield from pipe.decode_latents(z, gens, opts, IMAGE)
+    lat = yield from pipe.decode_latents(z, gens, opts, (IMAGE, IMAGE))
     images = yield from pipe.to_pixels(lat)
     return {"image_emb": z, "latents": lat, "images": images}
 
@@ -150,7 +150,7 @@ def stages_of(pipe: Kandinsky, prompt: str, seed: int, n: int, opts: Sampling):
     seeds = [seed + i for i in range(n)]
     gens = [make_generator(s) for s in seeds]
     z = yield from pipe.sample_prior(pipe.encode_text([prompt]), seeds, gens, opts)
-    latents = yield from pipe.decode_latents(z, gens, opts, IMAGE)
+    latents = yield from pipe.decode_latents(z, gens, opts, (IMAGE, IMAGE))
     return z, latents, (yield from pipe.to_pixels(latents))
 
 
@@ -221,14 +221,35 @@ def test_scheduler_configs_we_cannot_follow_are_refused() -> None:
 
 
 def test_sizes(pipe: Kandinsky) -> None:
-    assert pipe.sizes == (IMAGE,) and pipe.upsampler_count(None) == 0
-    with pytest.raises(InvalidInput, match="size"):
-        pipe.upsampler_count(IMAGE * 2)
-    with pytest.raises(ValueError, match="multiples of 4"):
-        Kandinsky(pipe.nets, sizes=[IMAGE + 2])
-    wide = Kandinsky(pipe.nets, sizes=[IMAGE, 2 * IMAGE])
-    opts = Sampling(prior_steps=2, decoder_steps=2)
-    assert run_direct(wide, generate(wide, PROMPT, size=2 * IMAGE, opts=opts)).images.shape[-1] == 2 * IMAGE
+    """Any WxH on the 4-pixel grid (MoVQ scale 2) from half to three times the native 32,
+    aspect up to 3:1; listed: native first."""
+    rule = pipe.size_rule
+    assert rule.default == (IMAGE, IMAGE) and rule.listed[0] == (IMAGE, IMAGE)
+    assert (3 * IMAGE, 2 * IMAGE) in rule.listed and (2 * IMAGE, 3 * IMAGE) in rule.listed
+    assert pipe.output((48, 16)).size == (48, 16)  # 3:1
+    for bad in ((IMAGE + 2, IMAGE), (12, 12), (100, 100), (64, 16)):  # off grid, too small, too large, 4:1
+        with pytest.raises(InvalidInput, match="not a supported size") as err:
+            pipe.output(bad)
+        assert err.value.param == "size"
+
+
+def test_wide_generation_matches_diffusers(model_dir: Path, pipe: Kandinsky) -> None:
+    """A 48x32 image (width x height): latents [1, C, 16, 24], decoded by both at that size."""
+    width, height = 48, 32
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, pipe.nets.latent_channels, height // 2, width // 2, generator=gen)
+    z = torch.randn(1, pipe.prior_dim, generator=gen)
+    opts = Sampling(decoder_steps=STEPS[1], decoder_guidance=GUIDANCE[1], latents={"decoder": noise})
+    ours = run_direct(pipe, pipe.decode_latents(z, [make_generator(SEED)], opts, (width, height)))
+    _, decoder = reference(model_dir, pipe)
+    theirs = decoder(image_embeds=z, negative_image_embeds=pipe.zero_image_emb, height=height, width=width,
+                     num_inference_steps=STEPS[1], guidance_scale=GUIDANCE[1], latents=noise.clone(),
+                     generator=make_generator(SEED), output_type="latent").images
+    assert ours.shape == (1, pipe.nets.latent_channels, 16, 24)
+    assert max_diff(ours, theirs) <= TOL
+    images = run_direct(pipe, generate(pipe, PROMPT, size=(width, height), opts=Sampling(prior_steps=2,
+                                                                                          decoder_steps=2)))
+    assert images.images.shape == (1, 3, height, width)
 
 
 def test_layout_errors(model_dir: Path, tmp_path: Path) -> None:

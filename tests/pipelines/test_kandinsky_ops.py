@@ -110,8 +110,8 @@ def test_encode_image_matches_clip_image_processor(pipe: Kandinsky, model_dir: P
     pixels = imageio.to_uint8(smooth_image(side, side))[0]  # [H, W, 3] uint8
     theirs = proc(images=pixels, return_tensors="pt").pixel_values
     image = imageio.to_tensor(Image.fromarray(pixels))
-    ours_in = pipe.image_prep(image)
-    emb_theirs = pipe.encode_image_normalized(theirs)
+    ours_in = pipe.clip.image_prep(image)
+    emb_theirs = pipe.clip.encode_normalized(theirs)
     emb_ours = pipe.encode_image(image)
     print(f"{side}px: pixel_values max diff {max_diff(ours_in, theirs):.3g}, "
           f"embeddings {max_diff(emb_ours, emb_theirs):.3g}")
@@ -125,11 +125,12 @@ def test_encode_image_matches_clip_image_processor(pipe: Kandinsky, model_dir: P
 
 def test_inversion_reconstructs_latents(smooth: Kandinsky) -> None:
     img = smooth_image(0)
-    latents = smooth.encode_latents(img, IMAGE)
+    latents = smooth.encode_latents(img, (IMAGE, IMAGE))
     z = smooth.encode_image(img)
     x_t = run_direct(smooth, smooth.invert(latents, z, RECON))
     gens = [make_generator(0)]
-    back = run_direct(smooth, smooth.decode_latents(z, gens, replace(RECON, decoder_sampler="ddim"), IMAGE, x_t))
+    ddim = replace(RECON, decoder_sampler="ddim")
+    back = run_direct(smooth, smooth.decode_latents(z, gens, ddim, (IMAGE, IMAGE), x_t))
     err, moved = rel(back, latents), rel(x_t, latents)
     print(f"latent reconstruction: relative error {err:.3g} (x_T vs latents: {moved:.3g})")
     assert moved > 0.5 and err < 5e-3
@@ -139,7 +140,7 @@ def test_variations_eta0_reconstructs_eta1_varies(smooth: Kandinsky, monkeypatch
     """eta 0 decodes the inverted latents back to the image's MoVQ latents; eta 1 moves far
     from them (latents compared: the random MoVQ decoder is not an autoencoder)."""
     img = smooth_image(1)
-    want = smooth.encode_latents(img, IMAGE)
+    want = smooth.encode_latents(img, (IMAGE, IMAGE))
     latents_only(smooth, monkeypatch)
     err = {eta: rel(run_direct(smooth, O.variations(smooth, img, eta=eta, seed=2, opts=RECON)).images, want)
            for eta in (0.0, 1.0)}
@@ -160,7 +161,7 @@ def test_variations_shapes_and_seeds(pipe: Kandinsky) -> None:
 
 def test_interpolation_endpoints_and_slerp(smooth: Kandinsky, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = smooth_image(3), smooth_image(4)
-    want = [smooth.encode_latents(x, IMAGE) for x in (a, b)]
+    want = [smooth.encode_latents(x, (IMAGE, IMAGE)) for x in (a, b)]
     latents_only(smooth, monkeypatch)
     thetas = [0.0, 0.5, 1.0]
     out = run_direct(smooth, O.interpolate(smooth, images=[a, b], thetas=thetas, mode="slerp", opts=RECON))
@@ -178,7 +179,7 @@ def test_interpolation_between_prompts(pipe: Kandinsky) -> None:
 
 def test_text_diff(smooth: Kandinsky, monkeypatch: pytest.MonkeyPatch) -> None:
     img = smooth_image(5)
-    want = smooth.encode_latents(img, IMAGE)
+    want = smooth.encode_latents(img, (IMAGE, IMAGE))
     latents_only(smooth, monkeypatch)
     out = run_direct(smooth, O.text_diff(smooth, img, "a blue cat", "a red cat", frames=3, max_theta=0.5,
                                          opts=RECON))
@@ -231,14 +232,14 @@ def test_inpaint_decoder_matches_diffusers(pipe: Kandinsky, model_dir: Path) -> 
     use_float64_tables(ref.scheduler, pipe.nets.decoder_schedule.alphas_cumprod)
     img, keep = smooth_image(7), square_mask()
     z = pipe.encode_image(smooth_image(8))
-    noise = torch.randn(pipe.noise_shape(0), generator=torch.Generator().manual_seed(9))
+    noise = torch.randn(pipe.noise_shape(pipe.output()), generator=torch.Generator().manual_seed(9))
     steps, guidance = 6, 4.0
     theirs = ref(image_embeds=z, negative_image_embeds=pipe.zero_image_emb, image=img.clone(),
                  mask_image=1 - keep, height=IMAGE, width=IMAGE, num_inference_steps=steps,
                  guidance_scale=guidance, generator=make_generator(5), latents=noise.clone(),
                  output_type="latent").images
     opts = Sampling(decoder_steps=steps, decoder_guidance=guidance, latents={"decoder": noise})
-    ours = run_direct(pipe, pipe.decode_latents(z, [make_generator(5)], opts, IMAGE, known=[Known(img, keep)]))
+    ours = run_direct(pipe, pipe.decode_latents(z, [make_generator(5)], opts, (IMAGE, IMAGE), known=[Known(img, keep)]))
     print(f"inpaint decoder latents: max |ours - diffusers| = {max_diff(ours, theirs):.3g} "
           f"(max |latent| {theirs.abs().max():.3g})")
     assert max_diff(ours, theirs) <= 1e-4 * max(1.0, theirs.abs().max().item())

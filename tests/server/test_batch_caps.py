@@ -108,8 +108,8 @@ def test_a_stage_stops_growing_its_batch_once_it_no_longer_pays(tiny_pipe: UnCLI
     assert not batch_caps.still_scaling({1: 1.0, 2: 1.2, 4: 3.0})
     # generations stop at the output of the last upsampler still timed
     decoder_size, up0_size = tiny_pipe.sizes[0], tiny_pipe.sizes[1]
-    assert batch_caps._size_for(tiny_pipe, {"prior", "decoder"}) == decoder_size
-    assert batch_caps._size_for(tiny_pipe, {"prior", "upsampler.0"}) == up0_size
+    assert tiny_pipe.calibration_output({"prior", "decoder"}).size == (decoder_size, decoder_size)
+    assert tiny_pipe.calibration_output({"prior", "upsampler.0"}).size == (up0_size, up0_size)
 
 
 def cap_samples(server: ServerProc) -> dict[str, float]:

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from pipelines.sizes import SizeRule
 from server.world import BadWorld, load_about, shapes_world
 from tests.server.conftest import ServerProc
 from tools.shapes import ATTRIBUTES, parse_caption
@@ -26,14 +27,14 @@ def test_the_shapes_world_is_described_in_its_own_words() -> None:
 
 
 def test_world_json_is_optional_and_checked(tmp_path: Path) -> None:
-    assert load_about(tmp_path, [32, 64]).world is None
+    assert load_about(tmp_path, SizeRule.squares([32, 64])).world is None
     (tmp_path / "world.json").write_text(json.dumps({"world": "shapes", "suggested_size": 32}))
-    about = load_about(tmp_path, [32, 64])
+    about = load_about(tmp_path, SizeRule.squares([32, 64]))
     assert about.world.name == "shapes" and about.suggested_size == 32
     for bad in ({"world": "faces"}, {"suggested_size": 48}):
         (tmp_path / "world.json").write_text(json.dumps(bad))
         with pytest.raises(BadWorld):
-            load_about(tmp_path, [32, 64])
+            load_about(tmp_path, SizeRule.squares([32, 64]))
 
 
 def test_the_card_and_random_captions(launch_server: Callable[..., ServerProc], world_model_dir: Path,

@@ -1,5 +1,5 @@
 """CLIPImageProcessor's preprocessing (resize, centre crop, CLIP normalisation) in torch, on
-images [B, 3, H, W] in [-1, 1], as the prior snapshot's preprocessor_config.json sets it up.
+images [B, 3, H, W] in [-1, 1], as a snapshot's preprocessor_config.json sets it up.
 
 transformers' processor works on PIL images / numpy arrays of uint8; on the same image this
 gives its pixel_values within fp32 rounding when no resize is needed, and within its resize's
@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from ..clip import OPENAI_MEAN, OPENAI_STD
+from .clip import OPENAI_MEAN, OPENAI_STD
 
 
 def _pair(value: Any, default: int) -> tuple[Optional[int], Optional[tuple[int, int]]]:
