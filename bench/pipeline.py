@@ -3,11 +3,14 @@ guidance on, on the CPU, measured alternately in one run; ours as the server run
 (weights saved and loaded back in the server's dtype, `default_dtype`: bf16 on a CPU with
 native bf16, else fp32; channels-last UNets), diffusers as its users do (its defaults: fp32);
 plus where each one's time goes (per-stage wall time, time inside the networks, optionally a
-torch.profiler table). `--dtype float32` compares at equal precision.
+torch.profiler table). `--dtype float32` compares at equal precision. `--family kandinsky`:
+the same for Kandinsky 2.2 (bench/kandinsky_pipeline.py: ours against diffusers'
+KandinskyV22PriorPipeline + KandinskyV22Pipeline over one save_pretrained folder).
 
-    .venv/bin/python -m bench.pipeline [--steps 25,25,7] [--batch 1,4] [--repeats 3] [--dtype auto]
+    .venv/bin/python -m bench.pipeline [--family karlo|kandinsky] [--config tiny|small]
+        [--steps 25,25,7] [--batch 1,4] [--repeats 3] [--dtype auto]
 
-Writes bench/results/pipeline-<time>.json.
+Writes bench/results/pipeline-<family>-<config>-<time>.json.
 """
 
 from __future__ import annotations
@@ -118,19 +121,32 @@ def run_theirs(ref: Any, pipe: UnCLIP, batch: int, steps: tuple[int, int, int], 
         generator=torch.Generator().manual_seed(seed), output_type="np")
 
 
-def measure(pipe: UnCLIP, ref: Any, batch: int, steps: tuple[int, int, int], repeats: int) -> dict:
+Run = Callable[[int, tuple[int, ...], int], Any]  # (batch, steps, seed) -> {stage: seconds} or None
+
+
+def karlo_contenders(config: str, dtype: str, channels_last: bool) -> tuple[dict[str, Run], dict[str, dict], str]:
+    """Our stack (as served) and diffusers' UnCLIPPipeline over the same random weights: the
+    two runs, their networks, and our dtype."""
+    stack = random_parity_stack(CONFIGS[config](), seed=0)
+    ref = build_pipeline(stack)
+    pipe = UnCLIP(served_stack(stack, dtype).use_channels_last(channels_last))
+    calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
+             "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
+    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(pipe.stack.dtype)
+
+
+def measure(calls: dict[str, Run], modules: dict[str, dict], batch: int, steps: tuple[int, ...],
+            repeats: int) -> dict:
     """Alternate ours / diffusers (order flipped every repeat) after one warm-up each."""
-    timers = {"ours": ModelTimer(our_modules(pipe)), "diffusers": ModelTimer(their_modules(ref))}
+    timers = {name: ModelTimer(modules[name]) for name in calls}
     runs: dict[str, list[dict]] = {"ours": [], "diffusers": []}
-    calls = {"ours": lambda s: run_ours(pipe, batch, steps, s),
-             "diffusers": lambda s: run_theirs(ref, pipe, batch, steps, s)}
     for name in calls:  # warm-up
-        calls[name](0)
+        calls[name](batch, steps, 0)
         timers[name].take()
     for r in range(repeats):
         for name in (("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")):
             t0 = time.perf_counter()
-            stages = calls[name](r + 1)
+            stages = calls[name](batch, steps, r + 1)
             seconds = time.perf_counter() - t0
             runs[name].append({"seconds": seconds, "stages": stages or {}, "in_models": timers[name].take()})
     return {name: summarize(rs, batch) for name, rs in runs.items()}
@@ -148,12 +164,12 @@ def summarize(runs: list[dict], batch: int) -> dict:
             "all_seconds": [r["seconds"] for r in runs]}
 
 
-def profile_ours(pipe: UnCLIP, batch: int, steps: tuple[int, int, int], rows: int = 25) -> str:
+def profile_ours(ours: Run, batch: int, steps: tuple[int, ...], rows: int = 25) -> str:
     """torch.profiler table of one generation of ours (CPU self time)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run_ours(pipe, batch, steps, 0)
+        ours(batch, steps, 0)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -174,8 +190,10 @@ def print_table(results: dict[int, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=("karlo", "kandinsky"), default="karlo")
     ap.add_argument("--config", choices=list(CONFIGS), default="tiny")
-    ap.add_argument("--steps", default="25,25,7", help="prior,decoder,upsampler steps")
+    ap.add_argument("--steps", default=None, help="prior,decoder[,upsampler] steps (default 25,25,7; "
+                    "Kandinsky 25,25)")
     ap.add_argument("--batch", default="1,4", help="comma-separated images per prompt")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -185,27 +203,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--contiguous", action="store_true",
                     help="run OUR UNets in contiguous memory format (default: channels-last, as the server does)")
     args = ap.parse_args(argv)
-    steps = tuple(int(s) for s in args.steps.split(","))
+    steps = tuple(int(s) for s in (args.steps or ("25,25,7" if args.family == "karlo" else "25,25")).split(","))
     batches = [int(b) for b in args.batch.split(",")]
     torch.set_num_threads(args.threads)
-    cfg = CONFIGS[args.config]()
-    stack = random_parity_stack(cfg, seed=0)
-    ref = build_pipeline(stack)
-    pipe = UnCLIP(served_stack(stack, args.dtype).use_channels_last(not args.contiguous))
+    if args.family == "karlo":
+        calls, modules, dtype = karlo_contenders(args.config, args.dtype, not args.contiguous)
+    else:
+        from bench.kandinsky_pipeline import contenders
+
+        calls, modules, dtype = contenders(args.config, args.dtype, not args.contiguous)
     results = {}
     with torch.inference_mode():
         for b in batches:
-            results[b] = measure(pipe, ref, b, steps, args.repeats)
-    print(f"\nours: {pipe.stack.dtype}, channels-last {not args.contiguous}; diffusers: its defaults (fp32)")
+            results[b] = measure(calls, modules, b, steps, args.repeats)
+    print(f"\n{args.family} ({args.config}) ours: {dtype}, channels-last {not args.contiguous}; "
+          "diffusers: its defaults (fp32)")
     print_table(results)
     if args.profile:
         with torch.inference_mode():
-            print(profile_ours(pipe, batches[-1], steps))
-    out = {"config": args.config, "dtype": str(pipe.stack.dtype), "channels_last": not args.contiguous,
+            print(profile_ours(calls["ours"], batches[-1], steps))
+    out = {"family": args.family, "config": args.config, "dtype": dtype, "channels_last": not args.contiguous,
            "steps": steps, "repeats": args.repeats, "threads": args.threads, "torch": torch.__version__,
            "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
-    print(f"\nwrote {write_result(f'pipeline-{args.config}', out)}")
+    print(f"\nwrote {write_result(f'pipeline-{args.family}-{args.config}', out)}")
     return out
 
 

@@ -29,7 +29,7 @@ from .config import StackConfig
 from .errors import MissingExtra
 from .kandinsky.layout import LayoutError, find_layout, is_kandinsky_dir
 from .kandinsky.pipeline import kandinsky_sizes
-from .sizes import SizeRule
+from .sizes import Size, SizeRule
 from .stage_keys import DECODER, MOVQ, PRIOR, upsampler_key
 from .unclip import StagedPipeline
 
@@ -54,6 +54,13 @@ class ModelDir:
     stages: tuple[str, ...]
     input_side: int
 
+    def stages_at(self, size: Size) -> tuple[str, ...]:
+        """The stages a generation of `size` runs, in order (unCLIP: the upsamplers up to the
+        listed square; a latent model: all of them at every size)."""
+        if self.family == "kandinsky-2.2":
+            return self.stages
+        return self.stages[:2 + self.size_rule.listed.index(size)]
+
     def load(self, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> StagedPipeline:
         """The pipeline, networks on device in dtype (None: `default_dtype`; channels_last:
@@ -64,7 +71,7 @@ class ModelDir:
         if self.family == "kandinsky-2.2":
             from .kandinsky.pipeline import Kandinsky
 
-            return Kandinsky.load(self.path, device, dtype)
+            return Kandinsky.load(self.path, device, dtype).use_channels_last(channels_last)
         if self.family == "karlo-snapshot":
             from .diffusers_layout import load_karlo_snapshot
 

@@ -49,3 +49,20 @@ def tiny_pipe(tiny_model_dir: Path) -> UnCLIP:
     """The tiny model loaded through the real loader, in fp32 whatever `default_dtype`
     picks on this CPU (tests compare it with fp32 references)."""
     return UnCLIP(load_model_dir(tiny_model_dir, dtype=torch.float32))
+
+
+@pytest.fixture(scope="session")
+def kandinsky_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Kandinsky 2.2 folder (prior/, decoder/, decoder-inpaint/ snapshots as
+    diffusers' save_pretrained writes them: tests/pipelines/_kandinsky_tiny.py)."""
+    from tests.pipelines._kandinsky_tiny import write_model_dir
+
+    return write_model_dir(tmp_path_factory.mktemp("models") / "kandinsky", inpaint=True)
+
+
+@pytest.fixture(scope="session")
+def karlo_snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Karlo snapshot with image_encoder/ (tests/pipelines/_karlo_tiny.py)."""
+    from tests.pipelines._karlo_tiny import write_karlo_snapshot
+
+    return write_karlo_snapshot(tmp_path_factory.mktemp("models") / "karlo")

@@ -51,6 +51,15 @@ class Kandinsky(StagedPipeline):
     def load(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Kandinsky":
         return cls(load_kandinsky(path, device, dtype))
 
+    def use_channels_last(self, enabled: bool = True) -> "Kandinsky":
+        """The convolutional networks (decoder UNets, MoVQ) in channels-last memory format (or
+        back), as `UnCLIPStack.use_channels_last` does for unCLIP's."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for net in (self.nets.unet, self.nets.inpaint_unet, self.nets.movq):
+            if net is not None:
+                net.to(memory_format=fmt)
+        return self
+
     @property
     def size_rule(self) -> SizeRule:
         return self._size_rule
@@ -58,7 +67,8 @@ class Kandinsky(StagedPipeline):
     def fingerprint(self) -> dict[str, Any]:
         nets = self.nets
         return {"prior": nets.prior.config, "unet": nets.unet.config, "movq": nets.movq.config,
-                "device": str(nets.device), "dtype": str(nets.unet.dtype)}
+                "device": str(nets.device), "dtype": str(nets.unet.dtype),
+                "channels_last": nets.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)}
 
     @property
     def prior_dim(self) -> int:

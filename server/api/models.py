@@ -30,7 +30,10 @@ def world_of(rt: Runtime) -> Optional[ModelWorld]:
 
 def card(rt: Runtime) -> ModelCard:
     """The served model's entry."""
-    return ModelCard(id=rt.model_name, created=int(rt.created), sizes=[size_name(s) for s in rt.size_rule.listed],
+    rule, model = rt.size_rule, rt.model
+    return ModelCard(id=rt.model_name, created=int(rt.created), family=model.family,
+                     sizes=[size_name(s) for s in rule.listed], default_size=size_name(rule.default),
+                     size_rule=rule.describe(), stages={size_name(s): list(model.stages_at(s)) for s in rule.listed},
                      suggested_size=side(rt.about.suggested_size), world=world_of(rt))
 
 

@@ -12,17 +12,22 @@ import { MaskPainter } from "./mask.js";
 import { generate } from "./ops.js";
 import { Results } from "./results.js";
 import { Runner } from "./runner.js";
-import { loadAccepted, reuse, settingsFor, stageCount } from "./settings.js";
+import { loadAccepted, reuse, settingsFor } from "./settings.js";
 import { openStore } from "./store.js";
 
 const RETRY_MS = 2000;
-const model = { id: null, sizes: [] };
+// The served model's card: its sizes ("WxH"), default size, and the stages a generation at
+// each size runs (their names and count drive the progress bar).
+const model = { id: null, sizes: [], defaultSize: null, stages: {} };
 
-const sideOf = (size) => Number(String(size).split("x")[0]);
+/** The stages an operation at `size` ("WxH"; none: the default) runs, in order. */
+function stagesAt(size) {
+  return model.stages[size || model.defaultSize] ?? [];
+}
 
-/** How many stages an operation at `size` ("WxH"; none: the largest) runs. */
+/** How many stages an operation at `size` runs. */
 function stages(size) {
-  return stageCount(model.sizes, size ? sideOf(size) : Math.max(...model.sizes));
+  return stagesAt(size).length;
 }
 
 function askForKey() {
@@ -32,13 +37,12 @@ function askForKey() {
   $("api-key").focus();
 }
 
-/** The size menu: the model's sizes, starting at the one it suggests (else the largest). */
-function fillSizes(sizes, suggested) {
+/** The size menu: the model's sizes as listed, starting at the one it suggests (else its default). */
+function fillSizes(sizes, start) {
   const select = $("size");
   const keep = select.value;
-  const start = suggested ?? `${sizes.at(-1)}x${sizes.at(-1)}`;
-  select.replaceChildren(...sizes.map((s) => el("option", { value: `${s}x${s}` }, `${s} × ${s}`)));
-  select.value = sizes.includes(sideOf(keep)) ? keep : start;
+  select.replaceChildren(...sizes.map((s) => el("option", { value: s }, s.replace("x", " × "))));
+  select.value = sizes.includes(keep) ? keep : start;
 }
 
 function usePrompt(text) {
@@ -68,8 +72,8 @@ async function loadModel() {
   try {
     const [card] = await Promise.all([modelCard(), loadAccepted()]);
     model.id = card.id;
-    model.sizes = card.sizes.map(sideOf).sort((a, b) => a - b);
-    fillSizes(model.sizes, card.suggested_size);
+    Object.assign(model, { sizes: card.sizes, defaultSize: card.default_size, stages: card.stages });
+    fillSizes(model.sizes, card.suggested_size ?? card.default_size);
     showWorld(card.world);
     $("model-status").textContent = `Model: ${card.id}`;
   } catch (error) {

@@ -2,20 +2,24 @@
 // events ({stage, step, total}, and from async jobs the server's own `progress` fraction)
 // folded into one overall fraction, each stage named for people ("drawing 64 px").
 
+const side = (size) => (size ? String(size).split("x")[0] : "?");
+
 /** What a stage does, in words: "prior" -> "choosing the image embedding", "decoder" ->
- * "drawing 64 px" (or "inverting image 1 of 2" for the operation's inversions, which come
- * first), "upsampler.i" -> "refining 64 → 256 px". `sizes`: the model's, smallest first;
- * `inverting`: {index, count} while the decoder inverts, else null. */
-export function stageName(stage, sizes, inverting = null) {
+ * "drawing 64 px" (a latent model's: "drawing the latents"; "inverting image 1 of 2" for the
+ * operation's inversions, which come first), "upsampler.i" -> "refining 64 → 256 px",
+ * "movq" -> "decoding the latents into pixels". `sizes`: the model's ("WxH"), smallest first
+ * for a model with upsamplers; `inverting`: {index, count} while the decoder inverts, else null. */
+export function stageName(stage, sizes, inverting = null, latent = false) {
   if (stage === "prior") return "choosing the image embedding";
+  if (stage === "movq") return "decoding the latents into pixels";
   if (stage === "decoder") {
-    if (!inverting) return `drawing ${sizes[0] ?? "?"} px`;
+    if (!inverting) return latent ? "drawing the latents" : `drawing ${side(sizes[0])} px`;
     return inverting.count > 1 ? `inverting image ${inverting.index + 1} of ${inverting.count}` : "inverting the image";
   }
   const upsampler = /^upsampler\.(\d+)$/.exec(stage);
   if (upsampler) {
     const i = Number(upsampler[1]);
-    return `refining ${sizes[i] ?? "?"} → ${sizes[i + 1] ?? "?"} px`;
+    return `refining ${side(sizes[i])} → ${side(sizes[i + 1])} px`;
   }
   return stage;
 }
@@ -24,12 +28,14 @@ const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 
 export class StageProgress {
   /** `expected`: how many stages the operation runs (prior, decoder, upsamplers);
-   * `sizes`: the model's; `inversions`: how many decoder stages invert an image first. */
-  constructor(bar, status, { expected, sizes, inversions = 0 }) {
+   * `sizes`: the model's; `latent`: whether its decoder draws latents; `inversions`: how many
+   * decoder stages invert an image first. */
+  constructor(bar, status, { expected, sizes, latent = false, inversions = 0 }) {
     this.bar = bar;
     this.status = status;
     this.expected = expected;
     this.sizes = sizes;
+    this.latent = latent;
     this.inversions = inversions;
     this.stages = [];
     this.fraction = null; // the server's own overall fraction, where it sends one
@@ -49,7 +55,7 @@ export class StageProgress {
   nameOf(stage) {
     const index = this.stages.filter((s) => s.stage === "decoder").length;
     const inverting = stage === "decoder" && index < this.inversions ? { index, count: this.inversions } : null;
-    return stageName(stage, this.sizes, inverting);
+    return stageName(stage, this.sizes, inverting, this.latent);
   }
 
   overall() {

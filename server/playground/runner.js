@@ -26,7 +26,7 @@ function paramsOf(image, asked, index) {
 
 export class Runner {
   /** head: the element holding bar, status and cancel; results: the Results view;
-   * gallery: the Gallery; model: {sizes} (the model's, for the stages' names). */
+   * gallery: the Gallery; model: {sizes, stages} (the model's card, for the stages' names). */
   constructor({ head, bar, status, cancel, error, results, gallery, model }) {
     this.head = head;
     this.bar = bar;
@@ -68,7 +68,8 @@ export class Runner {
     this.bar.value = 0;
     bringIntoView(this.head);
     return new StageProgress(this.bar, this.status,
-      { expected: job.stages, sizes: this.model.sizes, inversions: job.inversions ?? 0 });
+      { expected: job.stages, sizes: this.model.sizes, inversions: job.inversions ?? 0,
+        latent: Object.values(this.model.stages).some((stages) => stages.includes("movq")) });
   }
 
   end(complete) {

@@ -43,12 +43,6 @@ export function settingsFor(endpoint) {
   return out;
 }
 
-/** How many stages an operation at `size` runs: prior, decoder, one upsampler per size step. */
-export function stageCount(sizes, size) {
-  const index = sizes.indexOf(size);
-  return 2 + Math.max(0, index);
-}
-
 /** Set one field; a select keeps its current choice for a value it does not offer. */
 function setField(name, value) {
   const input = $(name);

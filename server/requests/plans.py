@@ -7,7 +7,7 @@ builds the plan that the accepting one admitted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -46,20 +46,22 @@ def generation_plan(rt: Runtime, params: GenerationRequest, out: Target, tensors
     opts = sampling(params)
     if out.fmt.format == "gif":  # the frames of a walk through the prompt's image embeddings
         frames = params.frame_count or DEFAULTS.walk_frames
-        op = walk(rt.pipe, params.prompt, frames=frames, seed=out.seed, size=out.size, opts=opts)
+        op = walk(rt.pipe, params.prompt, frames=frames, seed=out.seed, size=out.size, opts=opts,
+                  negative_prompt=params.negative_prompt)
         cost = work(rt.pipe, out.size, opts, images=frames, prior_samples=walk_keys(frames))
     else:
-        op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts)
+        op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts,
+                      negative_prompt=params.negative_prompt)
         cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
-    return Plan(op, "generation", opts, cost, [params.prompt])
+    return Plan(op, "generation", opts, cost, prompts(params.prompt, params.negative_prompt))
 
 
 def edit_plan(rt: Runtime, params: EditRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
     opts, resample = sampling(params), params.resample or DEFAULTS.resample
     op = inpaint(rt.pipe, tensors["image"], tensors["keep"], params.prompt, n=params.n,
-                 seed=out.seed, size=out.size, resample=resample, opts=opts)
+                 seed=out.seed, size=out.size, resample=resample, opts=opts, negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return Plan(op, "edit", opts, cost, [params.prompt])
+    return Plan(op, "edit", opts, cost, prompts(params.prompt, params.negative_prompt))
 
 
 def variation_plan(rt: Runtime, params: VariationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
@@ -76,19 +78,31 @@ def interpolation_plan(rt: Runtime, params: InterpolationRequest, out: Target,
     prompts = None if images else params.prompt
     opts = sampling(params)
     op = interpolate(rt.pipe, images=images, prompts=prompts, thetas=thetas, mode=params.mode, seed=out.seed,
-                     size=out.size, opts=opts)
+                     size=out.size, opts=opts, negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
                 inversions=2 if images else 0)
-    return Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []))
+    texts = [*prompts, *negative(params.negative_prompt)] if prompts else []
+    return Plan(op, "interpolation", opts, cost, texts, input_images=len(images or []))
 
 
 def text_diff_plan(rt: Runtime, params: TextDiffRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
     opts, frames = sampling(params), params.frames or DEFAULTS.frames
     op = text_diff(rt.pipe, tensors["image"], params.prompt, params.source_prompt, frames=frames,
-                   max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts)
+                   max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts,
+                   negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
-    texts = [params.prompt, params.source_prompt]
+    texts = [params.prompt, params.source_prompt, *negative(params.negative_prompt)]
     return Plan(op, "text_diff", opts, cost, texts, input_images=1)
+
+
+def negative(prompt: Optional[str]) -> list[str]:
+    """A negative prompt as CLIP encodes it: none for None or ""."""
+    return [prompt] if prompt else []
+
+
+def prompts(prompt: str, negative_prompt: Optional[str]) -> list[str]:
+    """The texts a request with one prompt has CLIP encode (usage, truncation notices)."""
+    return [prompt, *negative(negative_prompt)]
 
 
 Builder = Callable[[Runtime, Any, Target, dict[str, torch.Tensor]], Plan]

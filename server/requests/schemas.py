@@ -68,8 +68,8 @@ class Output(DecoderSampling):
     moderation: Optional[Literal["low", "auto"]] = Field(None, description="accepted, no effect: this server "
                                                          "runs no content moderation")
 
-    size: Optional[str] = Field(None,
-                                description="'WxH', square, one the model produces; default the largest ('auto' too)")
+    size: Optional[str] = Field(None, description="'WxH', one the model makes (GET /v1/models lists them, and "
+                                "says whether other sizes are allowed); default: the model's ('auto' too)")
     response_format: Optional[Literal["url", "b64_json"]] = Field(None, description="default 'url'")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="image i uses seed + i; default random")
     model: Optional[str] = Field(None, description="this model's name, 'unclip', or an OpenAI image model name")
@@ -80,7 +80,15 @@ class Output(DecoderSampling):
                                        "allows only)")
 
 
-class GenerationRequest(Output, PriorSampling):
+class NegativePrompt(Params):
+    """Extension field of every endpoint that takes a prompt."""
+
+    negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT, description="what not to draw: the "
+                                           "unconditional branch of guidance uses its encoding instead of the "
+                                           "empty caption's")
+
+
+class GenerationRequest(Output, PriorSampling, NegativePrompt):
     """POST /v1/images/generations (JSON)."""
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
@@ -93,7 +101,7 @@ class GenerationRequest(Output, PriorSampling):
                                              "(default 200)")
 
 
-class EditRequest(Output, PriorSampling):
+class EditRequest(Output, PriorSampling, NegativePrompt):
     """POST /v1/images/edits (multipart; files `image`/`image[]` and optional `mask`)."""
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
@@ -112,7 +120,7 @@ class VariationRequest(Output):
                                  f"(default {DEFAULTS.eta})")
 
 
-class InterpolationRequest(Output, PriorSampling):
+class InterpolationRequest(Output, PriorSampling, NegativePrompt):
     """POST /v1/images/interpolations (multipart): files `image[]` x2, or `prompt[]` x2."""
 
     prompt: Optional[list[str]] = Field(None, description="two prompts (form fields `prompt[]` or `prompt`, twice)")
@@ -124,7 +132,7 @@ class InterpolationRequest(Output, PriorSampling):
     frame_duration_ms: Optional[int] = Field(None, ge=10, le=655_350, description="gif: delay per frame (default 200)")
 
 
-class TextDiffRequest(Output):
+class TextDiffRequest(Output, NegativePrompt):
     """POST /v1/images/text-diffs (multipart; file `image`)."""
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT, description="the target description")
@@ -180,13 +188,19 @@ class ModelWorld(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """An entry of GET /v1/models (`sizes`, `suggested_size` and `world` are extensions)."""
+    """An entry of GET /v1/models (every field after `owned_by` is an extension)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "unclip-server"
-    sizes: list[str] = Field(default_factory=list)
+    family: Optional[str] = Field(None, description="the layout served: unclip, karlo-snapshot, kandinsky-2.2")
+    sizes: list[str] = Field(default_factory=list, description="the sizes offered, the default among them")
+    default_size: Optional[str] = Field(None, description="the size of a request that names none")
+    size_rule: Optional[str] = Field(None, description="which sizes the model makes, in words (some models "
+                                     "make any WxH on a grid, not only those listed)")
+    stages: dict[str, list[str]] = Field(default_factory=dict, description="the stages a generation at each "
+                                         "listed size runs, in order")
     suggested_size: Optional[str] = Field(None, description="the smallest size with the model's full detail")
     world: Optional[ModelWorld] = None
 

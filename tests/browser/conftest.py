@@ -122,3 +122,9 @@ def open_page(browser) -> Iterator[Callable[..., Tab]]:
         context.close()
     problems = [p for tab in tabs for p in tab.unexpected()]
     assert not problems, f"console errors: {problems}"
+
+
+@pytest.fixture(scope="session")
+def kandinsky_playground(launch_server: Callable[..., ServerProc], kandinsky_model_dir: Path) -> ServerProc:
+    """A tiny Kandinsky 2.2 folder served as downloaded (sizes on its latent grid)."""
+    return launch_server(env={"UNCLIP_MODEL_DIR": str(kandinsky_model_dir), "UNCLIP_DTYPE": "float32"})

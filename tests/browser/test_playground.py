@@ -459,3 +459,19 @@ def test_every_playground_file_is_installed_with_the_package() -> None:
     files = sorted(p.relative_to(ROOT.parent).as_posix() for p in ROOT.iterdir())
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
     assert sorted(ASSETS) == sorted(p.name for p in ROOT.iterdir())  # nothing there goes unserved
+
+
+def test_a_kandinsky_model_offers_its_sizes_and_names_its_stages(open_page, kandinsky_playground: ServerProc) -> None:
+    """The size menu is the card's (native first, wide and tall ones too); a 96x64 image comes
+    back 96 x 64 with its latent stages named for people."""
+    tab = open_page(kandinsky_playground)
+    options = tab.page.locator("#size option").all_inner_texts()
+    assert options[0] == "32 × 32" and "96 × 64" in options and "64 × 96" in options
+    assert tab.page.input_value("#size") == "32x32"  # the model's default
+    fast(tab)
+    tab.page.select_option("#size", "96x64")
+    generate(tab, prompt="a cat")
+    assert_steps_shown(tab, "Choosing the image embedding", "Drawing the latents", "Decoding the latents into pixels")
+    src = cards(tab).first.locator("img").first.get_attribute("src")
+    assert tab.page.evaluate("(src) => new Promise((ok) => { const i = new Image(); "
+                             "i.onload = () => ok([i.naturalWidth, i.naturalHeight]); i.src = src; })", src) == [96, 64]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +18,27 @@ CONTEXT = 16  # tokens per caption
 IMAGE = 32  # output size (MoVQ scale 2: 16 x 16 latents)
 PRIOR_SCHEDULER = {"variance_type": "fixed_small_log", "prediction_type": "sample", "num_train_timesteps": 1000,
                    "clip_sample": True, "clip_sample_range": 5.0}
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The networks' sizes: embedding width, prior depth, UNet and MoVQ channels per level,
+    native image side (the UNet's sample_size is it over the MoVQ scale)."""
+
+    embed: int = EMBED
+    prior_layers: int = 2
+    unet: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    head_dim: int = 4
+    movq: tuple[int, ...] = (32, 64)
+    image: int = IMAGE
+
+    @property
+    def movq_scale(self) -> int:
+        return 2 ** (len(self.movq) - 1)
+
+
+TINY = Dims()
 DECODER_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.00085,
                      "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon", "steps_offset": 1,
                      "timestep_spacing": "leading", "variance_type": "fixed_small"}
@@ -45,7 +67,7 @@ def _wake(model: nn.Module, gen: torch.Generator) -> nn.Module:
     return model.eval()
 
 
-def prior_pipeline(tmp: Path, seed: int = 0):
+def prior_pipeline(tmp: Path, seed: int = 0, dims: Dims = TINY):
     """KandinskyV22PriorPipeline with tiny random networks."""
     from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
     from transformers import (
@@ -59,18 +81,19 @@ def prior_pipeline(tmp: Path, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tokenizer = write_tokenizer(tmp / "vocab")
+    embed = dims.embed
     text = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer.get_vocab()), hidden_size=EMBED, projection_dim=EMBED, intermediate_size=37,
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=embed, projection_dim=embed, intermediate_size=37,
         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=CONTEXT, bos_token_id=0,
         eos_token_id=1, pad_token_id=1))
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=EMBED, image_size=32, patch_size=8, projection_dim=EMBED, intermediate_size=37,
+        hidden_size=embed, image_size=32, patch_size=8, projection_dim=embed, intermediate_size=37,
         num_attention_heads=4, num_hidden_layers=2))
-    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=EMBED, num_layers=2,
-                             num_embeddings=CONTEXT)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12 * embed // EMBED, embedding_dim=embed,
+                             num_layers=dims.prior_layers, num_embeddings=CONTEXT)
     _wake(prior, gen)
     with torch.no_grad():
-        prior.clip_std.copy_(0.5 + torch.rand(EMBED, generator=gen)[None])
+        prior.clip_std.copy_(0.5 + torch.rand(embed, generator=gen)[None])
     processor = CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True, do_normalize=True, do_resize=True,
                                    resample=3)
     return KandinskyV22PriorPipeline(prior=prior, image_encoder=_wake(vision, gen), text_encoder=_wake(text, gen),
@@ -78,52 +101,57 @@ def prior_pipeline(tmp: Path, seed: int = 0):
                                      image_processor=processor)
 
 
-def tiny_unet(in_channels: int = 4):
+def tiny_unet(in_channels: int = 4, dims: Dims = TINY):
     """A tiny UNet2DConditionModel of Kandinsky 2.2's decoder kind (image-embedding conditioning)."""
     from diffusers import UNet2DConditionModel
 
+    levels = len(dims.unet)
     return UNet2DConditionModel(
-        sample_size=IMAGE // 2, in_channels=in_channels, out_channels=8, addition_embed_type="image",
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
-        encoder_hid_dim=EMBED, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
-        resnet_time_scale_shift="scale_shift", class_embed_type=None)
+        sample_size=dims.image // dims.movq_scale, in_channels=in_channels, out_channels=8,
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("SimpleCrossAttnUpBlock2D",) * (levels - 1) + ("ResnetUpsampleBlock2D",),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=dims.unet,
+        layers_per_block=dims.layers_per_block, encoder_hid_dim=dims.embed, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=dims.unet[0], attention_head_dim=dims.head_dim, resnet_time_scale_shift="scale_shift",
+        class_embed_type=None)
 
 
-def decoder_pipeline(seed: int = 0):
+def decoder_pipeline(seed: int = 0, dims: Dims = TINY):
     """KandinskyV22Pipeline with a tiny random UNet (image-embedding conditioning) and MoVQ."""
     from diffusers import DDPMScheduler, KandinskyV22Pipeline, VQModel
 
     gen = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed + 1)
-    unet = tiny_unet()
+    unet = tiny_unet(dims=dims)
+    levels = len(dims.movq)
     movq = VQModel(
-        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+        block_out_channels=list(dims.movq),
+        down_block_types=["DownEncoderBlock2D"] * (levels - 1) + ["AttnDownEncoderBlock2D"],
         in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
-        num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
-        vq_embed_dim=4)
+        num_vq_embeddings=12, out_channels=3,
+        up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * (levels - 1), vq_embed_dim=4)
     return KandinskyV22Pipeline(unet=_wake(unet, gen), scheduler=DDPMScheduler(**DECODER_SCHEDULER),
                                 movq=_wake(movq, gen))
 
 
-def inpaint_pipeline(movq: nn.Module, seed: int = 0):
+def inpaint_pipeline(movq: nn.Module, seed: int = 0, dims: Dims = TINY):
     """KandinskyV22InpaintPipeline: a tiny random UNet with 9 input channels (latents, masked
     image latents, mask) and the decoder's MoVQ (the real snapshots share it)."""
     from diffusers import DDPMScheduler, KandinskyV22InpaintPipeline
 
     gen = torch.Generator().manual_seed(seed + 2)
     torch.manual_seed(seed + 2)
-    return KandinskyV22InpaintPipeline(unet=_wake(tiny_unet(in_channels=9), gen),
+    return KandinskyV22InpaintPipeline(unet=_wake(tiny_unet(in_channels=9, dims=dims), gen),
                                        scheduler=DDPMScheduler(**DECODER_SCHEDULER), movq=movq)
 
 
-def write_model_dir(root: Path, seed: int = 0, inpaint: bool = False) -> Path:
+def write_model_dir(root: Path, seed: int = 0, inpaint: bool = False, dims: Dims = TINY) -> Path:
     """root/prior and root/decoder (and root/decoder-inpaint), as the Hugging Face snapshots
     lay them out."""
-    prior_pipeline(root / "tmp", seed).save_pretrained(root / "prior")
-    decoder = decoder_pipeline(seed)
+    prior_pipeline(root / "tmp", seed, dims).save_pretrained(root / "prior")
+    decoder = decoder_pipeline(seed, dims)
     decoder.save_pretrained(root / "decoder")
     if inpaint:
-        inpaint_pipeline(decoder.movq, seed).save_pretrained(root / "decoder-inpaint")
+        inpaint_pipeline(decoder.movq, seed, dims).save_pretrained(root / "decoder-inpaint")
     return root

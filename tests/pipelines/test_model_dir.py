@@ -22,8 +22,6 @@ from pipelines.operations import variations  # noqa: E402
 from pipelines.sizes import SizeRule  # noqa: E402
 from pipelines.unclip import Sampling, UnCLIP, make_generator, run_direct  # noqa: E402
 from tests.pipelines._diffusers_ref import Latents, RecordingScheduler, use_float64_tables  # noqa: E402
-from tests.pipelines._kandinsky_tiny import write_model_dir  # noqa: E402
-from tests.pipelines._karlo_tiny import write_karlo_snapshot  # noqa: E402
 
 TOL = 1e-4
 STEPS = (6, 8, 4)
@@ -32,8 +30,8 @@ PROMPT = "a red cat"
 
 
 @pytest.fixture(scope="module")
-def karlo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_karlo_snapshot(tmp_path_factory.mktemp("karlo") / "karlo")
+def karlo_dir(karlo_snapshot_dir: Path) -> Path:
+    return karlo_snapshot_dir
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +39,17 @@ def karlo(karlo_dir: Path) -> UnCLIP:
     return describe(karlo_dir).load("cpu", torch.float32)
 
 
-def test_each_layout_is_told_apart(tiny_model_dir: Path, karlo_dir: Path, tmp_path: Path) -> None:
+def test_each_layout_is_told_apart(tiny_model_dir: Path, karlo_dir: Path, kandinsky_model_dir: Path) -> None:
     ours, snap = describe(tiny_model_dir), describe(karlo_dir)
     assert (ours.family, ours.size_rule, ours.stages) == ("unclip", SizeRule.squares([32, 64]),
                                                            ("prior", "decoder", "upsampler.0"))
     assert (snap.family, snap.name, snap.size_rule.listed) == ("karlo-snapshot", "karlo-v1-alpha", ((32, 32), (64, 64)))
-    kandinsky = describe(write_model_dir(tmp_path / "kandinsky"))
+    kandinsky = describe(kandinsky_model_dir)
     assert (kandinsky.family, kandinsky.stages) == ("kandinsky-2.2", ("prior", "decoder", "movq"))
     assert kandinsky.size_rule.listed[0] == (32, 32) and kandinsky.size_rule.allows((48, 16))
 
 
-def test_a_folder_of_no_model_says_what_was_expected(karlo_dir: Path, tmp_path: Path) -> None:
+def test_a_folder_of_no_model_says_what_was_expected(kandinsky_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="Karlo snapshot .* Kandinsky 2.2"):
         describe(tmp_path)
     with pytest.raises(ModelDirError, match="not a folder"):
@@ -62,7 +60,7 @@ def test_a_folder_of_no_model_says_what_was_expected(karlo_dir: Path, tmp_path: 
     with pytest.raises(ModelDirError, match="StableDiffusionPipeline"):
         describe(other)
     half = tmp_path / "half-kandinsky"
-    shutil.copytree(write_model_dir(tmp_path / "k") / "prior", half / "prior")
+    shutil.copytree(kandinsky_model_dir / "prior", half / "prior")
     with pytest.raises(ModelDirError, match="decoder/model_index.json does not exist"):
         describe(half)
 
