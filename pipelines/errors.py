@@ -11,3 +11,13 @@ class InvalidInput(ValueError):
         self.param = param
         self.message = message
         self.code = code
+
+
+class ContentRefused(InvalidInput):
+    """A request refused by moderation (pipelines/moderation.py) at `stage`: "prompt" (its
+    text embedding), "prior" (the prior's image embedding, before any decoder step) or
+    "upload" (an uploaded image's embedding). The message never names the concept."""
+
+    def __init__(self, stage: str, param: str, message: str):
+        super().__init__(param, message, code="moderation_blocked")
+        self.stage = stage

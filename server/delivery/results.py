@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 from pydantic import BaseModel
 
 from pipelines.operations import OpResult
 
+from ..credentials import COMPOSITE, TRAINED
 from ..engine.core import Progress
 from ..errors import APIError
 from ..requests.admission import admit
@@ -91,8 +93,11 @@ async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Targe
 
 def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
     """The files' metadata: the sampling settings in effect, the request's fields (not user
-    ids), the size, the quality preset and, if the prompt was cut, what was kept."""
+    ids), the size, the quality preset and, if the prompt was cut, what was kept; their
+    digital source type (composite when made from uploads) and the C2PA credentials."""
     values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
     values.update(size=f"{out.size}x{out.size}", quality=out.quality, prompt_truncated=cut)
-    return ImageMeta(rt.model_name, plan.kind, out.seed, values)
+    inputs = tuple(np.ascontiguousarray(t[0].permute(1, 2, 0).numpy()) for t in plan.inputs)  # [H, W, 3]
+    return ImageMeta(rt.model_name, plan.kind, out.seed, values, COMPOSITE if inputs else TRAINED,
+                     inputs if rt.credentials is not None else (), rt.credentials)
