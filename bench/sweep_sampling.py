@@ -31,7 +31,7 @@ from tools.shapes import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 
-KINDS = {f.name: f.type for f in fields(Sampling) if f.name != "latents"}
+KINDS = {f.name: f.type for f in fields(Sampling) if f.name not in ("latents", "screen")}
 
 
 def parse_axis(item: str) -> tuple[str, list[Any]]:

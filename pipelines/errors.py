@@ -19,3 +19,13 @@ class MissingExtra(RuntimeError):
     def __init__(self, layout: str, extra: str, err: ImportError):
         super().__init__(f"{layout} needs the '{extra}' extra ({err.name or err}): make serve EXTRAS={extra} "
                          f"(or pip install '.[{extra}]' into the server's environment)")
+
+
+class ContentRefused(InvalidInput):
+    """A request refused by moderation (pipelines/moderation.py) at `stage`: "prompt" (its
+    text embedding), "prior" (the prior's image embedding, before any decoder step) or
+    "upload" (an uploaded image's embedding). The message never names the concept."""
+
+    def __init__(self, stage: str, param: str, message: str):
+        super().__init__(param, message, code="moderation_blocked")
+        self.stage = stage

@@ -10,7 +10,7 @@ inversion) are shared by all operations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -66,6 +66,9 @@ class Sampling:
     eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
     inversion_refine: int = 2  # fixed-point refinements per DDIM inversion step (0 = plain)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
+    # Called with the prior's chosen image embeddings z [n, D] before any later stage runs;
+    # it raises (e.g. pipelines.errors.ContentRefused) to stop the operation there.
+    screen: Optional[Callable[[torch.Tensor], None]] = None
 
     def scale(self, stage: str) -> float:
         """The step scale of a stage ("upsampler.1" takes the "upsampler" group's)."""
@@ -225,7 +228,7 @@ class StagedPipeline:
 
         text: encoding of ONE prompt; negative: a negative prompt's, for the guidance's
         unconditional rows instead of the encoding of "". Returns z_i [n, D] in the decoder's
-        (raw CLIP) space."""
+        (raw CLIP) space, after `opts.screen` (if any) has seen it."""
         stage = self.stages[PRIOR]
         best_of = opts.best_of or self.default_best_of
         pairs = stage.pairs(self.timesteps(PRIOR, opts))
@@ -239,7 +242,10 @@ class StagedPipeline:
                 tracks.append(Track(x, list(pairs), "ddpm", guidance=guidance, generator=g, cond=cond))
         yield StageRequest(PRIOR, tracks)
         z = self.denormalize_image_emb(torch.cat([tr.x for tr in tracks]))
-        return _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
+        chosen = _best_of(z.view(len(gens), best_of, -1), text.pooled[:1].to(z.device))
+        if opts.screen is not None:
+            opts.screen(chosen)
+        return chosen
 
     def _init(self, opts: Sampling, stage: str, index: int, shape: tuple, gen: torch.Generator) -> torch.Tensor:
         """Initial noise for one track: fixed by opts.latents, else drawn from gen."""

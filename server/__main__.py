@@ -24,8 +24,10 @@ import uvicorn
 from pipelines.checkpoints import MissingWeightsError
 from pipelines.errors import MissingExtra
 from pipelines.model_dir import ModelDirError
+from pipelines.moderation import BadConcepts
 
 from .app import create_app
+from .credentials import BadCredentials
 from .engine.batch_caps import BadCaps
 from .runtime import Runtime
 from .settings import Settings
@@ -68,13 +70,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line (default: sys.argv[1:]) and serve; returns the exit status.
 
     `--help` exits 0 and a bad flag or value exits 2, as with argparse (SystemExit); a model
-    folder that holds no model, missing weights and a bad world.json return 2.
+    folder that holds no model, missing weights, a bad world.json, C2PA credentials that
+    cannot sign and a bad file of moderation concepts return 2.
     """
     settings = Settings.from_cli(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except (MissingWeightsError, ModelDirError, MissingExtra, BadCaps, BadWorld) as err:
+    except (MissingWeightsError, ModelDirError, MissingExtra, BadCaps, BadWorld, BadCredentials,
+            BadConcepts) as err:
         log.error("%s", err)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -25,6 +25,7 @@ Series:
   unclip_images_generated_total{kind}           counter   images of finished jobs
   unclip_async_jobs_total{kind,outcome}         counter   async jobs ended (completed/failed/cancelled/expired)
   unclip_webhook_deliveries_total{outcome}      counter   webhook attempts (delivered, retried, failed)
+  unclip_moderation_refusals_total{stage}       counter   requests refused by moderation (prompt, prior, upload)
   unclip_model_info{model,sizes}                gauge (info) the served model
   unclip_ready                                  gauge     1 when accepting work
   unclip_store_up                               gauge     1 while the shared store answers (Redis; always 1 in
@@ -50,6 +51,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from pipelines.moderation import STAGES as MODERATION_STAGES
 
 from .engine.stats import REJECTIONS
 
@@ -95,6 +98,10 @@ class Metrics:
                                   "kind and outcome", ["kind", "outcome"], registry=r)
         self.webhooks = Counter("unclip_webhook_deliveries", "Webhook attempts by outcome: delivered, retried "
                                 "(another attempt follows), failed (the last one)", ["outcome"], registry=r)
+        self.refusals = Counter("unclip_moderation_refusals", "Requests refused by moderation (UNCLIP_MODERATION_"
+                                "CONCEPTS), by stage: prompt, prior, upload", ["stage"], registry=r)
+        for stage in MODERATION_STAGES:
+            self.refusals.labels(stage)
 
     def _engine(self, r: CollectorRegistry) -> None:
         self.step_seconds = Histogram("unclip_step_duration_seconds", "Duration of one batched model call by stage",
@@ -143,6 +150,10 @@ class Metrics:
 
     def webhook_attempt(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
+
+    def moderation_refused(self, stage: str) -> None:
+        """A request refused by moderation at `stage` (prompt, prior, upload)."""
+        self.refusals.labels(stage).inc()
 
     # ---- EngineStats ---------------------------------------------------------------------
 

@@ -32,12 +32,14 @@ from pipelines.operations import generate
 from pipelines.sizes import size_name
 from pipelines.unclip import Sampling, StagedPipeline
 
+from .credentials import load_credentials
 from .engine.batch_caps import Calibration, calibration, caps_for, check_overrides
 from .engine.core import Engine, ServerShutdown
 from .errors import StoreUnavailable, unavailable
 from .jobs.async_jobs import AsyncJobs
 from .jobs.webhooks import WebhookSender
 from .metrics import Metrics
+from .moderation import Moderation
 from .settings import Settings
 from .state.cancels import LocalCancels
 from .state.records import MemoryJobStore
@@ -67,6 +69,9 @@ class Runtime:
         check_overrides(settings.stage_caps, self.model.stages, settings.max_batch)  # BadCaps before anything starts
         self.about = load_about(settings.model_dir, self.size_rule)  # what it draws (world.json); BadWorld
         self.metrics = Metrics(self.model_name, [size_name(s) for s in self.size_rule.listed])
+        # C2PA signing and moderation (docs/trust.md): BadCredentials, BadConcepts before anything starts.
+        self.credentials = load_credentials(settings.c2pa_cert, settings.c2pa_key, settings.c2pa_tsa_url)
+        self.moderation = Moderation(settings.moderation_concepts, self.metrics.moderation_refused)
         self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the global queue's leases
         self.shared = shared_state(settings, self.replica, self.metrics.set_store_up)
         self.metrics.set_store_up(self.shared.up)
@@ -110,6 +115,8 @@ class Runtime:
                              stats=self.metrics, caps=self.batch_caps)
         self.engine.start()
         self.pipe = await asyncio.wrap_future(self.engine.loaded)
+        if self.moderation.enabled:  # the concepts through the model's CLIP, on the engine thread
+            await asyncio.wrap_future(self.engine.submit(self.moderation.encoding(self.pipe), kind="moderation").future)
         if s.warmup:
             await self.warm_up()
         if self.state == "loading":

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     channels_last: bool = Field(True, description="run the UNets in channels-last memory format (faster on CPU "
                                 "and CUDA)")
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long running jobs may finish")
+    c2pa_cert: Optional[Path] = Field(None, description="PEM certificate chain (signer first) that signs a C2PA "
+                                      "manifest into every image (ES256; docs/trust.md); empty: no manifests")
+    c2pa_key: Optional[Path] = Field(None, description="PEM private key of c2pa_cert")
+    c2pa_tsa_url: Optional[str] = Field(None, description="RFC 3161 timestamp authority that countersigns the "
+                                        "C2PA manifests; empty: none")
+    moderation_concepts: Optional[Path] = Field(None, description="file of blocked concepts, one text per line "
+                                                "(optionally a tab and a cosine threshold); requests close to one "
+                                                "get 400 moderation_blocked (docs/trust.md); empty: off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="log level of the server and uvicorn")
 
@@ -116,9 +124,10 @@ class Settings(BaseSettings):
         parse_overrides(value)
         return value
 
-    @field_validator("batch_profile_dir", mode="before")
+    @field_validator("batch_profile_dir", "c2pa_cert", "c2pa_key", "c2pa_tsa_url", "moderation_concepts",
+                     mode="before")
     @classmethod
-    def _no_cache(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @property

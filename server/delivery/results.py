@@ -12,11 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 from pydantic import BaseModel
 
 from pipelines.operations import OpResult
 from pipelines.sizes import size_name
 
+from ..credentials import COMPOSITE, TRAINED
 from ..engine.core import Progress
 from ..errors import APIError
 from ..requests.admission import admit
@@ -57,9 +59,9 @@ def prepare(rt: Runtime, params: BaseModel, out: Target, plan: Plan, *, admitted
     queue was `admitted` where it was accepted, with its `cost_s`."""
     if not admitted:
         cost_s = admit(rt, params, plan.work)
-    cut = truncation(rt.pipe, plan.texts)
+    cut = truncation(rt.pipe, plan.encoded)
     headers = {"x-prompt-truncated": cut} if cut else {}
-    return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(rt.pipe, plan.texts, plan.input_images),
+    return Prepared(cost_s, meta_for(rt, plan, out, params, cut), usage(rt.pipe, plan.encoded, plan.input_images),
                     headers)
 
 
@@ -93,8 +95,11 @@ async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Targe
 
 def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
     """The files' metadata: the sampling settings in effect, the request's fields (not user
-    ids), the size, the quality preset and, if the prompt was cut, what was kept."""
+    ids), the size, the quality preset and, if the prompt was cut, what was kept; their
+    digital source type (composite when made from uploads) and the C2PA credentials."""
     values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
     values.update(size=size_name(out.size), quality=out.quality, prompt_truncated=cut)
-    return ImageMeta(rt.model_name, plan.kind, out.seed, values)
+    inputs = tuple(np.ascontiguousarray(t[0].permute(1, 2, 0).numpy()) for t in plan.inputs)  # [H, W, 3]
+    return ImageMeta(rt.model_name, plan.kind, out.seed, values, COMPOSITE if inputs else TRAINED,
+                     inputs if rt.credentials is not None else (), rt.credentials)

@@ -7,6 +7,11 @@ Where the parameters go, so that common readers find them:
   `parameters` text (`<prompt>\\nSteps: 4, Sampler: ddim, CFG scale: 1.25, Seed: 7, ...`);
 - JPEG, WEBP: the A1111 text as EXIF UserComment (as A1111 writes it), the JSON as XMP;
 - GIF: the A1111 text of the first frame as the file's comment.
+
+Every file also carries XMP (PNG: an iTXt `XML:com.adobe.xmp` chunk; GIF: an XMP
+application extension) with the IPTC digital source type `Iptc4xmpExt:DigitalSourceType`:
+trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for images made from
+uploads; and, with credentials configured (server/credentials.py), a signed C2PA manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from PIL import Image, PngImagePlugin
 from pipelines.imageio import to_uint8
 from pipelines.operations import OpResult
 
+from ..credentials import TRAINED, Credentials, Provenance
 from ..state.url_store import ImageStore
 from .schemas import ImageData, OutputFormat
 
@@ -31,6 +37,11 @@ SOFTWARE = "unclip-server"
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 DEFAULT_FRAME_MS = 200
 EXIF_IFD, USER_COMMENT, EXIF_SOFTWARE = 0x8769, 0x9286, 0x0131
+XMP_KEY = "XML:com.adobe.xmp"  # PNG's iTXt keyword for XMP
+IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+# GIF: an application extension "XMP DataXMP", the packet, then XMP's 258-byte magic trailer.
+GIF_XMP_HEADER = b"\x21\xff\x0bXMP DataXMP"
+GIF_XMP_TRAILER = b"\x01" + bytes(range(255, -1, -1)) + b"\x00"
 # A1111's own names for the parameters it shows first; the rest follow as "name: value".
 A1111_NAMES = {"decoder_steps": "Steps", "decoder_sampler": "Sampler", "decoder_guidance": "CFG scale",
                "seed": "Seed", "size": "Size", "model": "Model"}
@@ -54,6 +65,13 @@ class ImageMeta:
     operation: str
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
+    source_type: str = TRAINED  # IPTC digital source type (server/credentials.py)
+    inputs: tuple[np.ndarray, ...] = ()  # the uploads it was made from, uint8 [H, W, 3] each
+    credentials: Optional[Credentials] = None  # signs a C2PA manifest into every file
+
+    def provenance(self) -> Provenance:
+        """What the files' C2PA manifests say: model, operation, source type, the uploads as PNGs."""
+        return Provenance(self.model, self.operation, self.source_type, [png_file(a, {}) for a in self.inputs])
 
     def values(self, index: int, theta: Optional[float] = None,
                settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -96,50 +114,63 @@ def encode_pixels(pixels: np.ndarray, meta: ImageMeta, thetas: list[Optional[flo
                   fmt: FileFormat) -> list[bytes]:
     """uint8 [n, H, W, 3] -> n files (one GIF of the n frames for gif) with their parameters."""
     values = [meta.values(i, thetas[i], settings) for i in range(len(pixels))]
+    xmp = [xmp_packet(v, meta.source_type) for v in values]
     if fmt.format == "gif":
-        return [gif_bytes(pixels, fmt.frame_ms, a1111_text(values[0]))]
-    if fmt.format == "png":
-        return [png_file(pixels[i], meta.chunks(i, thetas[i], settings)) for i in range(len(pixels))]
-    return [exif_file(pixels[i], values[i], fmt) for i in range(len(pixels))]
+        files = [gif_bytes(pixels, fmt.frame_ms, a1111_text(values[0]), xmp[0])]
+    elif fmt.format == "png":
+        files = [png_file(pixels[i], meta.chunks(i, thetas[i], settings), xmp[i]) for i in range(len(pixels))]
+    else:
+        files = [exif_file(pixels[i], values[i], fmt, xmp[i]) for i in range(len(pixels))]
+    if meta.credentials is None:
+        return files
+    provenance = meta.provenance()
+    return [meta.credentials.sign(data, fmt.format, provenance) for data in files]
 
 
-def png_file(pixels: np.ndarray, text: dict[str, str]) -> bytes:
-    """uint8 [H, W, 3] -> PNG bytes with `text` as tEXt chunks."""
+def png_file(pixels: np.ndarray, text: dict[str, str], xmp: Optional[bytes] = None) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes with `text` as tEXt chunks and `xmp` as its XMP."""
     info = PngImagePlugin.PngInfo()
     for k, v in text.items():
         info.add_text(k, str(v))
+    if xmp is not None:
+        info.add_itxt(XMP_KEY, xmp.decode())
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
-def exif_file(pixels: np.ndarray, values: dict[str, Any], fmt: FileFormat) -> bytes:
-    """uint8 [H, W, 3] -> JPEG or WEBP bytes at the asked quality, parameters in EXIF and XMP."""
+def exif_file(pixels: np.ndarray, values: dict[str, Any], fmt: FileFormat, xmp: bytes) -> bytes:
+    """uint8 [H, W, 3] -> JPEG or WEBP bytes at the asked quality, parameters in EXIF, `xmp` as XMP."""
     exif = Image.Exif()
     exif[EXIF_SOFTWARE] = SOFTWARE
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + a1111_text(values).encode("utf-16-be")
     quality = 100 if fmt.compression is None else fmt.compression
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=fmt.format.upper(), quality=quality, exif=exif.tobytes(),
-                                 xmp=xmp_packet(values))
+    Image.fromarray(pixels).save(buf, format=fmt.format.upper(), quality=quality, exif=exif.tobytes(), xmp=xmp)
     return buf.getvalue()
 
 
-def xmp_packet(values: dict[str, Any]) -> bytes:
-    """An XMP packet holding the parameters as JSON (unclip:parameters)."""
+def xmp_packet(values: dict[str, Any], source_type: str = TRAINED) -> bytes:
+    """An XMP packet holding the parameters as JSON (unclip:parameters) and the IPTC digital
+    source type (Iptc4xmpExt:DigitalSourceType)."""
     body = escape(json.dumps(values, sort_keys=True))
     return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            '<rdf:Description xmlns:unclip="urn:unclip-server:1"><unclip:parameters>'
-            f'{body}</unclip:parameters></rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+            f'<rdf:Description rdf:about="" xmlns:unclip="urn:unclip-server:1" xmlns:Iptc4xmpExt="{IPTC_EXT}">'
+            f'<Iptc4xmpExt:DigitalSourceType>{escape(source_type)}</Iptc4xmpExt:DigitalSourceType>'
+            f'<unclip:parameters>{body}</unclip:parameters></rdf:Description></rdf:RDF></x:xmpmeta>').encode()
 
 
-def gif_bytes(frames: np.ndarray, frame_ms: int, comment: str) -> bytes:
-    """uint8 [F, H, W, 3] -> one looping animated GIF, `frame_ms` per frame."""
+def gif_bytes(frames: np.ndarray, frame_ms: int, comment: str, xmp: Optional[bytes] = None) -> bytes:
+    """uint8 [F, H, W, 3] -> one looping animated GIF, `frame_ms` per frame, with `xmp` as
+    an XMP application extension before the file's trailer."""
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
                    comment=comment.encode()[:65_000], optimize=False)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if xmp is None:
+        return data
+    return data[:-1] + GIF_XMP_HEADER + xmp + GIF_XMP_TRAILER + data[-1:]  # data ends with the trailer ';'
 
 
 async def image_items(files: list[bytes], thetas: list[Optional[float]], response_format: str, store: ImageStore,

@@ -6,11 +6,12 @@ builds the plan that the accepting one admitted."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from pipelines.moderation import screened
 from pipelines.operations import (
     DEFAULTS,
     generate,
@@ -38,12 +39,28 @@ class Plan:
     kind: str
     opts: Sampling  # what the operation samples with (recorded in the images)
     work: dict[str, int]  # track-steps per stage (pipelines.operations.work)
-    texts: Sequence[str] = ()  # the prompts CLIP encodes (usage, truncation notice)
+    texts: Sequence[str] = ()  # the prompts (moderation; with the negative one: usage, truncation notice)
     input_images: int = 0  # the images CLIP encodes (usage)
+    inputs: tuple[torch.Tensor, ...] = ()  # the uploaded images [1, 3, H, W] uint8 it is made from
+    negative_prompt: Optional[str] = None  # encoded too, but what is not to be drawn: never screened
+
+    @property
+    def encoded(self) -> list[str]:
+        """Every text CLIP encodes: the prompts, then the negative prompt ("" is not encoded)."""
+        return [*self.texts, *([self.negative_prompt] if self.negative_prompt else [])]
+
+
+UPLOADS = ("image", "image0", "image1")  # a spec's tensors that are uploaded images (not masks)
+
+
+def sampling_for(rt: Runtime, params: Any) -> Sampling:
+    """The request's sampling settings, with the moderation screen of the prior's embeddings."""
+    screen = rt.moderation.screen(params)
+    return replace(sampling(params), screen=screen.prior if screen is not None else None)
 
 
 def generation_plan(rt: Runtime, params: GenerationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts = sampling(params)
+    opts = sampling_for(rt, params)
     if out.fmt.format == "gif":  # the frames of a walk through the prompt's image embeddings
         frames = params.frame_count or DEFAULTS.walk_frames
         op = walk(rt.pipe, params.prompt, frames=frames, seed=out.seed, size=out.size, opts=opts,
@@ -53,19 +70,19 @@ def generation_plan(rt: Runtime, params: GenerationRequest, out: Target, tensors
         op = generate(rt.pipe, params.prompt, n=params.n, seed=out.seed, size=out.size, opts=opts,
                       negative_prompt=params.negative_prompt)
         cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n)
-    return Plan(op, "generation", opts, cost, prompts(params.prompt, params.negative_prompt))
+    return Plan(op, "generation", opts, cost, [params.prompt], negative_prompt=params.negative_prompt)
 
 
 def edit_plan(rt: Runtime, params: EditRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts, resample = sampling(params), params.resample or DEFAULTS.resample
+    opts, resample = sampling_for(rt, params), params.resample or DEFAULTS.resample
     op = inpaint(rt.pipe, tensors["image"], tensors["keep"], params.prompt, n=params.n,
                  seed=out.seed, size=out.size, resample=resample, opts=opts, negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return Plan(op, "edit", opts, cost, prompts(params.prompt, params.negative_prompt))
+    return Plan(op, "edit", opts, cost, [params.prompt], negative_prompt=params.negative_prompt)
 
 
 def variation_plan(rt: Runtime, params: VariationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts = sampling(params)
+    opts = sampling_for(rt, params)
     op = variations(rt.pipe, tensors["image"], n=params.n, seed=out.seed, size=out.size, eta=params.eta, opts=opts)
     cost = work(rt.pipe, out.size, opts, images=params.n, inversions=1)
     return Plan(op, "variation", opts, cost, input_images=1)
@@ -76,33 +93,23 @@ def interpolation_plan(rt: Runtime, params: InterpolationRequest, out: Target,
     thetas = interpolation_thetas(params.thetas, params.frames)
     images = [tensors["image0"], tensors["image1"]] if tensors else None
     prompts = None if images else params.prompt
-    opts = sampling(params)
+    opts = sampling_for(rt, params)
     op = interpolate(rt.pipe, images=images, prompts=prompts, thetas=thetas, mode=params.mode, seed=out.seed,
                      size=out.size, opts=opts, negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=len(thetas), prior_samples=0 if images else 2,
                 inversions=2 if images else 0)
-    texts = [*prompts, *negative(params.negative_prompt)] if prompts else []
-    return Plan(op, "interpolation", opts, cost, texts, input_images=len(images or []))
+    return Plan(op, "interpolation", opts, cost, prompts or [], input_images=len(images or []),
+                negative_prompt=params.negative_prompt if prompts else None)
 
 
 def text_diff_plan(rt: Runtime, params: TextDiffRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:
-    opts, frames = sampling(params), params.frames or DEFAULTS.frames
+    opts, frames = sampling_for(rt, params), params.frames or DEFAULTS.frames
     op = text_diff(rt.pipe, tensors["image"], params.prompt, params.source_prompt, frames=frames,
                    max_theta=params.max_theta, seed=out.seed, size=out.size, opts=opts,
                    negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=frames, inversions=1)
-    texts = [params.prompt, params.source_prompt, *negative(params.negative_prompt)]
-    return Plan(op, "text_diff", opts, cost, texts, input_images=1)
-
-
-def negative(prompt: Optional[str]) -> list[str]:
-    """A negative prompt as CLIP encodes it: none for None or ""."""
-    return [prompt] if prompt else []
-
-
-def prompts(prompt: str, negative_prompt: Optional[str]) -> list[str]:
-    """The texts a request with one prompt has CLIP encode (usage, truncation notices)."""
-    return [prompt, *negative(negative_prompt)]
+    texts = [params.prompt, params.source_prompt]
+    return Plan(op, "text_diff", opts, cost, texts, input_images=1, negative_prompt=params.negative_prompt)
 
 
 Builder = Callable[[Runtime, Any, Target, dict[str, torch.Tensor]], Plan]
@@ -111,5 +118,9 @@ PLANS: dict[str, Builder] = {"generation": generation_plan, "edit": edit_plan, "
 
 
 def plan_of(rt: Runtime, spec: Spec) -> Plan:
-    """The spec's plan (operation, work, texts), by its kind's builder in `PLANS`."""
-    return PLANS[spec.kind](rt, spec.params, spec.out, spec.tensors)
+    """The spec's plan (operation, work, texts, uploads), by its kind's builder in `PLANS`;
+    with moderation on, its operation screens its prompts and uploads first."""
+    plan = PLANS[spec.kind](rt, spec.params, spec.out, spec.tensors)
+    plan.inputs = tuple(spec.tensors[name] for name in UPLOADS if name in spec.tensors)
+    plan.op = screened(plan.op, rt.pipe, rt.moderation.screen(spec.params), plan.texts, plan.inputs)
+    return plan

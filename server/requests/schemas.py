@@ -65,8 +65,8 @@ class Output(DecoderSampling):
         None, description="the images are opaque: 'opaque' and 'auto' are accepted, 'transparent' is refused")
     quality: Optional[Quality] = Field(None, description="step preset: low, medium, high; auto = medium; "
                                        "standard = medium, hd = high (deprecated); explicit steps win")
-    moderation: Optional[Literal["low", "auto"]] = Field(None, description="accepted, no effect: this server "
-                                                         "runs no content moderation")
+    moderation: Optional[Literal["low", "auto"]] = Field(None, description="with moderation concepts "
+                                                         "configured, 'low' raises every threshold (less strict)")
 
     size: Optional[str] = Field(None, description="'WxH', one the model makes (GET /v1/models lists them, and "
                                 "says whether other sizes are allowed); default: the model's ('auto' too)")

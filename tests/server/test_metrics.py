@@ -39,6 +39,7 @@ EXPECTED = {  # family (as the parser names it) -> type
     "unclip_global_queue_depth": "gauge",
     "unclip_running_jobs": "gauge",
     "unclip_images_generated": "counter",
+    "unclip_moderation_refusals": "counter",
     "unclip_model_info": "gauge",
     "unclip_ready": "gauge",
     "unclip_store_up": "gauge",
