@@ -1,12 +1,16 @@
 """One command for one GPU machine (torch there, no network): Karlo-size random weights at
-Karlo's fast preset (25/25/7 steps, 64 -> 256 px), measured part by part.
+Karlo's fast preset (25/25/7 steps, 64 -> 256 px), and Kandinsky 2.2's real architecture
+(4.9 B random parameters, built in memory) at 512 px, measured part by part.
 
     python3 -m bench.gpu --out "$OUT"                   # the GPU machine, from the repository root
     .venv/bin/python -m bench.gpu --smoke --out DIR     # CPU, tiny preset, 2 steps (tests/bench)
 
 Parts, in order (each one guarded: an error is recorded in its section and the rest go on;
 each has a time budget, enforced by a timer, inside a global one of 8 minutes that counts
-the install too):
+the install too. Plan.budgets sum to the 480 s: install 40, weights 60, precision 45,
+attention 30, ours_vs_diffusers 60, kandinsky 75, http 90, flops 15, cuda_graphs 15, compile
+50 s: the first six went from 505 s (45/80/70/60/110/140, over the 480) to 325, leaving
+155 to the new ones; http, which skips a load level it has no time for, runs after kandinsky):
 
   install            the wheels brought along (bench/wheels/, `make gpu-wheels`; WHEEL_GROUPS)
                      into a venv over the machine's python (--system-site-packages, plus a .pth
@@ -23,10 +27,29 @@ the install too):
   ours_vs_diffusers  images/s of ours and of diffusers' UnCLIPPipeline over the same weights
                      (tests/pipelines/_diffusers_ref.py), batch 1 and 8, alternated after a
                      warm-up each (bench/pipeline.py's run_ours / run_theirs), float16 on CUDA
+  kandinsky          Kandinsky 2.2's real architecture (tests/pipelines/_kandinsky_real.py:
+                     seeded random weights built on the device; smoke: the tiny networks) at
+                     512 px, prior/decoder steps 10/10 (smoke 2/2): float16 and bfloat16
+                     against float32 (TF32 off) per stage (prior, decoder, movq; each alone
+                     from the float32 run's input tracks) and end to end; then images/s of ours
+                     and of diffusers' KandinskyV22PriorPipeline + KandinskyV22Pipeline built
+                     around the very same modules, float16 (CPU: float32), batch 1 and 8,
+                     alternated; the peak memory of that comparison alone
   http               `python -m server` under closed-loop clients at c = 1, 8, 32 (bench/load.py's
                      Server and run_level): images/s, p50/p99, mean batch per stage
+  flops              one step of Kandinsky's decoder UNet (real, float16, channels-last) at
+                     batch 2 and 16: FLOPs (torch.utils.flop_counter) over its measured time,
+                     against the measured peak of a bf16 and an fp16 8192^3 matmul (TFLOP/s)
+  cuda_graphs        the same step at batch 2 captured in a torch.cuda.CUDAGraph and replayed:
+                     steps/s against eager, capture seconds, max |diff| of the outputs
+  compile            the same UNet through torch.compile (mode "default": Inductor, no CUDA
+                     graphs): seconds of the first (compiling) call, steps/s before and after,
+                     graph breaks, max |diff|
   peak_gpu_memory    torch.cuda.max_memory_allocated of each in-process part, and the server's
                      peak reserved memory under load (its /metrics gauge, polled)
+
+flops, cuda_graphs and compile are skipped without CUDA (also in smoke mode). All of these are
+measurements: nothing here changes what the server does.
 
 A section is {"status": "ok", ...numbers}, {"status": "skipped", "reason": ...} (e.g. "no
 CUDA", "not measured: xformers not importable: ...") or {"status": "error", "error": ...}.
@@ -64,7 +87,9 @@ VENV = Path(tempfile.gettempdir()) / "unclip-gpu-bench-venv"
 CHILD_ENV = "UNCLIP_GPU_BENCH_CHILD"  # set for the run inside the venv: start time and install result
 TRAVEL_LIMIT_MIB = 64  # what the device tool carries: working tree + carried paths
 TRAVEL_BUDGET_MIB = 60  # tree + wheels, leaving room for untracked files (tests/test_tree_size.py: tree <= 41)
-PARTS = ("install", "weights", "precision", "attention", "ours_vs_diffusers", "http", "peak_gpu_memory")
+PARTS = ("install", "weights", "precision", "attention", "ours_vs_diffusers", "kandinsky", "http", "flops",
+         "cuda_graphs", "compile", "peak_gpu_memory")
+COMPILE_MODE = "default"  # torch.compile's: Inductor without CUDA graphs (cuda_graphs measures those)
 MIN_PART_S = 10.0  # a part with less time left than this is skipped
 STOP_S = 10.0  # the server's time to exit once the load is over
 
@@ -162,22 +187,30 @@ class Plan:
     device: str = "cuda"
     steps: tuple[int, int, int] = (25, 25, 7)  # prior, decoder, upsampler: Karlo's fast preset
     batches: tuple[int, ...] = (1, 8)
+    kandinsky_steps: tuple[int, int] = (10, 10)  # prior, decoder
+    kandinsky_batches: tuple[int, ...] = (1, 8)
+    step_batches: tuple[int, ...] = (2, 16)  # rows of one decoder UNet step (flops; the first: graphs, compile)
+    timed_steps: int = 10  # decoder steps per timed round (3 rounds)
+    matmul_side: int = 8192
     concurrency: tuple[int, ...] = (1, 8, 32)
     duration_s: float = 12.0  # of each HTTP load level
     repeats: int = 2  # timed runs of each, after a warm-up
     max_batch: int = 32  # the server's UNCLIP_MAX_BATCH
     batch_profile: str = "measure"  # the server's UNCLIP_BATCH_PROFILE (measure: caps timed at its start)
     budget_s: float = 480.0
-    budgets: dict[str, float] = field(default_factory=lambda: {
-        "install": 45, "weights": 80, "precision": 70, "attention": 60, "ours_vs_diffusers": 110, "http": 140})
+    budgets: dict[str, float] = field(default_factory=lambda: {  # 480 s in all
+        "install": 40, "weights": 60, "precision": 45, "attention": 30, "ours_vs_diffusers": 60, "kandinsky": 75,
+        "http": 90, "flops": 15, "cuda_graphs": 15, "compile": 50})
     install: bool = True
 
 
 # 25-45 s on a lightly loaded 2-core CPU (76 s with its cores shared by three busy
 # sessions); the budgets leave room for a loaded one, so that the test does not flake.
-SMOKE = Plan(preset="tiny", device="cpu", steps=(2, 2, 2), batches=(1, 2), duration_s=1.0, repeats=1,
-             max_batch=8, batch_profile="off", budget_s=240.0,
-             budgets={"weights": 45, "precision": 45, "ours_vs_diffusers": 60, "http": 90}, install=False)
+# The kandinsky part adds 15-45 s (its tiny networks, batch 1 only).
+SMOKE = Plan(preset="tiny", device="cpu", steps=(2, 2, 2), batches=(1, 2), kandinsky_steps=(2, 2),
+             kandinsky_batches=(1,), duration_s=1.0, repeats=1, max_batch=8, batch_profile="off", budget_s=270.0,
+             budgets={"weights": 45, "precision": 45, "ours_vs_diffusers": 60, "kandinsky": 60, "http": 90},
+             install=False)
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
@@ -355,14 +388,14 @@ def load_pipe(model: Path, device: str, dtype: Any) -> Any:
     return UnCLIP(load_model_dir(model, device, dtype).use_channels_last())
 
 
-def generation(pipe: Any, plan: Plan, batch: int, seed: int = 0) -> Any:
-    """The operation of one generation of `batch` images at the plan's steps, best_of 1."""
+def generation(pipe: Any, steps: tuple[int, ...], batch: int, seed: int = 0) -> Any:
+    """The operation of one generation of `batch` images at steps (prior, decoder[,
+    upsampler]), best_of 1, at the pipeline's default size."""
     from bench.pipeline import PROMPT
     from pipelines.operations import generate
     from pipelines.unclip import Sampling
 
-    p, d, u = plan.steps
-    opts = Sampling(prior_steps=p, decoder_steps=d, upsampler_steps=u, best_of=1)
+    opts = Sampling(best_of=1, **dict(zip(("prior_steps", "decoder_steps", "upsampler_steps"), steps)))
     return generate(pipe, PROMPT, n=batch, seed=seed, opts=opts)
 
 
@@ -481,28 +514,43 @@ def make_weights(plan: Plan, dest: Path, deadline: float) -> dict[str, Any]:
             "bytes": sum(p.stat().st_size for p in dest.iterdir())}
 
 
-def precision(plan: Plan, model: Path, deadline: float) -> dict[str, Any]:
-    """float16 and bfloat16 against float32 (TF32 off) at batch 1: each stage alone on the
-    float32 run's input tracks, and one whole generation (final images)."""
+def against_float32(make: Callable[[Any], Any], op: Callable[[Any], Any],
+                    keep: Optional[str] = None) -> tuple[dict[str, Any], Any]:
+    """float16 and bfloat16 against float32 (TF32 off): make(dtype) -> a pipeline, op(pipe)
+    -> the operation of a generation. Per dtype, each stage alone on the float32 run's input
+    tracks, and the whole operation (final images). Returns the comparisons and the pipeline
+    of the dtype named `keep` (float32 included; None if none or it failed); the others are
+    dropped as soon as measured (one pipeline besides the kept one at a time)."""
     import torch
 
-    ref = load_pipe(model, plan.device, torch.float32)
-    with exact_float32():
-        inputs, outputs, result = staged_run(ref, generation(ref, plan, 1))
+    with exact_float32():  # the construction too (e.g. Kandinsky encodes "" and the empty image)
+        ref = make(torch.float32)
+        inputs, outputs, result = staged_run(ref, op(ref))
     final = result.images.float().cpu()
+    kept, pipe = (ref if keep == "float32" else None), None
     del ref
-    out: dict[str, Any] = {"reference": "float32 without TF32", "batch": 1, "steps": plan.steps}
+    gc.collect()
+    out: dict[str, Any] = {"reference": "float32 without TF32"}
     for name in ("float16", "bfloat16"):
         try:
-            pipe = load_pipe(model, plan.device, getattr(torch, name))
+            pipe = make(getattr(torch, name))
             stages = {key: difference(run_stage(pipe, key, tracks), outputs[key]) for key, tracks in inputs.items()}
-            whole = staged_run(pipe, generation(pipe, plan, 1))[2].images.float().cpu()
+            whole = staged_run(pipe, op(pipe))[2].images.float().cpu()
             out[name] = {"stages": stages, "end_to_end": difference(whole, final)}
+            kept = pipe if name == keep else kept
         except Exception as err:  # noqa: BLE001 - e.g. a dtype this device cannot run
             out[name] = {"error": f"{type(err).__name__}: {err}"}
         pipe = None
         gc.collect()
-    return out
+    return out, kept
+
+
+def precision(plan: Plan, model: Path, deadline: float) -> dict[str, Any]:
+    """float16 and bfloat16 against float32 (TF32 off) at batch 1: each stage alone on the
+    float32 run's input tracks, and one whole generation (final images)."""
+    compared, _ = against_float32(lambda dtype: load_pipe(model, plan.device, dtype),
+                                  lambda pipe: generation(pipe, plan.steps, 1))
+    return {"batch": 1, "steps": plan.steps, **compared}
 
 
 def xformers_problem() -> Optional[str]:
@@ -562,7 +610,7 @@ def attention(plan: Plan, model: Path, deadline: float, problem: Optional[str]) 
     out: dict[str, Any] = {"xformers": xformers.__version__, "dtype": "float16", "batch": batch}
     try:
         attn.set_backend("sdpa")
-        inputs = staged_run(pipe, generation(pipe, plan, batch))[0]
+        inputs = staged_run(pipe, generation(pipe, plan.steps, batch))[0]
         decoded = {}
         for name in ("sdpa", "xformers"):
             attn.set_backend(name)
@@ -572,7 +620,7 @@ def attention(plan: Plan, model: Path, deadline: float, problem: Optional[str]) 
         def call(name: str) -> Callable[[int], Any]:
             def run(seed: int) -> None:
                 attn.set_backend(name)
-                staged_run(pipe, generation(pipe, plan, batch, seed))
+                staged_run(pipe, generation(pipe, plan.steps, batch, seed))
             return run
 
         times = alternate({n: call(n) for n in ("sdpa", "xformers")}, plan.repeats, deadline, plan.device)
@@ -611,15 +659,31 @@ def ours_vs_diffusers(plan: Plan, model: Path, deadline: float) -> dict[str, Any
     from bench.pipeline import run_ours, run_theirs
     from pipelines.attention import backend_for
 
-    dtype = torch.float16 if plan.device == "cuda" else torch.float32
+    dtype = fast_dtype(plan)
     pipe = load_pipe(model, plan.device, dtype)
     ref, where = build_reference(pipe.stack, plan.device, dtype)
     out: dict[str, Any] = {"diffusers": diffusers.__version__, "dtype": str(dtype).removeprefix("torch."),
                            "our_attention": backend_for(torch.device(plan.device)), "reference": where}
-    stages: dict[str, dict] = {}
-    for batch in plan.batches:
-        calls = {"ours": lambda s, b=batch: stages.__setitem__(b, run_ours(pipe, b, plan.steps, s)),
-                 "diffusers": lambda s, b=batch: run_theirs(ref, pipe, b, plan.steps, s)}
+    return out | versus(lambda b, s: run_ours(pipe, b, plan.steps, s),
+                        lambda b, s: run_theirs(ref, pipe, b, plan.steps, s), plan.batches, plan, deadline)
+
+
+def fast_dtype(plan: Plan) -> Any:
+    """The serving dtype of the speed comparisons: float16 on CUDA, float32 on the CPU."""
+    import torch
+
+    return torch.float16 if plan.device == "cuda" else torch.float32
+
+
+def versus(ours: Callable[[int, int], dict], theirs: Callable[[int, int], Any], batches: tuple[int, ...],
+           plan: Plan, deadline: float) -> dict[str, Any]:
+    """images/s of ours(batch, seed) -> {stage: seconds} and theirs(batch, seed) at each batch
+    size, alternated after a warm-up each: {"batch_B": ...}."""
+    out: dict[str, Any] = {}
+    stages: dict[int, dict] = {}
+    for batch in batches:
+        calls = {"ours": lambda s, b=batch: stages.__setitem__(b, ours(b, s)),
+                 "diffusers": lambda s, b=batch: theirs(b, s)}
         times = alternate(calls, plan.repeats, deadline, plan.device)
         res = {n: per_second(batch, t) for n, t in times.items()}
         res["ours_over_diffusers"] = res["ours"]["images_per_s"] / res["diffusers"]["images_per_s"]
@@ -723,6 +787,237 @@ def peak_memory(results: dict[str, Any]) -> dict[str, Any]:
                                                       default=0) / 2**30, 2)}
 
 
+# ---- Kandinsky 2.2 and the GPU settings ------------------------------------------------
+
+
+def kandinsky_nets(plan: Plan, dtype: Any) -> Any:
+    """Kandinsky's networks with seeded random weights, built on the plan's device: the real
+    architecture (4.9 B parameters), or the tests' tiny one for the tiny preset."""
+    from tests.pipelines._kandinsky_real import real_nets, tiny_nets
+
+    return (tiny_nets if plan.preset == "tiny" else real_nets)(plan.device, dtype)
+
+
+def kandinsky(plan: Plan, deadline: float) -> dict[str, Any]:
+    """Kandinsky 2.2 at its native size: float16 and bfloat16 against float32 per stage and
+    end to end (batch 1), then images/s of ours against diffusers' two pipelines built around
+    the same modules (bench/kandinsky_pipeline.py's run_ours / run_theirs), alternated."""
+    try:
+        import diffusers
+        import transformers  # noqa: F401 - the text and vision towers
+    except Exception as err:  # noqa: BLE001
+        return skipped(f"not measured: diffusers or transformers not importable: {type(err).__name__}: {err}")
+    import torch
+
+    from bench.kandinsky_pipeline import run_ours, run_theirs
+    from pipelines.kandinsky.pipeline import Kandinsky
+    from tests.pipelines._kandinsky_real import diffusers_pipelines, params_millions
+
+    build_s: dict[str, float] = {}
+
+    def make(dtype: Any) -> Any:
+        t0 = time.monotonic()
+        pipe = Kandinsky(kandinsky_nets(plan, dtype)).use_channels_last()  # as the server loads it
+        sync(plan.device)
+        build_s[str(dtype).removeprefix("torch.")] = round(time.monotonic() - t0, 1)
+        return pipe
+
+    fast = fast_dtype(plan)
+    steps = plan.kandinsky_steps
+    compared, pipe = against_float32(make, lambda p: generation(p, steps, 1), keep=str(fast).removeprefix("torch."))
+    pipe = pipe or make(fast)
+    out: dict[str, Any] = {
+        "architecture": "tiny (tests)" if plan.preset == "tiny" else "Kandinsky 2.2 (real configs, random weights)",
+        "params_millions": params_millions(pipe.nets), "size": pipe.size_rule.default, "steps": steps,
+        "precision": {"batch": 1, **compared}, "diffusers": diffusers.__version__,
+        "dtype": str(fast).removeprefix("torch."), "channels_last": True}
+    ref = diffusers_pipelines(pipe.nets)
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out |= versus(lambda b, s: run_ours(pipe, b, steps, s), lambda b, s: run_theirs(ref, pipe, b, steps, s),
+                  plan.kandinsky_batches, plan, deadline)
+    if plan.device == "cuda":
+        out["speed_peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    out["build_s"] = build_s
+    return out
+
+
+def decoder_unet(plan: Plan) -> Any:
+    """Kandinsky's decoder UNet alone (real; tiny for the tiny preset), seeded random weights
+    built on the device, in the serving dtype, channels-last (as the server runs it)."""
+    import torch
+
+    from tests.pipelines._kandinsky_real import real_unet, tiny_decoder_unet
+
+    build = tiny_decoder_unet if plan.preset == "tiny" else real_unet
+    return build(plan.device, fast_dtype(plan)).to(memory_format=torch.channels_last)
+
+
+def decoder_step(unet: Any, batch: int) -> Callable[..., Any]:
+    """One step of the decoder UNet on fixed inputs of `batch` rows (latents at its sample
+    size, image embeddings, one timestep), called as LatentDecoderStage calls it; step(net)
+    runs net instead (a compiled UNet); return_dict=False, as diffusers' pipelines call it
+    (a tuple, simpler to trace than its output class). The inputs stay put (CUDA graphs read
+    them in place)."""
+    import torch
+
+    cfg, device, dtype = unet.config, unet.device, unet.dtype
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    x = x.to(device, dtype).contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(batch, cfg.encoder_hid_dim, generator=gen).to(device, dtype)
+    t = torch.full((batch,), 500, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def step(net: Any = unet) -> Any:
+        return net(x, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb}, return_dict=False)[0]
+
+    return step
+
+
+def step_rate(step: Callable[[], Any], device: str, steps: int, rounds: int = 3) -> dict[str, Any]:
+    """A warm-up call, then `rounds` rounds of `steps` calls back to back (synchronized at
+    each round's end): seconds per step of each round, their median, steps/s."""
+    step()
+    sync(device)
+    per_step = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        per_step.append((time.perf_counter() - t0) / steps)
+    med = statistics.median(per_step)
+    return {"step_s": [round(s, 5) for s in per_step], "median_step_s": med, "steps_per_s": 1 / med}
+
+
+def matmul_peak(device: str, dtype: Any, side: int, seconds: float = 0.5) -> dict[str, Any]:
+    """TFLOP/s of a side^3 matmul in dtype (2 side^3 FLOPs each), back to back for about
+    `seconds` after a warm-up."""
+    import torch
+
+    a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
+    c = torch.empty_like(a)
+    torch.mm(a, b, out=c)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        torch.mm(a, b, out=c)
+    sync(device)
+    n = max(3, min(500, int(seconds / max((time.perf_counter() - t0) / 3, 1e-6))))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        torch.mm(a, b, out=c)
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"side": side, "matmuls": n, "seconds_each": dt / n, "tflop_s": 2 * side**3 * n / dt / 1e12}
+
+
+def flops(plan: Plan, deadline: float) -> dict[str, Any]:
+    """The decoder step's achieved TFLOP/s at each of plan.step_batches (FLOPs counted by
+    torch.utils.flop_counter on one step: matmuls, convolutions, attention), against the
+    measured bf16 and fp16 matmul peaks."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peaks = {name: matmul_peak(plan.device, getattr(torch, name), plan.matmul_side) for name in ("bfloat16", "float16")}
+    unet = decoder_unet(plan)
+    out: dict[str, Any] = {"dtype": str(unet.dtype).removeprefix("torch."), "matmul_peak": peaks}
+    for batch in plan.step_batches:
+        step = decoder_step(unet, batch)
+        with FlopCounterMode(display=False) as counter:
+            step()
+        count = counter.get_total_flops()
+        rate = step_rate(step, plan.device, plan.timed_steps)
+        achieved = count / rate["median_step_s"] / 1e12
+        out[f"batch_{batch}"] = {"flops_per_step": count, **rate, "tflop_s": achieved,
+                                 "of_bf16_peak": achieved / peaks["bfloat16"]["tflop_s"],
+                                 "of_fp16_peak": achieved / peaks["float16"]["tflop_s"]}
+    return out
+
+
+def cuda_graphs(plan: Plan, deadline: float) -> dict[str, Any]:
+    """The decoder step at plan.step_batches[0] rows captured once in a CUDA graph
+    (torch.cuda.graph, after warm-up calls on a side stream) and replayed, against eager."""
+    import torch
+
+    unet = decoder_unet(plan)
+    batch = plan.step_batches[0]
+    step = decoder_step(unet, batch)
+    eager = step_rate(step, plan.device, plan.timed_steps)
+    expected = step().float().cpu()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # cuBLAS/cuDNN workspaces and the allocator, outside the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    t0 = time.perf_counter()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    sync(plan.device)
+    capture_s = time.perf_counter() - t0
+    graph.replay()
+    sync(plan.device)
+    replayed = static_out.float().cpu()
+    graphed = step_rate(graph.replay, plan.device, plan.timed_steps)
+    return {"batch": batch, "dtype": str(unet.dtype).removeprefix("torch."), "capture_s": round(capture_s, 3),
+            "eager": eager, "graph": graphed, "graph_over_eager": graphed["steps_per_s"] / eager["steps_per_s"],
+            "max_abs_diff": difference(replayed, expected)}
+
+
+def compile_unet(plan: Plan, deadline: float) -> dict[str, Any]:
+    """torch.compile(unet, mode=COMPILE_MODE) at plan.step_batches[0] rows: seconds of the
+    first call (tracing and Inductor's code generation), steps/s of eager and compiled, graph
+    breaks, max |diff| of the outputs; a compilation still running at the part's budget is
+    recorded as such, with the eager figures. The compiled UNet is dropped (torch._dynamo.reset)."""
+    import torch
+
+    unet = decoder_unet(plan)
+    batch = plan.step_batches[0]
+    step = decoder_step(unet, batch)
+    eager = step_rate(step, plan.device, plan.timed_steps)
+    expected = step().float().cpu()
+    out: dict[str, Any] = {"mode": COMPILE_MODE, "batch": batch, "dtype": str(unet.dtype).removeprefix("torch."),
+                           "eager": eager}
+    try:
+        compiled = torch.compile(unet, mode=COMPILE_MODE)
+        t0 = time.perf_counter()
+        try:
+            got = step(compiled)
+            sync(plan.device)
+        except BaseException as err:  # noqa: BLE001 - the budget's timer, maybe wrapped by dynamo
+            if not timed_out(err):
+                raise
+            return out | {"compiled": skipped(f"still compiling after {time.perf_counter() - t0:.0f} s "
+                                              "(the part's budget)")}
+        compile_s = time.perf_counter() - t0
+        fast = step_rate(lambda: step(compiled), plan.device, plan.timed_steps)
+        out |= {"compile_s": round(compile_s, 1), "compiled": fast,
+                "compiled_over_eager": fast["steps_per_s"] / eager["steps_per_s"],
+                "max_abs_diff": difference(got.float().cpu(), expected)}
+        with contextlib.suppress(Exception):  # a private counter: report it where it exists
+            from torch._dynamo.utils import counters
+
+            out["graph_breaks"] = sum(counters["graph_break"].values())
+        return out
+    finally:
+        torch._dynamo.reset()
+
+
+def timed_out(err: BaseException) -> bool:
+    """err is PartTimeout, or was raised from or while handling one."""
+    seen: set[int] = set()
+    cur: Optional[BaseException] = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, PartTimeout):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 # ---- main ------------------------------------------------------------------------------
 
 def setup_logging(out: Path) -> None:
@@ -810,11 +1105,14 @@ def measure(bench: Bench, plan: Plan) -> int:
         for name, fn in (("precision", lambda d: precision(plan, model, d)),
                          ("attention", lambda d: attention(plan, model, d, problem)),
                          ("ours_vs_diffusers", lambda d: ours_vs_diffusers(plan, model, d)),
+                         ("kandinsky", lambda d: kandinsky(plan, d)),  # its own networks, in memory
                          ("http", lambda d: http_load(plan, model, bench.out, d))):
-            if not have_model:
+            if not have_model and name != "kandinsky":
                 bench.results[name] = skipped("no weights (see the weights section)")
                 continue
             bench.part(name, fn, needs_cuda=name == "attention" or not device_ok)
+    for name, fn in (("flops", flops), ("cuda_graphs", cuda_graphs), ("compile", compile_unet)):
+        bench.part(name, lambda d, fn=fn: fn(plan, d), needs_cuda=True)
     bench.results["peak_gpu_memory"] = (peak_memory(bench.results) | {"status": "ok"} if bench.cuda
                                         else skipped("no CUDA"))
     bench.write()
@@ -828,20 +1126,59 @@ def summary(results: dict[str, Any]) -> list[str]:
     """A few lines of the headline numbers (the JSON holds the rest)."""
     lines = [f"{name}: {r['status']} {r.get('reason') or r.get('error') or ''}".rstrip()
              for name, r in results.items() if name in PARTS]
-    for dtype, r in results.get("precision", {}).items():
-        if isinstance(r, dict) and "stages" in r:
-            errs = {k: round(v["max_abs"], 4) for k, v in {**r["stages"], "end_to_end": r["end_to_end"]}.items()}
-            lines.append(f"precision {dtype} max |diff|: {errs}")
+    lines += precision_lines("precision", results.get("precision", {}))
     if "xformers_over_sdpa" in results.get("attention", {}):
         lines.append(f"xformers / sdpa images/s: {results['attention']['xformers_over_sdpa']:.2f}")
-    for key, r in results.get("ours_vs_diffusers", {}).items():
-        if key.startswith("batch_"):
-            lines.append(f"{key}: ours {r['ours']['images_per_s']:.2f} images/s, diffusers "
-                         f"{r['diffusers']['images_per_s']:.2f} ({r['ours_over_diffusers']:.2f}x)")
+    lines += versus_lines("", results.get("ours_vs_diffusers", {}))
     for key, r in results.get("http", {}).get("levels", {}).items():
         if "images_per_s" in r:
             lines.append(f"http {key}: {r['images_per_s']:.2f} images/s, p50 {r['p50_s']:.2f} s, "
                          f"batch by stage {r['batch_by_stage']}")
+    k = results.get("kandinsky", {})
+    lines += precision_lines("kandinsky precision", k.get("precision", {}))
+    lines += versus_lines("kandinsky ", k)
+    if "speed_peak_gpu_allocated_bytes" in k:
+        lines.append(f"kandinsky peak GPU memory: {k['speed_peak_gpu_allocated_bytes'] / 2**30:.1f} GiB "
+                     f"(speed runs), {k['peak_gpu_allocated_bytes'] / 2**30:.1f} GiB (part)")
+    return lines + gpu_setting_lines(results)
+
+
+def precision_lines(label: str, section: dict[str, Any]) -> list[str]:
+    lines = []
+    for dtype, r in section.items():
+        if isinstance(r, dict) and "stages" in r:
+            errs = {k: round(v["max_abs"], 4) for k, v in {**r["stages"], "end_to_end": r["end_to_end"]}.items()}
+            lines.append(f"{label} {dtype} max |diff|: {errs}")
+    return lines
+
+
+def versus_lines(label: str, section: dict[str, Any]) -> list[str]:
+    return [f"{label}{key}: ours {r['ours']['images_per_s']:.2f} images/s, diffusers "
+            f"{r['diffusers']['images_per_s']:.2f} ({r['ours_over_diffusers']:.2f}x)"
+            for key, r in section.items() if key.startswith("batch_")]
+
+
+def gpu_setting_lines(results: dict[str, Any]) -> list[str]:
+    """flops, cuda_graphs and compile, where measured."""
+    lines = []
+    f = results.get("flops", {})
+    if "matmul_peak" in f:
+        lines.append(f"matmul peak {f['matmul_peak']['bfloat16']['side']}^3: bf16 "
+                     f"{f['matmul_peak']['bfloat16']['tflop_s']:.0f} TFLOP/s, fp16 "
+                     f"{f['matmul_peak']['float16']['tflop_s']:.0f}")
+    for key, r in f.items():
+        if key.startswith("batch_"):
+            lines.append(f"decoder step {key}: {r['flops_per_step'] / 1e12:.2f} TFLOP in {r['median_step_s'] * 1e3:.1f}"
+                         f" ms = {r['tflop_s']:.0f} TFLOP/s ({100 * r['of_bf16_peak']:.0f}% of the bf16 peak)")
+    g = results.get("cuda_graphs", {})
+    if "graph_over_eager" in g:
+        lines.append(f"cuda graph, decoder step batch {g['batch']}: {g['eager']['steps_per_s']:.1f} -> "
+                     f"{g['graph']['steps_per_s']:.1f} steps/s ({g['graph_over_eager']:.2f}x)")
+    c = results.get("compile", {})
+    if "compiled_over_eager" in c:
+        lines.append(f"torch.compile ({c['mode']}), decoder step batch {c['batch']}: {c['compile_s']:.0f} s to "
+                     f"compile, {c['eager']['steps_per_s']:.1f} -> {c['compiled']['steps_per_s']:.1f} steps/s "
+                     f"({c['compiled_over_eager']:.2f}x)")
     return lines
 
 

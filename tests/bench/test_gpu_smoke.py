@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("install", "weights", "precision", "attention", "ours_vs_diffusers", "http", "peak_gpu_memory")
+SECTIONS = ("install", "weights", "precision", "attention", "ours_vs_diffusers", "kandinsky", "http", "flops",
+            "cuda_graphs", "compile", "peak_gpu_memory")
 
 
 def number(value: Any) -> bool:
@@ -32,14 +33,15 @@ def measured_or_skipped(section: dict, *keys: str) -> None:
 @pytest.mark.slow
 def test_smoke_run_records_every_section(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert (tmp_path / "gpu.log").stat().st_size > 0
     for name in SECTIONS:
         assert results[name]["status"] in ("ok", "skipped"), (name, results[name])
     assert results["install"] == {"status": "skipped", "reason": "smoke mode"}
-    assert results["attention"]["reason"] == "no CUDA" and results["peak_gpu_memory"]["reason"] == "no CUDA"
+    for name in ("attention", "flops", "cuda_graphs", "compile", "peak_gpu_memory"):
+        assert results[name]["reason"] == "no CUDA", (name, results[name])
     measured_or_skipped(results["weights"], "convert_s")
     for dtype in ("float16", "bfloat16"):
         for stage in ("prior", "decoder", "upsampler.0"):
@@ -47,6 +49,12 @@ def test_smoke_run_records_every_section(tmp_path: Path) -> None:
         measured_or_skipped(results["precision"], dtype, "end_to_end", "max_abs")
     for batch in ("batch_1", "batch_2"):
         measured_or_skipped(results["ours_vs_diffusers"], batch, "ours_over_diffusers")
+    kandinsky = results["kandinsky"]
+    for dtype in ("float16", "bfloat16"):
+        for stage in ("prior", "decoder", "movq"):
+            measured_or_skipped(kandinsky, "precision", dtype, "stages", stage, "max_abs")
+        measured_or_skipped(kandinsky, "precision", dtype, "end_to_end", "max_abs")
+    measured_or_skipped(kandinsky, "batch_1", "ours_over_diffusers")
     assert results["http"]["status"] == "ok", results["http"]
     for level in ("c1", "c8", "c32"):
         measured_or_skipped(results["http"]["levels"][level], "images_per_s")

@@ -27,6 +27,7 @@ from pipelines.kandinsky.pipeline import Kandinsky  # noqa: E402
 from pipelines.operations import generate  # noqa: E402
 from pipelines.unclip import Sampling, make_generator, run_direct, run_many  # noqa: E402
 from tests.pipelines._diffusers_ref import use_float64_tables  # noqa: E402
+from tests.pipelines._kandinsky_real import REAL_TEXT, params_millions, real_nets  # noqa: E402
 from tests.pipelines._kandinsky_tiny import IMAGE, write_model_dir  # noqa: E402
 
 TOL = 1e-4
@@ -270,60 +271,23 @@ def test_layout_errors(model_dir: Path, tmp_path: Path) -> None:
 
 
 # ---- the real Kandinsky 2.2 architecture, on the meta device (no memory, no weights) ----------
-# The component configs of kandinsky-community/kandinsky-2-2-prior and -decoder, as their
-# config.json files give them (written down here: nothing is downloaded).
-
-REAL_PRIOR = {"num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,
-              "num_embeddings": 77, "additional_embeddings": 4, "dropout": 0.0, "time_embed_act_fn": "gelu",
-              "norm_in_type": None, "embedding_proj_norm_type": None, "encoder_hid_proj_type": "linear",
-              "added_emb_type": "prd", "time_embed_dim": None, "embedding_proj_dim": None, "clip_embed_dim": None}
-REAL_TEXT = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "projection_dim": 1280,
-             "num_hidden_layers": 32, "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu"}
-REAL_VISION = {"hidden_size": 1664, "intermediate_size": 8192, "projection_dim": 1280, "num_hidden_layers": 48,
-               "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "gelu"}
-REAL_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 8, "addition_embed_type": "image",
-    "addition_embed_type_num_heads": 64, "attention_head_dim": 64, "block_out_channels": [384, 768, 1152, 1536],
-    "cross_attention_dim": 768, "cross_attention_norm": "group_norm", "encoder_hid_dim": 1280,
-    "encoder_hid_dim_type": "image_proj", "layers_per_block": 3, "resnet_time_scale_shift": "scale_shift",
-    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "class_embed_type": None,
-    "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
-                         "SimpleCrossAttnDownBlock2D"],
-    "up_block_types": ["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
-                       "ResnetUpsampleBlock2D"]}
-REAL_MOVQ = {"act_fn": "silu", "block_out_channels": [128, 256, 256, 512], "in_channels": 3, "latent_channels": 4,
-             "layers_per_block": 2, "norm_num_groups": 32, "norm_type": "spatial", "num_vq_embeddings": 16384,
-             "out_channels": 3, "sample_size": 32, "vq_embed_dim": 4,
-             "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D",
-                                  "AttnDownEncoderBlock2D"],
-             "up_block_types": ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}
-REAL_PRIOR_SCHEDULER = {"clip_sample": True, "clip_sample_range": 5.0, "num_train_timesteps": 1000,
-                        "prediction_type": "sample", "variance_type": "fixed_small_log"}
-REAL_DECODER_SCHEDULER = {"beta_end": 0.012, "beta_schedule": "linear", "beta_start": 0.00085, "clip_sample": False,
-                          "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-                          "timestep_spacing": "leading", "variance_type": "fixed_small"}
+# The configs: tests/pipelines/_kandinsky_real.py.
 
 
 def test_real_configs_build_and_fit_together() -> None:
-    """The real configs instantiate (on meta), their widths agree, and one batched call of
-    each of our stages' networks gives the shapes our tracks hold (prior [B, 1280], decoder
-    [B, 8, 64, 64] for 512 px, MoVQ [B, 3, 512, 512])."""
-    from diffusers import PriorTransformer, UNet2DConditionModel, VQModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig
-
-    from pipelines.kandinsky.networks import KandinskyNets
-    from pipelines.kandinsky.schedulers import ddpm_config, unclip_config
+    """The real configs instantiate (on meta, by `real_nets`, cast to float16), their widths
+    agree, and one batched call of each of our stages' networks gives the shapes our tracks
+    hold (prior [B, 1280], decoder [B, 8, 64, 64] for 512 px, MoVQ [B, 3, 512, 512])."""
     from pipelines.kandinsky.stages import KandinskyPriorStage, LatentDecoderStage, MovqStage
 
-    with torch.device("meta"):
-        prior, unet, movq = PriorTransformer(**REAL_PRIOR), UNet2DConditionModel(**REAL_UNET), VQModel(**REAL_MOVQ)
-        text = CLIPTextModelWithProjection(CLIPTextConfig(**REAL_TEXT))
-    vision = CLIPVisionConfig(**REAL_VISION)
+    nets = real_nets("meta", torch.float16)
+    prior, unet, movq, text = nets.prior, nets.unet, nets.movq, nets.text_encoder
+    vision = nets.image_encoder.config
     assert REAL_TEXT["projection_dim"] == vision.projection_dim == prior.config.embedding_dim
     assert unet.config.encoder_hid_dim == prior.config.embedding_dim
-    assert text.config.max_position_embeddings == prior.config.num_embeddings
-    nets = KandinskyNets(prior=prior, text_encoder=text, tokenizer=None, image_encoder=None, unet=unet, movq=movq,
-                         prior_cfg=unclip_config(REAL_PRIOR_SCHEDULER), decoder_cfg=ddpm_config(REAL_DECODER_SCHEDULER))
+    assert text.config.max_position_embeddings == prior.config.num_embeddings == nets.tokenizer.model_max_length
+    assert {p.dtype for p in unet.parameters()} == {torch.float16} and unet.device.type == "meta"
+    assert 4800 < sum(params_millions(nets).values()) < 5000  # 4.9 B
     assert (nets.movq_scale, nets.native_size, nets.embed_dim, nets.latent_channels) == (8, 512, 1280, 4)
     assert nets.decoder_cfg.beta_start == 0.00085 and nets.prior_cfg.clip_x0 == 5.0
     meta = {"device": "meta"}
@@ -336,5 +300,6 @@ def test_real_configs_build_and_fit_together() -> None:
     out = LatentDecoderStage(nets, torch.zeros(1, 1280, **meta)).network(
         torch.zeros(2, 4, 64, 64, **meta), torch.tensor([981, 1], **meta), emb, None)
     assert out.shape == (2, 8, 64, 64)
-    assert movq.decode(torch.zeros(1, 4, 64, 64, **meta), force_not_quantize=True).sample.shape == (1, 3, 512, 512)
+    latents = torch.zeros(1, 4, 64, 64, dtype=movq.dtype, **meta)
+    assert movq.decode(latents, force_not_quantize=True).sample.shape == (1, 3, 512, 512)
     assert MovqStage(nets).key == "movq"
