@@ -142,6 +142,7 @@ WHEEL_GROUPS: tuple[WheelGroup, ...] = (
 DEVICE_PACKAGES: tuple[str, ...] = (
     "numpy==2.5.2", "pillow", "safetensors==0.8.0", "prometheus-client", "huggingface-hub==1.33.0", "regex",
     "tqdm", "filelock", "fsspec", "packaging", "pyyaml", "requests", "certifi", "idna", "typing-extensions",
+    "transformers",  # the Hugging Face snapshots' CLIP towers and tokenizers (pipelines/hf_clip.py)
 )
 DEVICE_STUBS: dict[str, str] = {"torch": "2.11.0", "torchvision": "0.26.0"}
 
