@@ -562,6 +562,7 @@ def parse_args() -> argparse.Namespace:
                    help="the networks' dtype, server and direct runs (auto: `default_dtype`)")
     p.add_argument("--pairs", type=int, default=10, help="alternated direct/HTTP generations for the latency ratio")
     p.add_argument("--redis", action="store_true", help="only compare c=1 latency in process and through Redis")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the figure (bench/plots.py) to this PNG")
     return p.parse_args()
 
 
@@ -693,6 +694,10 @@ def main() -> int:
            "max_batch": args.max_batch, "duration_s": args.duration, **extra, "ratios": ratios,
            "runs": [asdict(r) for r in runs], "cpu_count": os.cpu_count()}
     print(f"wrote {write_result(f'load-{cfg.name}', out)}")
+    if args.plot:
+        from bench.plots import draw
+
+        print(f"wrote {draw(out, args.plot)}")
     return 0
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="OUR networks' dtype (default: the server's, `default_dtype`); diffusers runs fp32")
     ap.add_argument("--contiguous", action="store_true",
                     help="run OUR UNets in contiguous memory format (default: channels-last, as the server does)")
+    ap.add_argument("--plot", type=Path, default=None, help="also draw the figure (bench/plots.py) to this PNG")
     args = ap.parse_args(argv)
     steps = tuple(int(s) for s in (args.steps or ("25,25,7" if args.family == "karlo" else "25,25")).split(","))
     batches = [int(b) for b in args.batch.split(",")]
@@ -227,6 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
            "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
     print(f"\nwrote {write_result(f'pipeline-{args.family}-{args.config}', out)}")
+    if args.plot:
+        from bench.plots import draw
+
+        print(f"wrote {draw(out, args.plot)}")
     return out
 
 
