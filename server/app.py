@@ -19,7 +19,19 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api import edits, files, generations, health, interpolations, jobs, models, playground, text_diffs, variations
+from .api import (
+    edits,
+    files,
+    generations,
+    health,
+    interpolations,
+    job_events,
+    jobs,
+    models,
+    playground,
+    text_diffs,
+    variations,
+)
 from .api.auth import AuthMiddleware, bearer_scheme
 from .api.background import ASYNC_RESPONSE, prefer_header
 from .api.errors import error_response, install_handlers
@@ -184,6 +196,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         app.include_router(module.router, prefix="/v1", tags=["images"], dependencies=secured + accepts_async,
                            responses={**errors, **ASYNC_RESPONSE})
     app.include_router(jobs.router, prefix="/v1", tags=["jobs"], dependencies=secured, responses=errors)
+    app.include_router(job_events.router, prefix="/v1", tags=["jobs"], dependencies=secured, responses=errors)
     app.include_router(models.router, prefix="/v1", tags=["models"], dependencies=secured, responses=errors)
     app.include_router(files.router, prefix="/v1", tags=["files"], responses={404: {"model": ErrorResponse}},
                        dependencies=secured if settings.files_require_key else [])
