@@ -71,7 +71,7 @@ class ModelDir:
         if self.family == "kandinsky-2.2":
             from .kandinsky.pipeline import Kandinsky
 
-            return Kandinsky.load(self.path, device, dtype).use_channels_last(channels_last)
+            return Kandinsky.load(self.path, device, dtype).use_channels_last(channels_last).use_attention_backend()
         if self.family == "karlo-snapshot":
             from .diffusers_layout import load_karlo_snapshot
 

@@ -15,12 +15,14 @@ mask and re-noising conventions), with the decoder-inpaint/ UNet where the folde
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Generator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..attention import backend_for
 from ..clip import TextEncoding
 from ..hf_clip import HFClip
 from ..sampling import Known, Stage, Track, inversion_pairs, latest, resize
@@ -29,6 +31,8 @@ from ..stage_keys import DECODER, MOVQ
 from ..unclip import Sampling, StagedPipeline, StageRequest, _default
 from .networks import KandinskyNets, load_kandinsky
 from .stages import KandinskyPriorStage, LatentDecoderStage, MovqStage
+
+log = logging.getLogger(__name__)
 
 
 class Kandinsky(StagedPipeline):
@@ -50,6 +54,19 @@ class Kandinsky(StagedPipeline):
     @classmethod
     def load(cls, path: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Kandinsky":
         return cls(load_kandinsky(path, device, dtype))
+
+    def use_attention_backend(self) -> "Kandinsky":
+        """diffusers' networks on the project's attention backend (pipelines/attention.py):
+        with xformers where it runs on this device and dtype (CUDA), their xformers attention
+        processors; else their own SDPA processors, as loaded."""
+        nets = self.nets
+        if backend_for(nets.device, nets.unet.dtype) != "xformers":
+            return self
+        for net in (nets.prior, nets.unet, nets.inpaint_unet, nets.movq):
+            if net is not None:
+                net.enable_xformers_memory_efficient_attention()
+        log.info("Kandinsky networks use xformers attention")
+        return self
 
     def use_channels_last(self, enabled: bool = True) -> "Kandinsky":
         """The convolutional networks (decoder UNets, MoVQ) in channels-last memory format (or

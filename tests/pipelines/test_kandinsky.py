@@ -303,3 +303,18 @@ def test_real_configs_build_and_fit_together() -> None:
     latents = torch.zeros(1, 4, 64, 64, dtype=movq.dtype, **meta)
     assert movq.decode(latents, force_not_quantize=True).sample.shape == (1, 3, 512, 512)
     assert MovqStage(nets).key == "movq"
+
+
+def test_networks_take_xformers_where_it_runs(pipe: Kandinsky, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the SDPA backend (this CPU) nothing changes; where pipelines.attention picks xformers
+    (CUDA with a working xformers), every diffusers network gets its xformers processors."""
+    import pipelines.kandinsky.pipeline as module
+
+    switched = []
+    for name in ("prior", "unet", "movq"):
+        net = getattr(pipe.nets, name)
+        monkeypatch.setattr(net, "enable_xformers_memory_efficient_attention", lambda n=name: switched.append(n))
+    assert pipe.use_attention_backend() is pipe and switched == []
+    monkeypatch.setattr(module, "backend_for", lambda device, dtype: "xformers")
+    pipe.use_attention_backend()
+    assert switched == ["prior", "unet", "movq"]
