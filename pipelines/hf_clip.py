@@ -6,11 +6,16 @@ stack or a Kandinsky pipeline uses either.
 Text: padded to the tokenizer's model_max_length and truncated, as diffusers' UnCLIPPipeline
 and KandinskyV22PriorPipeline encode prompts: pooled = text_embeds (projected),
 states = last_hidden_state (after the final layer norm), mask = the attention mask.
+
+The tokenizer is called under a lock: a tokenizers-backed tokenizer sets its padding and
+truncation on the shared backend for each call, so the server's token counts (event loop)
+and the engine's encodings (engine thread) at once could unpad an encoding.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -30,6 +35,7 @@ class HFClip(nn.Module):
                  processor: Optional[Mapping[str, Any]] = None):
         super().__init__()
         self.text_encoder, self.tokenizer, self.image_encoder = text_encoder, tokenizer, image_encoder
+        self._tokenizing = threading.Lock()
         self.image_prep = None if image_encoder is None else \
             ImagePrep.from_config(processor or {}, image_encoder.config.image_size)
 
@@ -43,7 +49,8 @@ class HFClip(nn.Module):
 
     def count_tokens(self, text: str) -> int:
         """The text's token ids, start and end included, untruncated."""
-        return len(self.tokenizer(text, truncation=False).input_ids)
+        with self._tokenizing:
+            return len(self.tokenizer(text, truncation=False).input_ids)
 
     @property
     def image_tokens(self) -> int:
@@ -57,7 +64,9 @@ class HFClip(nn.Module):
     def encode_text(self, texts: list[str]) -> TextEncoding:
         """texts -> pooled [B, D], states [B, T, W], mask [B, T] (T = model_max_length), fp32."""
         tok = self.tokenizer
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with self._tokenizing:
+            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt")
         out = self.text_encoder(ids.input_ids.to(self.device))
         return TextEncoding(out.text_embeds.float(), out.last_hidden_state.float(),
                             ids.attention_mask.bool().to(self.device))

@@ -157,3 +157,24 @@ def test_karlo_snapshot_takes_images_only_with_an_image_encoder(karlo: UnCLIP, k
     with pytest.raises(InvalidInput, match="no CLIP image encoder") as err:
         run_direct(text_only, variations(text_only, image, size=32, opts=opts))
     assert err.value.param == "image"
+
+
+def test_token_counts_and_encodings_at_once_keep_the_padding(karlo_dir: Path) -> None:
+    """The server counts tokens on its event loop while the engine encodes prompts: from four
+    threads at once every encoding still has the tokenizer's full context (transformers'
+    tokenizers-backed CLIPTokenizer sets padding on its shared backend per call: unlocked,
+    about one call in a hundred came back unpadded, 15 tokens)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.hf_clip import load_hf_clip
+
+    clip = load_hf_clip(karlo_dir)
+
+    def call(i: int) -> tuple[int, ...]:
+        if i % 2:
+            return (clip.count_tokens("a red cat on a blue mat"),)
+        return tuple(clip.encode_text(["a cat number one"]).mask.shape)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = set(pool.map(call, range(4000)))
+    assert results == {call(1), (1, clip.context_length)}
