@@ -4,14 +4,21 @@ beside the API: both take specs to the engine, the API from requests, this from 
 While this replica is ready and its engine has a free slot (fewer jobs held than
 `max_running`), it claims the next job of the global queue (woken by the `queued` channel
 when any replica queues one, by `rt.claimable` when this one does or one of its own jobs
-ends, and every POLL_S in any case) (a lease in Redis, renewed every
+ends, and every POLL_S in any case) (a lease in Redis under a fencing token, renewed every
 third of `lease_s`), rebuilds its plan from the stored spec with the kind's own builder
 (server/requests/plans.py `PLANS`), submits it to the engine under the job's id, and
 follows it into its record as an async job is followed (server/delivery/follow.py): its
-events and result reach whichever replica asks. Draining stops the claiming.
+events and result reach whichever replica asks, every write carrying the token. Draining
+stops the claiming.
 
-Every replica also reaps: a claimed job whose lease expired (its replica died) goes back to
-the front of the queue, or, after MAX_ATTEMPTS lost claims, fails with 503 `replica_lost`.
+A claim is kept only while it is renewed: the engine job holds the lease's end as this
+replica last renewed it (`Job.held_until`) and stops at its next step once that passes (a
+stall, Redis out of reach); a renewal that finds the lease gone stops it too. Either way
+the follower writes nothing more (`AsyncJobs.abandon`), and Redis refuses the token anyway.
+
+Every replica also reaps: a claimed job whose lease expired (its replica died or stalled)
+goes back to the front of the queue, or, after MAX_ATTEMPTS lost claims, fails with 503
+`replica_lost` (inside Redis: a lost reply loses nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from .requests.plans import plan_of
 from .requests.spec import spec_from_json
 from .runtime import Runtime
 from .state.records import EVENT_PREFIX
-from .state.redis.queue import MAX_ATTEMPTS
+from .state.redis.queue import MAX_ATTEMPTS, Claim
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ class Claimer:
 
     def __init__(self, rt: Runtime):
         self.rt = rt
-        self.held: set[str] = set()
+        self.held: dict[str, tuple[str, Job]] = {}  # job id -> its fencing token and engine job
         self._tasks: list[asyncio.Task] = []
         self._wake = rt.claimable
 
@@ -80,14 +87,12 @@ class Claimer:
                 now = loop.time()
                 if now - renewed >= queue.lease_s / 3:
                     renewed = now
-                    lost = await queue.renew(sorted(self.held))
-                    if lost:
-                        log.warning("leases lost (another replica may run them): %s", lost)
+                    await self._renew()
                 if now - reaped >= REAP_S:
                     reaped = now
                     await self._reap()
                 while self.free() and (claimed := await queue.claim()) is not None:
-                    await self._start(*claimed)
+                    await self._start(claimed, time.monotonic() + queue.lease_s)
             except StoreUnavailable:
                 pass
             except Exception:  # noqa: BLE001 - the worker goes on whatever happened
@@ -98,52 +103,70 @@ class Claimer:
                 pass
             self._wake.clear()
 
+    async def _renew(self) -> None:
+        """Renew the leases of the jobs held here; stop those whose lease was lost."""
+        since = time.monotonic()
+        lost = await self.rt.shared.queue.renew({job_id: token for job_id, (token, _) in self.held.items()})
+        for job_id, (_, job) in list(self.held.items()):
+            if job_id in lost:
+                self.held.pop(job_id)
+                self.rt.jobs.abandon(job_id)
+            else:
+                job.held_until = since + self.rt.shared.queue.lease_s
+
     async def _reap(self) -> None:
         """Hand on the jobs of lost replicas; report the global queue's depth."""
-        requeued, failed = await self.rt.shared.queue.reap()
+        requeued, failed = await self.rt.shared.queue.reap(REPLICA_LOST)
         self.rt.metrics.set_global_queue(await self.rt.shared.queue.depth())
         if requeued:
             log.warning("jobs of a lost replica queued again: %s", requeued)
         for job_id in failed:
             log.error("job %s failed: its replica was lost %d times", job_id, MAX_ATTEMPTS)
-            await self.rt.jobs.finish(job_id, "failed", error=REPLICA_LOST)
+            if (record := await self.rt.jobs.store.get(job_id)) is not None:
+                self.rt.jobs.announce(record)
 
-    async def _start(self, job_id: str, text: str) -> None:
-        """Run a claimed job here: rebuild its plan, submit it, follow it into its record."""
-        rt, queue = self.rt, self.rt.shared.queue
+    async def _start(self, claim: Claim, held_until: float) -> None:
+        """Run a claimed job here: rebuild its plan, submit it, follow it into its record.
+        `held_until`: when its lease ends (monotonic) unless renewed."""
+        rt, queue, job_id = self.rt, self.rt.shared.queue, claim.id
         record = await rt.jobs.store.get(job_id)
         if record is None or record.finished:  # cancelled or deleted while queued
-            await queue.done(job_id)
+            await queue.done(job_id, claim.token)
             return
         try:
-            spec, extra = spec_from_json(text)
+            spec, extra = spec_from_json(claim.spec)
             plan = plan_of(rt, spec)
             ready = prepare(rt, spec.params, spec.out, plan, admitted=True, cost_s=extra["cost_s"])
             following, progress, hook = follow_with(rt, spec.params, spec.out, plan, ready, EVENT_PREFIX,
                                                     extra["base_url"])
-            left_s = rt.settings.default_deadline_s - (time.time() - extra["accepted_at"])
+            left_s = rt.settings.default_deadline_s - claim.age_s  # by Redis's clock
             job = rt.engine.submit(plan.op, kind=spec.kind, on_progress=hook, cost_s=ready.cost_s,
                                    deadline_s=max(0.001, left_s), job_id=job_id)
+            job.held_until = held_until
         except Exception as exc:  # noqa: BLE001 - a spec that does not run fails its job
             log.exception("claimed job %s could not start", job_id)
-            await rt.jobs.finish(job_id, "failed", error=error_body(from_exception(exc))["error"])
-            await queue.done(job_id)
+            await rt.jobs.finish(job_id, "failed", error=error_body(from_exception(exc))["error"], fence=claim.token)
+            await queue.done(job_id, claim.token)
             return
         record.replica = rt.replica
-        if not await rt.jobs.store.put(record):  # ended meanwhile
+        if not await rt.jobs.store.put(record, claim.token):  # ended (or claimed again) meanwhile
             job.cancel()
-            await queue.done(job_id)
+            await queue.done(job_id, claim.token)
             return
-        self.held.add(job_id)
-        rt.jobs.adopt(record, job, self._follow(job, progress, Fraction(plan.work), following))
+        self.held[job_id] = (claim.token, job)
+        rt.jobs.adopt(record, job, self._follow(job, claim.token, progress, Fraction(plan.work), following),
+                      fence=claim.token)
 
-    async def _follow(self, job: Job, progress: asyncio.Queue, fraction: Fraction, following: Following) -> None:
+    async def _follow(self, job: Job, token: str, progress: asyncio.Queue, fraction: Fraction,
+                      following: Following) -> None:
         try:
             await follow(self.rt, job, progress, fraction, following)
+            if job.state == "done":
+                log.info("job %s of the global queue ran to completion here", job.id)
         finally:
-            self.held.discard(job.id)
+            self.held.pop(job.id, None)
             self._wake.set()  # a slot is free
             try:
-                await self.rt.shared.queue.done(job.id)
+                await self.rt.shared.queue.done(job.id, token)
             except StoreUnavailable:
                 log.warning("job %s ended, but its claim could not be dropped (it expires)", job.id)

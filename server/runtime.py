@@ -44,6 +44,7 @@ from .settings import Settings
 from .state.cancels import LocalCancels
 from .state.records import MemoryJobStore
 from .state.redis.cancels import RedisCancels
+from .state.redis.idempotency import RedisIdempotency
 from .state.redis.link import RedisLink
 from .state.redis.queue import RedisQueue
 from .state.redis.store import RedisJobStore
@@ -72,8 +73,8 @@ class Runtime:
         # C2PA signing and moderation (docs/trust.md): BadCredentials, BadConcepts before anything starts.
         self.credentials = load_credentials(settings.c2pa_cert, settings.c2pa_key, settings.c2pa_tsa_url)
         self.moderation = Moderation(settings.moderation_concepts, self.metrics.moderation_refused)
-        self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the global queue's leases
-        self.shared = shared_state(settings, self.replica, self.metrics.set_store_up)
+        self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the records of the jobs it runs
+        self.shared = shared_state(settings, self.metrics.set_store_up)
         self.metrics.set_store_up(self.shared.up)
         self.store = self.shared.images  # the URL images
         self.jobs = async_jobs(settings, self.metrics, self.shared)
@@ -180,9 +181,8 @@ class Runtime:
         await self.shared.close()
 
 
-def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
-    """The stores the settings ask for (`replica`: this one's name in the global queue's
-    leases); `on_change(up)` hears Redis come and go."""
+def shared_state(s: Settings, on_change: Callable[[bool], None] = lambda up: None) -> SharedState:
+    """The stores the settings ask for; `on_change(up)` hears Redis come and go."""
     if s.redis_url is None:
         return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
                            UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
@@ -190,8 +190,9 @@ def shared_state(s: Settings, replica: str, on_change: Callable[[bool], None] = 
     # A record not yet finished lasts past its job's longest life, in case its replica dies.
     pending_s = s.max_deadline_s + s.job_ttl_s
     jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)
-    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, replica)
-    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue)
+    queue = RedisQueue(link, s.queue_size, s.lease_s, pending_s, s.job_ttl_s)
+    return SharedState(jobs, RedisUrlStore(link, s.url_ttl_s, s.url_store_max_bytes), RedisCancels(link), link, queue,
+                       RedisIdempotency(link, pending_s))
 
 
 def async_jobs(s: Settings, metrics: Metrics, shared: SharedState) -> AsyncJobs:

@@ -4,7 +4,8 @@ exceeds the deadline, runs it on the engine and answers with OpenAI's images res
 with Server-Sent Events (server/api/stream.py), or, with `Prefer: respond-async`, with 202
 and a job to poll (server/api/background.py). With Redis, a synchronous or async request
 goes to the global queue instead (`enqueue`; server/claimer.py runs it on some replica) and
-a synchronous one waits for its record's end (`await_record`); `stream=true` runs here.
+a synchronous one waits for its record's end (`await_record`); `stream=true` runs here. An
+`Idempotency-Key` binds the queued job to the key (server/api/idempotency.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..state.records import EVENT_PREFIX as JOB_EVENT_PREFIX
 from ..state.records import FINAL, JobRecord
 from .auth import key_owner
 from .background import accepted, check_delivery, prefers_async, start
+from .idempotency import bind, idempotency_key
 from .running import await_job, submit
 from .stream import stream_response
 
@@ -70,34 +72,54 @@ async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, ba
                   webhook_url: Optional[str]) -> Any:
     """Put the job in the global queue (429 with a Retry-After from the global depth when
     `queue_size` jobs wait already); answer 202 with the job, or wait for its end. A
-    synchronous request's record is not listed, and goes once answered."""
+    synchronous request's record is not listed, and goes once answered unless an
+    `Idempotency-Key` may ask for it again (server/api/idempotency.py)."""
     owner = key_owner(request.headers.get("authorization"), rt.settings.keys)
+    key = idempotency_key(request)
     record = JobRecord(new_job_id(), spec.kind, int(time.time()), owner=owner, webhook_url=webhook_url,
                        listed=background)
-    text = spec_json(spec, base_url=base_url, cost_s=ready.cost_s, accepted_at=time.time())
+    if key is not None and (started := await bind(rt, owner, key, record.id, spec, background)) is not None:
+        if (earlier := await rt.jobs.store.get(started)) is not None:
+            return await answer(request, rt, earlier, background, ready.headers, keyed=True)
+        await rt.shared.idempotency.release(owner, key, started)  # its job is gone: this request starts anew
+        return await enqueue(request, rt, spec, ready, base_url, background, webhook_url)
+    text = spec_json(spec, base_url=base_url, cost_s=ready.cost_s)
     await rt.jobs.store.put(record)
     queued, depth = await rt.shared.queue.push(record.id, text, ready.cost_s)
     if not queued:
         await rt.jobs.store.delete(record.id)
+        if key is not None:
+            await rt.shared.idempotency.release(owner, key, record.id)
         raise QueueFull(rt.engine.retry_after(max(1, depth - rt.settings.queue_size + 1)), depth)
     rt.claimable.set()  # this replica takes it at once if it has a free slot
+    return await answer(request, rt, record, background, ready.headers, keyed=key is not None)
+
+
+async def answer(request: Request, rt: Runtime, record: JobRecord, background: bool, headers: dict[str, str],
+                 keyed: bool) -> Any:
+    """202 with the queued job, or its images once it ends. A synchronous request without
+    an idempotency key (`keyed`) cancels its job when its client goes away, and drops the
+    record once answered."""
     if background:
-        return await accepted(rt, record, ready.headers)
+        return await accepted(rt, record, headers)
     rt.waiting += 1
     try:
-        return JSONResponse(await await_record(request, rt, record.id), headers=ready.headers)
+        return JSONResponse(await await_record(request, rt, record.id, cancel_on_disconnect=not keyed),
+                            headers=headers)
     finally:
         rt.waiting -= 1
-        try:
-            await rt.jobs.store.delete(record.id)
-        except StoreUnavailable:
-            pass
+        if not keyed:
+            try:
+                await rt.jobs.store.delete(record.id)
+            except StoreUnavailable:
+                pass
 
 
-async def await_record(request: Request, rt: Runtime, job_id: str) -> dict[str, Any]:
+async def await_record(request: Request, rt: Runtime, job_id: str, cancel_on_disconnect: bool = True) -> dict[str, Any]:
     """The images response of a queued synchronous job, wherever it runs: its events are
-    followed until the terminal one (a client disconnect cancels it); its failure is raised."""
-    watcher = asyncio.create_task(cancel_record_on_disconnect(request, rt, job_id))
+    followed until the terminal one (a client disconnect cancels it, if asked); its
+    failure is raised."""
+    watcher = asyncio.create_task(cancel_record_on_disconnect(request, rt, job_id)) if cancel_on_disconnect else None
     limit = time.monotonic() + rt.settings.default_deadline_s + 3 * rt.settings.lease_s + 30
     after = 0
     try:
@@ -108,7 +130,9 @@ async def await_record(request: Request, rt: Runtime, job_id: str) -> dict[str, 
                 continue
             record = await rt.jobs.store.get(job_id)
             if record is None:
-                raise APIError(500, "The job's record was lost.", "server_error", code="internal_error")
+                raise APIError(503, "The job's record was lost (the shared store restarted without persistence); "
+                                    "retry the request.", "server_error", code="job_lost",
+                               headers={"Retry-After": "1"})
             if record.finished:
                 if record.status == "completed" and record.result is not None:
                     return record.result
@@ -116,7 +140,8 @@ async def await_record(request: Request, rt: Runtime, job_id: str) -> dict[str, 
         raise APIError(504, "The request's deadline passed before the images were ready.", "server_error",
                        code="deadline_exceeded")
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def cancel_record_on_disconnect(request: Request, rt: Runtime, job_id: str) -> None:

@@ -67,6 +67,8 @@ async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction
         status, result, error = "failed", None, error_body(from_exception(exc))["error"]
         if not job.future.done():
             job.cancel()
+    if status == "cancelled" and job.lease_lost(job.ended or time.monotonic()):
+        rt.jobs.abandon(job.id)  # its claim ran out: the reaper hands the job on, this writes nothing
     await rt.jobs.settle(job.id, status, result, error, started=job.started)
 
 

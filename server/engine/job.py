@@ -96,6 +96,9 @@ class Job:
         self.cost_s = cost_s  # estimated run time alone (None: unknown)
         self.spent_s = 0.0  # this job's share of the model calls it was in
         self.cancel_requested = False
+        # A job of the global queue: its claim's lease as this replica last renewed it
+        # (monotonic); past it the job may run elsewhere, so it stops here (server/claimer.py).
+        self.held_until: Optional[float] = None
         self.request: Optional[StageRequest] = None
         self.entries: list[Entry] = []
         self._progress: tuple[int, int] = (0, 0)  # (request number, step) last reported
@@ -128,9 +131,14 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINAL
 
+    def lease_lost(self, now: float) -> bool:
+        """Whether this replica's claim on the job may have ended by `now` (never for a job
+        that is not the global queue's)."""
+        return self.held_until is not None and now >= self.held_until
+
     def stop_reason(self, now: float) -> Optional[JobState]:
-        """'cancelled' or 'expired' when the job must stop now, else None."""
-        if self.cancel_requested or self.future.cancelled():
+        """'cancelled' (asked, or the claim lost) or 'expired' when the job must stop now, else None."""
+        if self.cancel_requested or self.future.cancelled() or self.lease_lost(now):
             return "cancelled"
         if now >= self.deadline:
             return "expired"
@@ -146,7 +154,10 @@ class Job:
             while not any(not tr.done for tr in request.tracks):
                 request = self.op.send(None)
         except StopIteration as stop:
-            self.finish("done", result=stop.value)
+            if self.lease_lost(time.monotonic()):  # its last step outlasted the claim: another replica's now
+                self.finish("cancelled", error=JobCancelled(f"job {self.id}: its claim was lost"))
+            else:
+                self.finish("done", result=stop.value)
             return False
         except Exception as exc:  # noqa: BLE001 - an op's error fails its job only
             self.finish("failed", error=exc)

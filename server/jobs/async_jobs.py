@@ -57,6 +57,8 @@ class AsyncJobs:
         self.cancels: CancelBus = cancels or LocalCancels()
         self._engine_jobs: dict[str, Job] = {}
         self._records: dict[str, JobRecord] = {}  # the record each of them last wrote
+        self._fences: dict[str, str] = {}  # the fencing tokens of the global queue's jobs run here
+        self._abandoned: set[str] = set()  # jobs whose claim was lost: their followers write nothing
         self._tasks: set[asyncio.Task] = set()
         self._listener: Optional[asyncio.Task] = None
 
@@ -80,10 +82,14 @@ class AsyncJobs:
             raise
         self.adopt(record, job, follower)
 
-    def adopt(self, record: JobRecord, job: Job, follower: Coroutine[Any, Any, None]) -> None:
+    def adopt(self, record: JobRecord, job: Job, follower: Coroutine[Any, Any, None],
+              fence: Optional[str] = None) -> None:
         """Keep the engine job behind a stored record and run its follower in the background
-        (`add`, or a job of the global queue that this replica claimed)."""
+        (`add`, or a job of the global queue that this replica claimed under `fence`, its
+        fencing token: every write of its follower carries it)."""
         self._engine_jobs[record.id], self._records[record.id] = job, record
+        if fence is not None:
+            self._fences[record.id] = fence
         task = asyncio.create_task(follower, name=f"follow-{record.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -119,7 +125,7 @@ class AsyncJobs:
             record.started_at = wall_time(job.started) if job.started is not None else int(time.time())
         record.status, record.progress = "in_progress", max(record.progress, fraction)
         with self._unless_down(job_id):
-            if await self.store.advance(record, f"{EVENT_PREFIX}.progress", event) is None:
+            if await self.store.advance(record, f"{EVENT_PREFIX}.progress", event, self._fences.get(job_id)) is None:
                 self._stop_here(job_id)
 
     async def event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -127,12 +133,14 @@ class AsyncJobs:
         with self._unless_down(job_id):
             record = await self.store.get(job_id)
             if record is not None and not record.finished:
-                await self.store.append_event(job_id, f"{EVENT_PREFIX}.{kind}", data)
+                await self.store.append_event(job_id, f"{EVENT_PREFIX}.{kind}", data, self._fences.get(job_id))
 
     async def finish(self, job_id: str, status: Status, result: Optional[dict[str, Any]] = None,
-                     error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> Optional[JobRecord]:
+                     error: Optional[dict[str, Any]] = None, started: Optional[float] = None,
+                     fence: Optional[str] = None) -> Optional[JobRecord]:
         """Make the record final (once, whichever replica tries: a final or missing record
-        is returned as it is); `started`: the engine job's start (monotonic), if it started."""
+        is returned as it is); `started`: the engine job's start (monotonic), if it started;
+        `fence`: the fencing token of the claim that ran it, if the global queue's."""
         self._forget(job_id)
         record = await self.store.get(job_id)
         if record is None or record.finished:
@@ -144,20 +152,25 @@ class AsyncJobs:
         record.result, record.error = result, error
         if status == "completed":
             record.progress = 1.0
-        if not await self.store.put(record):  # another replica ended it meanwhile
+        if not await self.store.put(record, fence):  # another replica ended it (or claimed it) meanwhile
             return await self.store.get(job_id)
-        self._ended(record)
+        self.announce(record)
         await self.store.append_event(job_id, f"{EVENT_PREFIX}.{status}", {"type": f"{EVENT_PREFIX}.{status}"})
         return record
 
     async def settle(self, job_id: str, status: Status, result: Optional[dict[str, Any]] = None,
                      error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> None:
         """`finish` for a follower whose job ended: while the store is down it is retried
-        every SETTLE_RETRY_S for up to SETTLE_S, then given up (the job's record is lost)."""
+        every SETTLE_RETRY_S for up to SETTLE_S, then given up (the job's record is lost).
+        Nothing is written for a job whose claim was lost (`abandon`)."""
         deadline = time.monotonic() + SETTLE_S
+        fence = self._fences.get(job_id)
+        if job_id in self._abandoned:
+            self._abandoned.discard(job_id)
+            return
         while True:
             try:
-                await self.finish(job_id, status, result, error, started)
+                await self.finish(job_id, status, result, error, started, fence)
                 return
             except StoreUnavailable:
                 if time.monotonic() >= deadline:
@@ -185,6 +198,14 @@ class AsyncJobs:
         await self.cancel(record)
         await self.store.delete(record.id)
 
+    def abandon(self, job_id: str) -> None:
+        """This replica's claim on a job of the global queue was lost (its lease expired;
+        it may run elsewhere): stop the engine job and write nothing more of it."""
+        if job_id in self._engine_jobs:
+            self._abandoned.add(job_id)
+            log.warning("lost the claim on job %s: stopping it here", job_id)
+        self._stop_here(job_id)
+
     def _stop_here(self, job_id: str) -> None:
         """Stop this process's engine job of `job_id`, if it runs one (its record is final or gone)."""
         job = self._forget(job_id)
@@ -195,6 +216,7 @@ class AsyncJobs:
     def _forget(self, job_id: str) -> Optional[Job]:
         """Drop the engine job of `job_id` (and its record) from this process's; return it."""
         self._records.pop(job_id, None)
+        self._fences.pop(job_id, None)
         return self._engine_jobs.pop(job_id, None)
 
     async def _reconcile(self) -> None:
@@ -212,8 +234,9 @@ class AsyncJobs:
         except StoreUnavailable:
             log.warning("store unreachable: an event of async job %s is dropped", job_id)
 
-    def _ended(self, record: JobRecord) -> None:
-        """Count the outcome and send the webhook of a record that just turned final."""
+    def announce(self, record: JobRecord) -> None:
+        """Count the outcome and send the webhook of a record that just turned final (here,
+        or in Redis by the reaper)."""
         if not record.listed:  # a synchronous request's (global queue): not an async job
             return
         if self.on_end is not None:

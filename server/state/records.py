@@ -90,9 +90,12 @@ class JobEvent:
 class JobStore(Protocol):
     """Where async jobs' records and events live. Every method runs on the event loop."""
 
-    async def put(self, record: JobRecord) -> bool:
+    async def put(self, record: JobRecord, fence: Optional[str] = None) -> bool:
         """Insert or replace a record (a copy is kept: change a record, then put it again);
-        False, and nothing changes, when the kept record is final."""
+        False, and nothing changes, when the kept record is final. `fence` (here and below):
+        the writer's fencing token, for a job of the global queue (server/state/redis/queue.py);
+        the write is refused when the job was claimed under another one since. None: any
+        writer (an API cancel, a job of this process)."""
 
     async def get(self, job_id: str) -> Optional[JobRecord]:
         """The record (a copy), or None when unknown, deleted or expired."""
@@ -104,10 +107,12 @@ class JobStore(Protocol):
     async def delete(self, job_id: str) -> bool:
         """Drop a record and its events; False if there was none."""
 
-    async def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                           fence: Optional[str] = None) -> Optional[JobEvent]:
         """Add the job's next event (None if the record is gone)."""
 
-    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any],
+                      fence: Optional[str] = None) -> Optional[JobEvent]:
         """`put` of a record not yet final and `append_event` of its event, as one change (a
         progress report); None, and nothing changes, when the kept record is final or gone."""
 
@@ -135,7 +140,7 @@ class MemoryJobStore:
     def size_bytes(self) -> int:
         return self._bytes
 
-    async def put(self, record: JobRecord) -> bool:
+    async def put(self, record: JobRecord, fence: Optional[str] = None) -> bool:
         self._purge_expired()
         job_id = record.id
         old = self._records.get(job_id)
@@ -171,7 +176,8 @@ class MemoryJobStore:
         self._drop(job_id)
         return found
 
-    async def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                           fence: Optional[str] = None) -> Optional[JobEvent]:
         events = self._events.get(job_id)
         if events is None or job_id not in self._records:
             return None
@@ -181,7 +187,8 @@ class MemoryJobStore:
         self._wake(job_id)
         return event
 
-    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any],
+                      fence: Optional[str] = None) -> Optional[JobEvent]:
         kept = self._records.get(record.id)
         if kept is None or kept.finished or record.finished:
             return None

@@ -15,6 +15,7 @@ from typing import Literal, Optional
 
 from .cancels import CancelBus
 from .records import JobStore
+from .redis.idempotency import RedisIdempotency
 from .redis.link import RedisLink
 from .redis.queue import RedisQueue
 from .url_store import ImageStore
@@ -22,14 +23,15 @@ from .url_store import ImageStore
 
 @dataclass
 class SharedState:
-    """The three stores of one replica; `link` is the Redis connection behind them, and
-    `queue` the global queue, if any."""
+    """The three stores of one replica; `link` is the Redis connection behind them, `queue`
+    the global queue and `idempotency` its idempotency keys, if any."""
 
     jobs: JobStore
     images: ImageStore
     cancels: CancelBus
     link: Optional[RedisLink] = None
     queue: Optional[RedisQueue] = None
+    idempotency: Optional[RedisIdempotency] = None
 
     @property
     def kind(self) -> Literal["memory", "redis"]:

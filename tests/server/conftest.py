@@ -138,6 +138,13 @@ def launch_server(tiny_model_dir: Path,
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One redis-server for the session (tests/server/redis_proc.py), without persistence."""
+    from .redis_proc import running_redis
+    yield from running_redis()
+
+
+@pytest.fixture(scope="session")
 def server(launch_server: Callable[..., ServerProc]) -> ServerProc:
     """The shared server: default settings, no API keys."""
     return launch_server()

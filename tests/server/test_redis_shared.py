@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
 import signal
 import socket
-import subprocess
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import httpx
 import numpy as np
 import pytest
-import redis
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,76 +28,19 @@ from server.requests.schemas import (
 from server.requests.spec import Spec, Target, spec_from_json, spec_json
 from server.state.records import JobRecord
 from server.state.redis.link import RedisLink
-from server.state.redis.queue import RedisQueue
 from server.state.redis.store import RedisJobStore
 from server.state.redis.urls import RedisUrlStore
 from server.state.url_store import StoreTooSmall
 
-from .conftest import FAST, FAST_DECODER, ServerProc, free_port, half_transparent, open_png, png, run, wait_ready
+from .conftest import FAST, FAST_DECODER, ServerProc, half_transparent, open_png, png, wait_ready
+from .redis_proc import RedisProc, with_store
 from .test_job_records import check_advance
 from .test_jobs_api import ASYNC, events, submit, wait
 
-REDIS_SERVER = shutil.which("redis-server")
 KEYS = ("sk-a", "sk-b")
-STORE_DB = 1  # the stores' own tests; the servers use database 0
 # Long enough to still run when cancelled, with a progress report at every one of its steps.
 LONG = {"prompt": "slow", "size": "32x32", "n": 1, "best_of": 1, "prior_steps": 250, "decoder_steps": 250}
 MEDIUM = {**LONG, "prior_steps": 2, "decoder_steps": 60}
-
-
-@dataclass
-class RedisProc:
-    """A redis-server on 127.0.0.1:`port`, without persistence."""
-
-    port: int
-    proc: Optional[subprocess.Popen] = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start (exit code {self.proc.poll()})") from None
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, every key lost."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisProc]:
-    if REDIS_SERVER is None:
-        pytest.skip("no redis-server on the PATH: `make redis` (part of `make test`) installs Debian's")
-    server = RedisProc(free_port())
-    server.start()
-    yield server
-    server.kill()
-
-
-def with_store(redis_server: RedisProc, scenario: Callable[[RedisLink], Awaitable[None]]) -> None:
-    """Run `scenario(link)` against an emptied database of its own."""
-    async def main() -> None:
-        link = RedisLink(redis_server.url(STORE_DB))
-        await link.start()
-        assert link.up
-        await link.client.flushdb()
-        try:
-            await scenario(link)
-        finally:
-            await link.close()
-
-    run(main())
 
 
 def record(job_id: str, owner: Optional[str] = None, status: str = "queued", **fields: Any) -> JobRecord:
@@ -187,61 +126,6 @@ def test_redis_url_store(redis_server: RedisProc) -> None:
         assert await store.get("guess") is None and await store.expires_in("guess") == 0
         with pytest.raises(StoreTooSmall):
             await store.put(b"x" * 101)
-
-    with_store(redis_server, scenario)
-
-
-def test_redis_queue_bound_claims_leases_and_reaping(redis_server: RedisProc) -> None:
-    async def scenario(link: RedisLink) -> None:
-        one = RedisQueue(link, bound=2, lease_s=0.2, ttl_s=60, replica="one")
-        two = RedisQueue(link, bound=2, lease_s=0.2, ttl_s=60, replica="two")
-        assert await one.push("slow", "s", cost_s=5.0) == (True, 1)
-        assert await two.push("quick", "q", cost_s=0.1) == (True, 2)
-        assert await one.push("over", "o", cost_s=0.1) == (False, 2)  # the bound is global
-        assert await two.claim() == ("quick", "q")  # the earliest virtual finish first
-        assert await one.claim() == ("slow", "s") and await one.claim() is None
-        assert await one.renew(["slow", "quick"]) == ["quick"]  # two's lease, not one's
-        await asyncio.sleep(0.3)
-        assert await two.renew(["quick"]) == ["quick"]  # expired
-        requeued, failed = await one.reap()
-        assert sorted(requeued) == ["quick", "slow"] and failed == []
-        assert await two.reap() == ([], [])  # one reaper acts
-        assert sorted([(await two.claim())[0], (await two.claim())[0]]) == ["quick", "slow"]  # back in front
-        await two.done("slow")
-        await asyncio.sleep(0.3)
-        assert await one.reap() == ([], ["quick"])  # its second lost claim: it fails
-        assert await one.depth() == 0 and not await link.client.exists(link.key("spec", "quick"))
-
-    with_store(redis_server, scenario)
-
-
-def test_redis_queue_tells_listeners_and_places(redis_server: RedisProc) -> None:
-    """Queueing (and queueing again) is published on `queued`; a job's place is its rank."""
-    async def scenario(link: RedisLink) -> None:
-        queue = RedisQueue(link, bound=4, lease_s=0.2, ttl_s=60, replica="one")
-        heard: list[str] = []
-        subscribed = asyncio.Event()
-
-        async def on_subscribed() -> None:
-            subscribed.set()
-
-        listener = asyncio.create_task(link.listen(link.key("queued"), heard.append, on_subscribed))
-        try:
-            await asyncio.wait_for(subscribed.wait(), 5)
-            await queue.push("a", "s", cost_s=1.0)
-            await queue.push("b", "s", cost_s=2.0)
-            assert await queue.positions(["b", "a", "c"]) == [1, 0, None]
-            assert (await queue.claim())[0] == "a"
-            assert await queue.positions(["b", "a"]) == [0, None]
-            await asyncio.sleep(0.3)
-            assert await queue.reap() == (["a"], [])
-            for _ in range(50):
-                if len(heard) == 3:
-                    break
-                await asyncio.sleep(0.05)
-            assert heard == ["a", "b", "a"]
-        finally:
-            listener.cancel()
 
     with_store(redis_server, scenario)
 

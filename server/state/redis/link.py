@@ -2,7 +2,9 @@
 short timeouts, whether Redis answers now (`up`: a PING every CHECK_S; /ready and the
 `unclip_store_up` gauge follow it), and `guard()`, which turns a call that finds Redis
 unreachable, or is made while it is known to be, into StoreUnavailable (503
-`store_unavailable`).
+`store_unavailable`). A Redis that may evict (server/state/redis/policy.py) counts as
+down, with the reason in `problem` and the log, until its policy is fixed; a Redis that
+is full refuses writes, which is StoreUnavailable too, without counting it down.
 
 redis-py reconnects by itself: a pooled connection that broke (Redis restarted, the
 network dropped) fails its next command, is discarded, and the command is retried once on
@@ -27,9 +29,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import StoreUnavailable
+from .policy import eviction_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class RedisLink:
                                             health_check_interval=HEALTH_S)
         self.on_change = on_change
         self.up = False  # until the first PING answers
+        self.problem: Optional[str] = None  # why a Redis that answers is not used (it may evict)
         self._watcher: Optional[asyncio.Task] = None
 
     @staticmethod
@@ -70,18 +75,31 @@ class RedisLink:
         except DOWN as err:
             self._set(False)
             raise StoreUnavailable(f"redis: {err}") from err
+        except OutOfMemoryError as err:
+            log.error("redis is full (maxmemory) and refused a write: %s", err)
+            raise StoreUnavailable(f"redis: {err}") from err
 
     async def check(self) -> bool:
-        """PING now; whether Redis answered (within SOCKET_TIMEOUT_S)."""
+        """PING now; whether Redis answered (within SOCKET_TIMEOUT_S) and may be used."""
         try:
-            await asyncio.wait_for(self.client.ping(), SOCKET_TIMEOUT_S)
-            self._set(True)
+            self._set(await asyncio.wait_for(self._usable(), SOCKET_TIMEOUT_S))
         except DOWN:
             self._set(False)
         except Exception:  # noqa: BLE001 - e.g. a wrong password: down, and said why
             log.exception("redis answered the PING with an error")
             self._set(False)
         return self.up
+
+    async def _usable(self) -> bool:
+        """PING; on coming up, whether the Redis may evict (then it is not used)."""
+        await self.client.ping()
+        if self.up:
+            return True
+        problem = await eviction_problem(self.client)
+        if problem is not None and problem != self.problem:
+            log.error("%s", problem)
+        self.problem = problem
+        return problem is None
 
     async def start(self) -> None:
         """Check now, then every CHECK_S seconds in the background."""

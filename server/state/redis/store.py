@@ -5,7 +5,8 @@ cancelled and deleted on any other.
 Keys (prefix `unclip:`, server/state/redis/link.py):
 
 - `job:<id>`: a hash, `s` the status, `o` the owner ("" without keys), `r` the record as
-  JSON (`JobRecord.to_json`); it expires with the record: `expires_at` once finished, and
+  JSON (`JobRecord.to_json`), and, once the global queue claimed it, `f` the fencing token
+  of its current claim (server/state/redis/queue.py); it expires with the record: `expires_at` once finished, and
   `pending_ttl_s` after its last change before (so that the record of a job whose replica
   died goes too);
 - `events:<id>`: a Stream, one entry per event, with the ids `0-1`, `0-2`, ...: event n
@@ -15,17 +16,19 @@ Keys (prefix `unclip:`, server/state/redis/link.py):
 - `jobs` and `owner:<owner>`: sorted sets of every record and of one owner's, scored by a
   counter (`seq`) taken when a record is first put: listing is newest first, pages start
   after a given id;
-- `finished`: the finished records, `"<id> <owner>"` scored by their expiry. Putting a
+- `finished`: the finished records, `"<id> <owner>"` scored by their expiry (ms, Redis's
+  clock). Putting a
   finished record drops the expired ones and, beyond `max_kept`, the oldest (the newest
   always stays), with their events and index entries. A record that expired unfinished
   leaves its index entries, dropped when a listing meets them.
 
 Each change is one Lua script, atomic in Redis: a final record is never replaced (the
-first replica to end a job wins), and no event is added to a record that is gone. The
-scripts compute their keys, so this needs one Redis (or a primary with replicas), not a
-Redis Cluster. The finished records' bytes are not bounded here, only their count: bound
-Redis itself (`maxmemory`, `maxmemory-policy volatile-ttl`: keys closest to expiry go
-first).
+first replica to end a job wins), no event is added to a record that is gone, and a
+write that carries a fencing token is refused once the job was claimed under another one
+(a replica that stalled past its lease writes nothing more). The scripts compute their
+keys, so this needs one Redis (or a primary with replicas), not a Redis Cluster. Nothing
+here may be evicted (server/state/redis/policy.py checks `noeviction`): the finished
+records are bounded by count here, the URL images by bytes in server/state/redis/urls.py.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any, Optional
 
 from redis.commands.core import AsyncScript
 
-from ..records import FINAL, JobEvent, JobRecord
+from ..records import EVENT_PREFIX, FINAL, JobEvent, JobRecord
 from .link import PREFIX, RedisLink
 
 BLOCK_S = 1.0  # one XREAD BLOCK at most; a longer wait is several (the record may go meanwhile)
@@ -57,25 +60,65 @@ end
 # Lua: the final statuses, a set.
 FINALS = "local FINAL = {%s}\n" % ", ".join(f"{status}=true" for status in sorted(FINAL))
 
-# ARGV: prefix, id, owner, status, json, ttl_ms, finished (0/1), expires_at, now, max_kept, listed (0/1).
-PUT = DROP + FINALS + """
+# Lua: Redis's clock in ms (every replica reads the same one).
+NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# Lua: whether `fence` (a fencing token, '' for any writer) may write the job's record: the
+# record's `f` is the token of its current claim (server/state/redis/queue.py).
+FENCED = """
+local function fenced(job, fence)
+  if fence == '' then return true end
+  local current = redis.call('HGET', job, 'f')
+  return not current or current == fence
+end
+"""
+
+# Lua: make a record not yet final `failed` with `error` (an OpenAI error object as JSON),
+# kept `ttl_ms` from `now` (ms), with its terminal event; the reaper's end of a job.
+FAIL = FINALS + NOW + """
+local P = ARGV[1]
+local function fail(id, error, now, ttl_ms)
+  local job = P .. 'job:' .. id
+  local old, raw, owner = unpack(redis.call('HMGET', job, 's', 'r', 'o'))
+  if not old or FINAL[old] then return end
+  local record, at = cjson.decode(raw), math.floor(now / 1000)
+  record.status, record.error = 'failed', cjson.decode(error)
+  record.completed_at, record.expires_at = at, at + math.floor(ttl_ms / 1000)
+  redis.call('HSET', job, 's', 'failed', 'r', cjson.encode(record))
+  redis.call('PEXPIRE', job, ttl_ms)
+  if record.listed then redis.call('ZADD', P .. 'finished', now + ttl_ms, id .. ' ' .. owner) end
+  local events = P .. 'events:' .. id
+  redis.call('XADD', events, '0-*', 't', '%(event)s.failed', 'd', '{"type":"%(event)s.failed"}')
+  redis.call('PEXPIRE', events, ttl_ms)
+end
+""" % {"event": EVENT_PREFIX}
+
+# ARGV: prefix, id, owner, status, json, ttl_ms, finished (0/1), max_kept, listed (0/1), fence.
+PUT = DROP + FINALS + NOW + FENCED + """
 local id, owner = ARGV[2], ARGV[3]
 local job = P .. 'job:' .. id
 local old = redis.call('HGET', job, 's')
 if old and FINAL[old] then return 0 end
+if not fenced(job, ARGV[10]) then return 0 end
 redis.call('HSET', job, 's', ARGV[4], 'o', owner, 'r', ARGV[5])
 redis.call('PEXPIRE', job, ARGV[6])
 redis.call('PEXPIRE', P .. 'events:' .. id, ARGV[6])
-if ARGV[11] == '0' then return 1 end
+if ARGV[9] == '0' then return 1 end
 if not redis.call('ZSCORE', P .. 'jobs', id) then
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('ZADD', P .. 'jobs', seq, id)
   if owner ~= '' then redis.call('ZADD', P .. 'owner:' .. owner, seq, id) end
 end
 if ARGV[7] == '1' then
-  redis.call('ZADD', P .. 'finished', ARGV[8], id .. ' ' .. owner)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', ARGV[9])) do drop(m) end
-  local over = redis.call('ZCARD', P .. 'finished') - math.max(1, tonumber(ARGV[10]))
+  local now = now_ms()
+  redis.call('ZADD', P .. 'finished', now + tonumber(ARGV[6]), id .. ' ' .. owner)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', now)) do drop(m) end
+  local over = redis.call('ZCARD', P .. 'finished') - math.max(1, tonumber(ARGV[8]))
   if over > 0 then
     for _, m in ipairs(redis.call('ZRANGE', P .. 'finished', 0, over - 1)) do drop(m) end
   end
@@ -91,24 +134,27 @@ drop(ARGV[2] .. ' ' .. owner)
 return 1
 """
 
-# ARGV: prefix, id, type, data (JSON). The new entry's id, or nil when the record is gone.
-APPEND = """
+# ARGV: prefix, id, type, data (JSON), fence. The new entry's id, or nil when the record is
+# gone (or claimed under another fence).
+APPEND = FENCED + """
 local P, id = ARGV[1], ARGV[2]
-local ttl = redis.call('PTTL', P .. 'job:' .. id)
-if ttl == -2 then return false end
+local job = P .. 'job:' .. id
+local ttl = redis.call('PTTL', job)
+if ttl == -2 or not fenced(job, ARGV[5]) then return false end
 local events = P .. 'events:' .. id
 local entry = redis.call('XADD', events, '0-*', 't', ARGV[3], 'd', ARGV[4])
 if ttl > 0 then redis.call('PEXPIRE', events, ttl) end
 return entry
 """
 
-# ARGV: prefix, id, status, json, ttl_ms, type, data (JSON). The new entry's id, or nil (and
-# nothing changes) when the record is final or gone: a progress report in one round trip.
-ADVANCE = FINALS + """
+# ARGV: prefix, id, status, json, ttl_ms, type, data (JSON), fence. The new entry's id, or
+# nil (and nothing changes) when the record is final, gone or claimed under another fence:
+# a progress report in one round trip.
+ADVANCE = FINALS + FENCED + """
 local P, id = ARGV[1], ARGV[2]
 local job, events = P .. 'job:' .. id, P .. 'events:' .. id
 local old = redis.call('HGET', job, 's')
-if not old or FINAL[old] then return false end
+if not old or FINAL[old] or not fenced(job, ARGV[8]) then return false end
 redis.call('HSET', job, 's', ARGV[3], 'r', ARGV[4])
 redis.call('PEXPIRE', job, ARGV[5])
 local entry = redis.call('XADD', events, '0-*', 't', ARGV[6], 'd', ARGV[7])
@@ -129,12 +175,11 @@ class RedisJobStore:
         self._append: AsyncScript = r.register_script(APPEND)
         self._advance: AsyncScript = r.register_script(ADVANCE)
 
-    async def put(self, record: JobRecord) -> bool:
+    async def put(self, record: JobRecord, fence: Optional[str] = None) -> bool:
         now = time.time()
         lasts = (record.expires_at or now + self.ttl_s) - now if record.finished else self.pending_ttl_s
         args = [PREFIX, record.id, record.owner or "", record.status, record.to_json(), max(1, int(lasts * 1000)),
-                int(record.finished), record.expires_at or int(now + self.ttl_s), now, self.max_kept,
-                int(record.listed)]
+                int(record.finished), self.max_kept, int(record.listed), fence or ""]
         async with self.link.guard():
             return bool(await self._put(args=args))
 
@@ -156,16 +201,19 @@ class RedisJobStore:
         async with self.link.guard():
             return bool(await self._delete(args=[PREFIX, job_id]))
 
-    async def append_event(self, job_id: str, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def append_event(self, job_id: str, type: str, data: dict[str, Any],
+                           fence: Optional[str] = None) -> Optional[JobEvent]:
+        args = [PREFIX, job_id, type, json.dumps(data, separators=(",", ":")), fence or ""]
         async with self.link.guard():
-            entry = await self._append(args=[PREFIX, job_id, type, json.dumps(data, separators=(",", ":"))])
+            entry = await self._append(args=args)
         return JobEvent(event_number(entry), type, data) if entry is not None else None
 
-    async def advance(self, record: JobRecord, type: str, data: dict[str, Any]) -> Optional[JobEvent]:
+    async def advance(self, record: JobRecord, type: str, data: dict[str, Any],
+                      fence: Optional[str] = None) -> Optional[JobEvent]:
         if record.finished:
             return None
         args = [PREFIX, record.id, record.status, record.to_json(), max(1, int(self.pending_ttl_s * 1000)), type,
-                json.dumps(data, separators=(",", ":"))]
+                json.dumps(data, separators=(",", ":")), fence or ""]
         async with self.link.guard():
             entry = await self._advance(args=args)
         return JobEvent(event_number(entry), type, data) if entry is not None else None

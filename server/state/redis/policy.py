@@ -1,0 +1,32 @@
+"""What Redis must be for the shared state: it may not evict. The queue, the leases, the
+fencing tokens and the job records are durable state; an evicted lease runs a job twice,
+an evicted record answers 404 for a job that runs, an evicted spec hangs its job. So
+`maxmemory-policy` must be `noeviction` wherever `maxmemory` is set (Redis's default
+policy; `volatile-*` policies evict exactly the keys that expire, records included). The
+URL images, the one thing allowed to go first, are bounded by this server instead
+(server/state/redis/urls.py), and a Redis that is full refuses writes, which the API
+answers 503 `store_unavailable` and retries, and never half-applies (each change is one
+script).
+
+`eviction_problem` reads `INFO memory` (managed Redis services often disable `CONFIG`);
+the link (server/state/redis/link.py) checks it each time Redis comes up and treats a
+Redis that may evict as down, saying why.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from redis.asyncio import Redis
+
+SAFE_POLICY = "noeviction"
+
+
+async def eviction_problem(client: Redis) -> Optional[str]:
+    """Why this Redis may evict the shared state (None: it may not)."""
+    info = await client.info("memory")
+    policy, limit = str(info.get("maxmemory_policy", SAFE_POLICY)), int(info.get("maxmemory", 0) or 0)
+    if limit == 0 or policy == SAFE_POLICY:
+        return None
+    return (f"redis has maxmemory {limit} with maxmemory-policy {policy}: it would evict job records, leases "
+            f"and the queue under memory pressure; set maxmemory-policy {SAFE_POLICY} (docs/operating.md)")
