@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable, Optional
 from pipelines.operations import OpResult
 
 from ..engine.core import Job, JobCancelled, JobExpired, Progress
-from ..errors import error_body
+from ..errors import StoreUnavailable, error_body
+from ..jobs.async_jobs import SETTLE_RETRY_S, SETTLE_S
 from ..runtime import Runtime
 from ..state.records import EVENT_PREFIX, Status
 from .failures import from_exception
@@ -55,8 +56,9 @@ class Fraction:
         return round(min(done / self.total, 0.99), 4)
 
 
-async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction, following: Following) -> None:
-    """Relay the engine job's progress into its record until it ends, then finish the record."""
+async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction, following: Following) -> bool:
+    """Relay the engine job's progress into its record until it ends, then finish the
+    record; whether this follower's end is the record's (AsyncJobs.settle)."""
     done = asyncio.wrap_future(job.future)
     done.add_done_callback(lambda f: (f.cancelled() or f.exception(), queue.put_nowait(_DONE)))  # retrieved
     try:
@@ -69,7 +71,7 @@ async def follow(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction
             job.cancel()
     if status == "cancelled" and job.lease_lost(job.ended or time.monotonic()):
         rt.jobs.abandon(job.id)  # its claim ran out: the reaper hands the job on, this writes nothing
-    await rt.jobs.settle(job.id, status, result, error, started=job.started)
+    return await rt.jobs.settle(job.id, status, result, error, started=job.started)
 
 
 async def relay(rt: Runtime, job: Job, queue: asyncio.Queue, fraction: Fraction, following: Following) -> None:
@@ -104,10 +106,32 @@ async def outcome(rt: Runtime, job: Job, following: Following) -> tuple[Status, 
         if err.status >= 500 and status != "cancelled":
             log.error("async job %s failed: %s", job.id, err.code, exc_info=exc if err.status == 500 else None)
         return status, None, error_body(err)["error"]
-    record = await rt.jobs.store.get(job.id)
-    if record is None or record.finished:
+    if not await wanted(rt, job.id):
         return "cancelled", None, None  # finish() keeps the record as it is
     try:
-        return "completed", await following.build_body(job.future.result()), None
+        return "completed", await while_store_down(lambda: following.build_body(job.future.result())), None
     except Exception as exc:  # noqa: BLE001 - e.g. the URL store too small: the job fails, answered as such
         return "failed", None, error_body(from_exception(exc))["error"]
+
+
+async def wanted(rt: Runtime, job_id: str) -> bool:
+    """Whether the job's record still waits for its result (yes, while the store is down:
+    the final write decides, and a final record is never replaced)."""
+    try:
+        record = await rt.jobs.store.get(job_id)
+    except StoreUnavailable:
+        return True
+    return record is not None and not record.finished
+
+
+async def while_store_down(make: Callable[[], Awaitable[Any]]) -> Any:
+    """`make()`, tried again every SETTLE_RETRY_S while the store is down, for up to SETTLE_S
+    (then its StoreUnavailable is raised): a `url` body waits out a Redis restart."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        try:
+            return await make()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(SETTLE_RETRY_S)

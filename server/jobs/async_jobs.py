@@ -141,10 +141,16 @@ class AsyncJobs:
         """Make the record final (once, whichever replica tries: a final or missing record
         is returned as it is); `started`: the engine job's start (monotonic), if it started;
         `fence`: the fencing token of the claim that ran it, if the global queue's."""
+        return (await self._finish(job_id, status, result, error, started, fence))[0]
+
+    async def _finish(self, job_id: str, status: Status, result: Optional[dict[str, Any]],
+                      error: Optional[dict[str, Any]], started: Optional[float],
+                      fence: Optional[str]) -> tuple[Optional[JobRecord], bool]:
+        """`finish`, and whether this call made the record final."""
         self._forget(job_id)
         record = await self.store.get(job_id)
         if record is None or record.finished:
-            return record
+            return record, False
         now = int(time.time())
         if record.started_at is None and started is not None:
             record.started_at = wall_time(started)
@@ -153,30 +159,30 @@ class AsyncJobs:
         if status == "completed":
             record.progress = 1.0
         if not await self.store.put(record, fence):  # another replica ended it (or claimed it) meanwhile
-            return await self.store.get(job_id)
+            return await self.store.get(job_id), False
         self.announce(record)
         await self.store.append_event(job_id, f"{EVENT_PREFIX}.{status}", {"type": f"{EVENT_PREFIX}.{status}"})
-        return record
+        return record, True
 
     async def settle(self, job_id: str, status: Status, result: Optional[dict[str, Any]] = None,
-                     error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> None:
+                     error: Optional[dict[str, Any]] = None, started: Optional[float] = None) -> bool:
         """`finish` for a follower whose job ended: while the store is down it is retried
         every SETTLE_RETRY_S for up to SETTLE_S, then given up (the job's record is lost).
-        Nothing is written for a job whose claim was lost (`abandon`)."""
+        Nothing is written for a job whose claim was lost (`abandon`). Whether this made
+        the record final (False: it ended otherwise, or is lost)."""
         deadline = time.monotonic() + SETTLE_S
         fence = self._fences.get(job_id)
         if job_id in self._abandoned:
             self._abandoned.discard(job_id)
-            return
+            return False
         while True:
             try:
-                await self.finish(job_id, status, result, error, started, fence)
-                return
+                return (await self._finish(job_id, status, result, error, started, fence))[1]
             except StoreUnavailable:
                 if time.monotonic() >= deadline:
                     log.error("async job %s ended %s, but the store stayed unreachable: its record is lost",
                               job_id, status)
-                    return
+                    return False
                 await asyncio.sleep(SETTLE_RETRY_S)
 
     async def cancel(self, record: JobRecord) -> JobRecord:

@@ -585,15 +585,17 @@ def test_compose_server_service(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_compose_servers_share_one_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack's Redis: the official image without persistence, memory bounded; every
-    server names it in UNCLIP_REDIS_URL (parsed by the server's settings) and starts after it."""
+    """The stack's Redis: the official image, memory bounded without eviction, the
+    append-only file on a volume; every server names it in UNCLIP_REDIS_URL (parsed by the
+    server's settings) and starts after it."""
     services = compose()["services"]
     redis = services["redis"]
     assert redis["image"].split(":")[0] == "redis" and "ports" not in redis, "inside the stack only"
     flags = redis["command"]
     assert flags[0] == "redis-server"
-    assert flags[flags.index("--save") + 1] == "" and flags[flags.index("--appendonly") + 1] == "no"
-    assert "--maxmemory" in flags and flags[flags.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert flags[flags.index("--appendonly") + 1] == "yes" and flags[flags.index("--appendfsync") + 1] == "everysec"
+    assert "--maxmemory" in flags and flags[flags.index("--maxmemory-policy") + 1] == "noeviction"
+    assert [v.split(":")[1] for v in redis["volumes"]] == ["/data"]  # the image's working dir: the AOF
     for name in ("unclip", "unclip-gpu"):
         svc = services[name]
         url = server_settings({"UNCLIP_REDIS_URL": svc["environment"]["UNCLIP_REDIS_URL"]}, monkeypatch).redis_url

@@ -93,7 +93,8 @@ def test_a_reaped_claim_writes_nothing_more(redis_server: RedisProc) -> None:
 
 def test_retried_scripts_change_nothing_twice(redis_server: RedisProc) -> None:
     """What redis-py's retry after a lost reply does: the same CLAIM (same nonce) returns the
-    same job, the same PUSH queues once."""
+    same job, the same PUSH queues once, the same final PUT is taken again (its writer
+    learns it was its own)."""
     async def scenario(link: RedisLink) -> None:
         store, queue = stores(link)
         for job_id in ("a", "b"):
@@ -104,6 +105,9 @@ def test_retried_scripts_change_nothing_twice(redis_server: RedisProc) -> None:
         retried = await queue._claim(args=[PREFIX, queue.lease_ms, nonce])
         assert first[:3] == retried[:3] and first[0] == b"a"  # id, spec, token (the age moved on)
         assert await queue.depth() == 1 and (await queue.claim()).id == "b"
+        ended = JobRecord("a", "generation", 0, status="completed", expires_at=int(time.time()) + 60)
+        assert await store.put(ended) and await store.put(ended)  # the retry of the final write: taken
+        assert not await store.put(JobRecord("a", "generation", 0, status="failed"))  # another end: refused
 
     with_store(redis_server, scenario)
 

@@ -416,3 +416,26 @@ def test_redis_down_is_503_and_recovers(clients: dict[str, httpx.Client], pair: 
     again = wait(b, submit(a)["id"])
     assert again["status"] == "completed", again
     cancel_and_delete_on_b(a, b, pair)  # A listens for cancels again, both claim again
+
+
+def test_an_idempotency_key_starts_one_job_on_any_replica(clients: dict[str, httpx.Client]) -> None:
+    a, b, other = clients["a"], clients["b"], clients["b_other"]
+    body = {"prompt": "once", "size": "32x32", "seed": 5, **FAST}
+    key = {"Idempotency-Key": f"key-{time.monotonic_ns()}"}
+    first = a.post("/v1/images/generations", json=body, headers={**ASYNC, **key})
+    again = b.post("/v1/images/generations", json=body, headers={**ASYNC, **key})
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    mine = other.post("/v1/images/generations", json=body, headers={**ASYNC, **key})  # another API key's
+    assert mine.status_code == 202 and mine.json()["id"] != first.json()["id"]
+    changed = b.post("/v1/images/generations", json={**body, "seed": 6}, headers={**ASYNC, **key})
+    assert changed.status_code == 400, changed.text
+    assert (changed.json()["error"]["code"], changed.json()["error"]["param"]) == ("idempotency_key_reused",
+                                                                                   "Idempotency-Key")
+    sync_key = {"Idempotency-Key": f"sync-{time.monotonic_ns()}"}
+    answers = [c.post("/v1/images/generations", json={**body, "response_format": "b64_json"}, headers=sync_key)
+               for c in (a, b)]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert answers[0].json()["created"] == answers[1].json()["created"]  # the one job's answer, twice
+    assert answers[0].json()["data"] == answers[1].json()["data"]
+    bad = a.post("/v1/images/generations", json=body, headers={"Idempotency-Key": "x" * 256})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Idempotency-Key"

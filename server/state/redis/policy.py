@@ -29,4 +29,5 @@ async def eviction_problem(client: Redis) -> Optional[str]:
     if limit == 0 or policy == SAFE_POLICY:
         return None
     return (f"redis has maxmemory {limit} with maxmemory-policy {policy}: it would evict job records, leases "
-            f"and the queue under memory pressure; set maxmemory-policy {SAFE_POLICY} (docs/operating.md)")
+            f"and the queue under memory pressure; set maxmemory-policy {SAFE_POLICY} "
+            "(docs/deploy.md, 'Several replicas')")

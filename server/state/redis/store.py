@@ -103,7 +103,10 @@ PUT = DROP + FINALS + NOW + FENCED + """
 local id, owner = ARGV[2], ARGV[3]
 local job = P .. 'job:' .. id
 local old = redis.call('HGET', job, 's')
-if old and FINAL[old] then return 0 end
+if old and FINAL[old] then
+  if redis.call('HGET', job, 'r') == ARGV[5] then return 1 end  -- a retry of the write that made it final
+  return 0
+end
 if not fenced(job, ARGV[10]) then return 0 end
 redis.call('HSET', job, 's', ARGV[4], 'o', owner, 'r', ARGV[5])
 redis.call('PEXPIRE', job, ARGV[6])
