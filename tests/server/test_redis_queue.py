@@ -91,6 +91,27 @@ def test_a_reaped_claim_writes_nothing_more(redis_server: RedisProc) -> None:
     with_store(redis_server, scenario)
 
 
+def test_a_claim_that_ran_out_leaves_its_job_to_the_reaper(redis_server: RedisProc) -> None:
+    """A replica that stopped a job because its lease ran out (not yet reaped) releases
+    nothing: the reaper still finds the job and queues it again. Once a claim's job is
+    final, its release drops what is left even without the lease."""
+    async def scenario(link: RedisLink) -> None:
+        store, queue = stores(link)
+        await queued(store, queue, "j")
+        claim = await queue.claim()
+        await asyncio.sleep(0.3)
+        assert not await queue.done("j", claim.token)
+        assert await queue.reap(LOST) == (["j"], [])
+        again = await queue.claim()
+        await store.put(JobRecord("j", "generation", 0, status="completed", expires_at=int(time.time()) + 60),
+                        again.token)
+        await asyncio.sleep(0.3)  # the lease ran out after the end: the release still cleans up
+        assert await queue.done("j", again.token)
+        assert await queue.reap(LOST) == ([], []) and not await link.client.exists(link.key("spec", "j"))
+
+    with_store(redis_server, scenario)
+
+
 def test_retried_scripts_change_nothing_twice(redis_server: RedisProc) -> None:
     """What redis-py's retry after a lost reply does: the same CLAIM (same nonce) returns the
     same job, the same PUSH queues once, the same final PUT is taken again (its writer

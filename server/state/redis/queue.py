@@ -107,12 +107,15 @@ end
 return lost
 """
 
-# ARGV: prefix, id, token. The job ended: its claim and spec go; 0 (nothing changes) when
-# `token` is not the job's current one. An empty token: whoever holds it.
-DONE = """
+# ARGV: prefix, id, token. The job ended: its claim and spec go. With a token, only while
+# that claim holds the lease, or once the record is final (or gone) and that claim was its
+# last: a claim whose lease ran out leaves the job to the reaper. 0 when nothing changed.
+DONE = FINALS + """
 local P, id, token = ARGV[1], ARGV[2], ARGV[3]
-local fence = redis.call('HGET', P .. 'job:' .. id, 'f')
-if token ~= '' and fence and fence ~= token then return 0 end
+if token ~= '' and redis.call('GET', P .. 'lease:' .. id) ~= token then
+  local status, fence = unpack(redis.call('HMGET', P .. 'job:' .. id, 's', 'f'))
+  if (status and not FINAL[status]) or (fence and fence ~= token) then return 0 end
+end
 redis.call('DEL', P .. 'lease:' .. id, P .. 'spec:' .. id, P .. 'attempts:' .. id)
 redis.call('ZREM', P .. 'claimed', id)
 redis.call('ZREM', P .. 'queue', id)
@@ -219,8 +222,8 @@ class RedisQueue:
         return [_text(i) for i in lost]
 
     async def done(self, job_id: str, token: str = "") -> bool:
-        """The job ended: drop its claim and spec (False, and nothing changes, when `token`
-        is no longer its current one)."""
+        """The job ended: drop its claim and spec (False, and nothing changes, when the
+        claim of `token` lost its lease and the job is not final: the reaper hands it on)."""
         async with self.link.guard():
             return bool(await self._done(args=[PREFIX, job_id, token]))
 
