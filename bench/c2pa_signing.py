@@ -20,8 +20,8 @@ from typing import Callable, Optional, Sequence
 
 from bench import write_result
 from pipelines.imageio import to_uint8
-from server.credentials import Credentials, load_credentials
 from server.requests.images import FileFormat, ImageMeta, encode_pixels
+from server.trust.credentials import Credentials, load_credentials
 from tools.c2pa_cert import make_chain, write_chain
 from tools.evaluation import scene_images
 from tools.shapes import Scene

@@ -143,7 +143,7 @@ def runtime_requirements() -> list[str]:
 
 
 # Optional imports of the server that the GPU machine does without (guarded where imported).
-NOT_CARRIED = {"c2pa": "the c2pa extra: C2PA signing (server/credentials.py), not benchmarked there"}
+NOT_CARRIED = {"c2pa": "the c2pa extra: C2PA signing (server/trust/credentials.py), not benchmarked there"}
 
 
 def third_party_imports(packages: tuple[str, ...] = ("server", "pipelines")) -> list[str]:

@@ -27,10 +27,10 @@ from pipelines.model_dir import ModelDirError
 from pipelines.moderation import BadConcepts
 
 from .app import create_app
-from .credentials import BadCredentials
 from .engine.batch_caps import BadCaps
 from .runtime import Runtime
 from .settings import Settings
+from .trust.credentials import BadCredentials
 from .world import BadWorld
 
 log = logging.getLogger("server")

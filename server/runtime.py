@@ -32,14 +32,12 @@ from pipelines.operations import generate
 from pipelines.sizes import size_name
 from pipelines.unclip import Sampling, StagedPipeline
 
-from .credentials import load_credentials
 from .engine.batch_caps import Calibration, calibration, caps_for, check_overrides
 from .engine.core import Engine, ServerShutdown
 from .errors import StoreUnavailable, unavailable
 from .jobs.async_jobs import AsyncJobs
 from .jobs.webhooks import WebhookSender
 from .metrics import Metrics
-from .moderation import Moderation
 from .settings import Settings
 from .state.cancels import LocalCancels
 from .state.records import MemoryJobStore
@@ -51,6 +49,8 @@ from .state.redis.store import RedisJobStore
 from .state.redis.urls import RedisUrlStore
 from .state.shared import SharedState
 from .state.url_store import UrlStore
+from .trust.credentials import load_credentials
+from .trust.moderation import Moderation
 from .world import load_about
 
 log = logging.getLogger(__name__)

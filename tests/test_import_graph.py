@@ -94,7 +94,7 @@ SERVER_LAYERS = (
     ("server.state",),  # records, URL images, cancels; redis/ (link, stores, global queue)
     ("server.engine",),  # the engine thread, scheduler, jobs, stats, batch caps
     ("server.jobs",),  # async jobs, webhooks
-    ("server.settings", "server.world", "server.metrics", "server.moderation", "server.credentials"),
+    ("server.settings", "server.world", "server.metrics", "server.trust"),
     ("server.runtime",),  # everything a request needs besides itself, built from the settings
     ("server.requests",),  # params models, spec and target, plans, admission, quality, usage, files
     ("server.delivery",),  # progress, following a job into its record, results, failures

@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from pipelines.operations import OpResult
 from pipelines.sizes import size_name
 
-from ..credentials import COMPOSITE, TRAINED
 from ..engine.core import Progress
 from ..errors import APIError
 from ..requests.admission import admit
@@ -29,6 +28,7 @@ from ..requests.spec import Target
 from ..requests.usage import truncation, usage
 from ..runtime import Runtime
 from ..state.url_store import StoreTooSmall
+from ..trust.credentials import COMPOSITE, TRAINED
 from .follow import Following
 from .progress import Delivery, Partials, progress_queue
 

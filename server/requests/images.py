@@ -11,7 +11,7 @@ Where the parameters go, so that common readers find them:
 Every file also carries XMP (PNG: an iTXt `XML:com.adobe.xmp` chunk; GIF: an XMP
 application extension) with the IPTC digital source type `Iptc4xmpExt:DigitalSourceType`:
 trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for images made from
-uploads; and, with credentials configured (server/credentials.py), a signed C2PA manifest.
+uploads; and, with credentials configured (server/trust/credentials.py), a signed C2PA manifest.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from PIL import Image, PngImagePlugin
 from pipelines.imageio import to_uint8
 from pipelines.operations import OpResult
 
-from ..credentials import TRAINED, Credentials, Provenance
 from ..state.url_store import ImageStore
+from ..trust.credentials import TRAINED, Credentials, Provenance
 from .schemas import ImageData, OutputFormat
 
 SOFTWARE = "unclip-server"
@@ -65,7 +65,7 @@ class ImageMeta:
     operation: str
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
-    source_type: str = TRAINED  # IPTC digital source type (server/credentials.py)
+    source_type: str = TRAINED  # IPTC digital source type (server/trust/credentials.py)
     inputs: tuple[np.ndarray, ...] = ()  # the uploads it was made from, uint8 [H, W, 3] each
     credentials: Optional[Credentials] = None  # signs a C2PA manifest into every file
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from bench.moderation import prompts, scenes
 from pipelines.imageio import to_uint8
-from server.credentials import COMPOSITE, TRAINED
 from server.requests.images import IPTC_EXT, FileFormat, ImageMeta, encode_pixels
+from server.trust.credentials import COMPOSITE, TRAINED
 from tools.c2pa_cert import make_chain, write_chain
 from tools.evaluation import scene_images
 
