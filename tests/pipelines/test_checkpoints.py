@@ -64,12 +64,17 @@ def assert_same_outputs(a: UnCLIPStack, b: UnCLIPStack) -> None:
         assert torch.equal(oa[key], ob[key]), key
 
 
-@pytest.fixture(scope="module")
-def tiny() -> UnCLIPStack:
-    stack = random_stack(StackConfig.tiny(), seed=1)
+def tiny_with_stats(seed: int) -> UnCLIPStack:
+    """A tiny random stack whose CLIP embedding statistics are random too (not 0 and 1)."""
+    stack = random_stack(StackConfig.tiny(), seed=seed)
     stack.clip_mean.normal_()
     stack.clip_std.uniform_(0.5, 1.5)
     return stack
+
+
+@pytest.fixture(scope="module")
+def tiny() -> UnCLIPStack:
+    return tiny_with_stats(seed=1)
 
 
 def test_round_trip_identical(tiny: UnCLIPStack, tmp_path: Path) -> None:

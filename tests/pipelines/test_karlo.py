@@ -14,13 +14,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from pipelines.checkpoints import (
-    MissingWeightsError,
-    UnsafeCheckpointError,
-    build_on_meta,
-    load_model_dir,
-    random_stack,
-)
+from pipelines.checkpoints import MissingWeightsError, UnsafeCheckpointError, build_on_meta, load_model_dir
 from pipelines.config import StackConfig
 from pipelines.karlo import (
     DECODER_PREFIXES,
@@ -34,7 +28,7 @@ from pipelines.karlo import (
 from pipelines.operations import generate
 from pipelines.stack import UnCLIPStack
 from pipelines.unclip import Sampling, UnCLIP, run_direct
-from tests.pipelines.test_checkpoints import assert_same_outputs
+from tests.pipelines.test_checkpoints import assert_same_outputs, tiny_with_stats
 from tools.convert import main as convert_main
 
 REPO = Path(__file__).parents[2]
@@ -126,10 +120,7 @@ def import_files(paths: dict[str, Path], **kw) -> UnCLIPStack:
 
 @pytest.fixture(scope="module")
 def source() -> UnCLIPStack:
-    stack = random_stack(StackConfig.tiny(), seed=3)
-    stack.clip_mean.normal_()
-    stack.clip_std.uniform_(0.5, 1.5)
-    return stack
+    return tiny_with_stats(seed=3)
 
 
 @pytest.fixture(scope="module")
