@@ -91,8 +91,11 @@ class Claimer:
                 if now - reaped >= REAP_S:
                     reaped = now
                     await self._reap()
-                while self.free() and (claimed := await queue.claim()) is not None:
-                    await self._start(claimed, time.monotonic() + queue.lease_s)
+                while self.free():
+                    since = time.monotonic()  # the lease starts after this, in Redis
+                    if (claimed := await queue.claim()) is None:
+                        break
+                    await self._start(claimed, since + queue.lease_s)
             except StoreUnavailable:
                 pass
             except Exception:  # noqa: BLE001 - the worker goes on whatever happened
