@@ -47,8 +47,10 @@ RUN printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 COPY --from=src /src /src
 # The constraint file keeps the pinned torch: a dependency that wanted another fails the
-# build instead of silently replacing it.
-RUN /opt/venv/bin/pip install /src \
+# build instead of silently replacing it. EXTRAS: hf serves Kandinsky 2.2 and Karlo snapshots
+# (diffusers, transformers), c2pa signs content credentials; empty for the smallest image.
+ARG EXTRAS=hf,c2pa
+RUN /opt/venv/bin/pip install "/src${EXTRAS:+[$EXTRAS]}" \
  && /opt/venv/bin/python -c "import torch, server, pipelines; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------
@@ -76,8 +78,9 @@ RUN printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 COPY --from=src /src /src
 # xformers wheels are built for one torch release each: with the constraint above pip picks
-# one made for the pinned torch, or fails here.
-RUN /opt/venv/bin/pip install "/src[gpu]" \
+# one made for the pinned torch, or fails here. EXTRAS as in the CPU image, plus gpu (xformers).
+ARG EXTRAS=gpu,hf,c2pa
+RUN /opt/venv/bin/pip install "/src[$EXTRAS]" \
  && /opt/venv/bin/python -c "import torch, xformers, server, pipelines; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------------------------------

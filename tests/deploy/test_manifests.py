@@ -31,6 +31,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -484,8 +485,13 @@ def test_dockerfile_pins_torch_like_the_makefile() -> None:
         args = dict(a.split("=", 1) for i, a in dockerfile_stages()[name] if i == "ARG" and "=" in a)
         assert args["TORCH_VERSION"] == pins["torch"]
         assert args["TORCHVISION_VERSION"] == pins["torchvision"]
-    cuda_build = " ".join(a for i, a in dockerfile_stages()["cuda-build"] if i == "RUN")
-    assert '"/src[gpu]"' in cuda_build, "the CUDA image installs the gpu extra (xformers)"
+    for name, extras in (("cpu-build", {"hf", "c2pa"}), ("cuda-build", {"gpu", "hf", "c2pa"})):
+        stage = dockerfile_stages()[name]
+        args = dict(a.split("=", 1) for i, a in stage if i == "ARG" and "=" in a)
+        assert set(args["EXTRAS"].split(",")) == extras, name  # snapshots, C2PA (and xformers) by default
+        assert extras <= set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+        run = " ".join(a for i, a in stage if i == "RUN")
+        assert '"/src[$EXTRAS]"' in run or '"/src${EXTRAS:+[$EXTRAS]}"' in run, name
 
 
 def dockerignored(path: str) -> bool:
