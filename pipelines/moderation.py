@@ -5,8 +5,8 @@ Concepts are texts, encoded once with the served model's own CLIP text encoder. 
 embeddings of a request are compared with them, at three stages:
 
 - "prompt": the prompt's text embedding (text against text), before anything runs;
-- "prior": the prior's chosen image embeddings z_i (image against text), after the prior
-  and before any decoder step (through `Sampling.screen`);
+- "prior": the prior's chosen image embeddings z_i, and the frames' of an interpolation or
+  a text diff (image against text), before any decoder step (through `Sampling.screen`);
 - "upload": an uploaded image's CLIP embedding (image against text), before anything runs.
 
 Text against text and image against text cosines live on different scales (CLIP puts a
@@ -138,7 +138,8 @@ class Screen:
             raise ContentRefused(stage, PARAMS[stage], MESSAGES[stage])
 
     def prior(self, z: torch.Tensor) -> None:
-        """`Sampling.screen`: the prior's chosen image embeddings z [n, D]."""
+        """`Sampling.screen`: the image embeddings z [n, D] about to be decoded (the prior's,
+        an interpolation's or a text diff's frames)."""
         self.check("prior", z)
 
 

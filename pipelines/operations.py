@@ -218,11 +218,20 @@ def interpolate(
     if mode == "fixed":
         x_t = x_t[:1].expand(2, *[-1] * (x_t.dim() - 1))
     zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
+    _screen(opts, zs)
     xs = torch.cat([slerp(x_t[0:1], x_t[1:2], th) for th in thetas])
     _, gens = _gens(seed, len(thetas))
     frames = yield from pipe.render(zs, pipe.null_encoding(), gens, opts, out, x_t=xs)
     settings = {"mode": mode, "frames": len(thetas), "decoder_sampler": "ddim"}
     return OpResult(frames, zs, thetas=thetas, settings=settings)
+
+
+def _screen(opts: Sampling, zs: torch.Tensor) -> None:
+    """Frames' image embeddings zs [n, D] made here, not by the prior (a slerp towards a
+    text direction or between two images), past the request's moderation before any
+    decoder step, as the prior's are (`Sampling.screen`)."""
+    if opts.screen is not None:
+        opts.screen(zs)
 
 
 def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling, out: Output,
@@ -259,12 +268,14 @@ def text_diff(
     if frames < 1:
         raise InvalidInput("frames", "'frames' must be at least 1")
     opts, out = _ddim(opts), pipe.output(size)
-    z, x_t, null = yield from _encode_and_invert(pipe, image, opts, out)
+    z = pipe.encode_image(image)
     texts = pipe.encode_text([prompt, source_prompt])
     z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
     thetas = spaced(frames, max_theta)
     target = z_d * z.norm(dim=-1, keepdim=True)  # same norm as z_i: only the direction moves
     zs = torch.cat([slerp(z, target, th) for th in thetas])
+    _screen(opts, zs)  # before the inversion: a refused text diff spends no decoder step
+    x_t, null = (yield from pipe.invert_image(image, z, opts, out)), pipe.null_encoding()
     _, gens = _gens(seed, frames)
     xs = x_t.expand(frames, *[-1] * (x_t.dim() - 1))
     images = yield from pipe.render(zs, null, gens, opts, out, x_t=xs,

@@ -66,8 +66,9 @@ class Sampling:
     eta: float = 0.0  # DDIM eta when the decoder samples with DDIM
     inversion_refine: int = 2  # fixed-point refinements per DDIM inversion step (0 = plain)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed initial noise per stage
-    # Called with the prior's chosen image embeddings z [n, D] before any later stage runs;
-    # it raises (e.g. pipelines.errors.ContentRefused) to stop the operation there.
+    # Called with the image embeddings z [n, D] about to be decoded that the request did not
+    # upload (the prior's chosen ones; an interpolation's or a text diff's frames) before any
+    # later stage runs; it raises (e.g. pipelines.errors.ContentRefused) to stop the operation.
     screen: Optional[Callable[[torch.Tensor], None]] = None
 
     def scale(self, stage: str) -> float:

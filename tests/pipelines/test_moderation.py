@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipelines import operations as O
 from pipelines.errors import ContentRefused
 from pipelines.moderation import (
     DEFAULT_PROMPT_THRESHOLD,
@@ -19,7 +20,7 @@ from pipelines.moderation import (
     parse_concepts,
     screened,
 )
-from pipelines.unclip import UnCLIP, run_direct
+from pipelines.unclip import Sampling, UnCLIP, run_direct
 
 
 def test_concept_lines_take_optional_thresholds() -> None:
@@ -71,3 +72,41 @@ def test_screened_refuses_before_the_operation_runs(tiny_pipe: UnCLIP) -> None:
         run_direct(tiny_pipe, screened(op(), tiny_pipe, Screen(concepts, -2.0),
                                        images=[torch.zeros(1, 3, 32, 32, dtype=torch.uint8)]))
     assert started == [True]
+
+
+def tapped(op, seen: list[str]):
+    """`op`, noting the stage of every request it makes."""
+    try:
+        request = next(op)
+        while True:
+            seen.append(request.stage)
+            request = op.send((yield request))
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("kind", ["text_diff", "interpolation"])
+def test_frames_made_from_embeddings_are_screened_before_the_decoder(tiny_pipe: UnCLIP, kind: str) -> None:
+    """A text diff's and an interpolation's frames are image embeddings no prior made and no
+    upload gave: the screen sees them all, and a refusal comes before they are decoded (a
+    text diff's before any decoder step; an interpolation's after its images' inversions)."""
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    screened_z: list[torch.Tensor] = []
+
+    def refuse(z: torch.Tensor) -> None:
+        screened_z.append(z)
+        raise ContentRefused("prior", "prompt", "refused")
+
+    opts = Sampling(prior_steps=2, decoder_steps=2, upsampler_steps=2, best_of=1, screen=refuse)
+    if kind == "text_diff":
+        op = O.text_diff(tiny_pipe, image, "a red circle", frames=3, opts=opts)
+    else:
+        op = O.interpolate(tiny_pipe, images=[image, image.flip(-1)], frames=3, opts=opts)
+    stages: list[str] = []
+    with pytest.raises(ContentRefused):
+        run_direct(tiny_pipe, tapped(op, stages))
+    assert [z.shape[0] for z in screened_z] == [3]  # every frame, once
+    if kind == "text_diff":
+        assert stages == []  # refused before the image's inversion
+    else:
+        assert stages and set(stages) == {"decoder"}  # only the two images' inversions ran
