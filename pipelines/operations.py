@@ -214,11 +214,12 @@ def interpolate(
         raise InvalidInput("mode", f"'mode' must be one of {list(MODES)}, got {mode!r}")
     opts, out = _ddim(opts), pipe.output(size)
     negative = pipe.negative_encoding(negative_prompt)
-    z, x_t = yield from _endpoints(pipe, images, prompts, seed, opts, out, negative)
+    z, starts = yield from _endpoints(pipe, images, prompts, seed, opts, out, negative)
+    zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
+    _screen(opts, zs)  # before the images' inversions: a refusal spends no decoder step
+    x_t = yield from starts
     if mode == "fixed":
         x_t = x_t[:1].expand(2, *[-1] * (x_t.dim() - 1))
-    zs = torch.cat([slerp(z[0:1], z[1:2], th) for th in thetas])
-    _screen(opts, zs)
     xs = torch.cat([slerp(x_t[0:1], x_t[1:2], th) for th in thetas])
     _, gens = _gens(seed, len(thetas))
     frames = yield from pipe.render(zs, pipe.null_encoding(), gens, opts, out, x_t=xs)
@@ -236,21 +237,35 @@ def _screen(opts: Sampling, zs: torch.Tensor) -> None:
 
 def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling, out: Output,
                negative=None) -> Operation:
-    """The two ends of an interpolation: z [2, D] and x_T [2, ...]."""
+    """The two ends of an interpolation: z [2, D], and the operation that gives their x_T
+    [2, ...] (the images' inversions, run once the frames passed moderation; or noise)."""
     if images is not None and len(images) == 2 and not prompts:
-        ends = []
-        for img in images:
-            ends.append((yield from _encode_and_invert(pipe, check_square(img), opts, out)))
-        return torch.cat([e[0] for e in ends]), torch.cat([e[1] for e in ends])
+        images = [check_square(img) for img in images]
+        z = torch.cat([pipe.encode_image(img) for img in images])
+        return z, _inversions(pipe, images, z, opts, out)
     if prompts is not None and len(prompts) == 2 and not images:
         seeds, gens = _gens(seed, 2)
         zs = []
         for p, s, g in zip(prompts, seeds, gens):
             zs.append((yield from pipe.sample_prior(pipe.encode_text([p]), [s], [g], opts, negative)))
-        x_t = torch.cat([torch.randn(pipe.noise_shape(out), generator=g) for g in gens])
-        return torch.cat(zs), x_t
+        return torch.cat(zs), _given(torch.cat([torch.randn(pipe.noise_shape(out), generator=g) for g in gens]))
     param = "image" if images is not None else "prompt"
     raise InvalidInput(param, "an interpolation needs exactly two images or exactly two prompts")
+
+
+def _inversions(pipe: StagedPipeline, images: list[torch.Tensor], z: torch.Tensor, opts: Sampling,
+                out: Output) -> Operation:
+    """x_T [n, ...] of images [1, 3, H, W] under their embeddings z [n, D], one after another."""
+    x_t = []
+    for k, img in enumerate(images):
+        x_t.append((yield from pipe.invert_image(img, z[k:k + 1], opts, out)))
+    return torch.cat(x_t)
+
+
+def _given(value: torch.Tensor) -> Operation:
+    """An operation that asks for nothing and returns `value`."""
+    return value
+    yield
 
 
 def text_diff(
