@@ -17,7 +17,7 @@ from pipelines.operations import OpResult
 
 from ..engine.core import Job, JobCancelled, JobExpired, Progress
 from ..errors import StoreUnavailable, error_body
-from ..jobs.async_jobs import SETTLE_RETRY_S, SETTLE_S
+from ..jobs.async_jobs import while_store_down
 from ..runtime import Runtime
 from ..state.records import EVENT_PREFIX, Status
 from .failures import from_exception
@@ -123,15 +123,3 @@ async def wanted(rt: Runtime, job_id: str) -> bool:
         return True
     return record is not None and not record.finished
 
-
-async def while_store_down(make: Callable[[], Awaitable[Any]]) -> Any:
-    """`make()`, tried again every SETTLE_RETRY_S while the store is down, for up to SETTLE_S
-    (then its StoreUnavailable is raised): a `url` body waits out a Redis restart."""
-    deadline = time.monotonic() + SETTLE_S
-    while True:
-        try:
-            return await make()
-        except StoreUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(SETTLE_RETRY_S)

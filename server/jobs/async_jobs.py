@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Coroutine, Iterator, Optional
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, Optional, TypeVar
 
 from ..engine.core import Engine, Job
 from ..errors import StoreUnavailable
@@ -38,6 +38,21 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 30.0  # how long a follower retries ending its job's record while the store is down
 SETTLE_RETRY_S = 1.0
+T = TypeVar("T")
+
+
+async def while_store_down(make: Callable[[], Awaitable[T]]) -> T:
+    """`make()`, tried again every SETTLE_RETRY_S while the store is down, for up to SETTLE_S
+    (then its StoreUnavailable is raised): a job's end, and its `url` body, wait out a Redis
+    restart."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        try:
+            return await make()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(SETTLE_RETRY_S)
 
 
 def wall_time(monotonic_s: float) -> int:
@@ -170,20 +185,15 @@ class AsyncJobs:
         every SETTLE_RETRY_S for up to SETTLE_S, then given up (the job's record is lost).
         Nothing is written for a job whose claim was lost (`abandon`). Whether this made
         the record final (False: it ended otherwise, or is lost)."""
-        deadline = time.monotonic() + SETTLE_S
         fence = self._fences.get(job_id)
         if job_id in self._abandoned:
             self._abandoned.discard(job_id)
             return False
-        while True:
-            try:
-                return (await self._finish(job_id, status, result, error, started, fence))[1]
-            except StoreUnavailable:
-                if time.monotonic() >= deadline:
-                    log.error("async job %s ended %s, but the store stayed unreachable: its record is lost",
-                              job_id, status)
-                    return False
-                await asyncio.sleep(SETTLE_RETRY_S)
+        try:
+            return (await while_store_down(lambda: self._finish(job_id, status, result, error, started, fence)))[1]
+        except StoreUnavailable:
+            log.error("async job %s ended %s, but the store stayed unreachable: its record is lost", job_id, status)
+            return False
 
     async def cancel(self, record: JobRecord) -> JobRecord:
         """Cancel a job not yet finished (its engine job stops now or at its next step, on
