@@ -412,19 +412,23 @@ def _unet_from_diffusers(c: Mapping, down_types: tuple) -> UNetConfig:
 # ---- loader ----------------------------------------------------------------------------------
 
 
-def read_diffusers_dir(path: Union[str, Path]) -> tuple[dict[str, dict], dict[str, dict[str, Tensor]]]:
-    """A diffusers unCLIP folder -> ({component: config.json}, {component: state dict})."""
+def read_diffusers_dir(path: Union[str, Path], dtype: torch.dtype = torch.float32,
+                      ) -> tuple[dict[str, dict], dict[str, dict[str, Tensor]]]:
+    """A diffusers unCLIP folder -> ({component: config.json}, {component: state dict}), each
+    from its plain safetensors file or a variant's (`hub_variants`; the one of `dtype` first)."""
     import json
 
     from safetensors.torch import load_file
 
     from .checkpoints import require_file
+    from .hub_variants import safetensors_file
 
     path = Path(path)
     configs, sds = {}, {}
     for comp in COMPONENTS:
         configs[comp] = json.loads(require_file(path / comp / "config.json", f"{comp} config").read_text())
-        sds[comp] = load_file(str(require_file(path / comp / "diffusion_pytorch_model.safetensors", f"{comp} weights")))
+        weights = safetensors_file(path / comp, "diffusion_pytorch_model", dtype)
+        sds[comp] = load_file(str(require_file(weights, f"{comp} weights")))
     return configs, sds
 
 
@@ -456,7 +460,7 @@ def load_diffusers_dir(
 
     if clip_weights is None and clip_module is None and not allow_random_clip:
         raise MissingWeightsError("load_diffusers_dir needs the open_clip CLIP weights (clip_weights=...)")
-    configs, sds = read_diffusers_dir(path)
+    configs, sds = read_diffusers_dir(path, dtype)
     cfg = cfg or stack_config_from_diffusers(configs, clip=clip)
     if len(cfg.upsamplers) != 1:
         raise ValueError("a diffusers unCLIP folder holds exactly one upsampler (super_res_first/last)")

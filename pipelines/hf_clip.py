@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .clip import TextEncoding
 from .errors import InvalidInput, MissingExtra
+from .hub_variants import from_pretrained
 from .imageprep import ImagePrep
 
 
@@ -112,10 +113,10 @@ def load_hf_clip(folder: Path, dtype: torch.dtype = torch.float32, vision: str =
         raise MissingExtra("a Hugging Face snapshot", "hf", err) from err
 
     def tower(cls: Any, name: str) -> nn.Module:
-        return cls.from_pretrained(folder / name, local_files_only=True).to(dtype=dtype).eval().requires_grad_(False)
+        return from_pretrained(cls, folder / name, dtype).to(dtype=dtype).eval().requires_grad_(False)
 
     image_encoder = tower(CLIPVisionModelWithProjection, vision) if (folder / vision).is_dir() else None
     config = folder / processor / "preprocessor_config.json"
     return HFClip(tower(CLIPTextModelWithProjection, "text_encoder"),
-                  CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True), image_encoder,
+                  from_pretrained(CLIPTokenizer, folder / "tokenizer", dtype), image_encoder,
                   json.loads(config.read_text()) if config.is_file() else {})

@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..config import DiffusionConfig
 from ..diffusion import Schedule
 from ..errors import MissingExtra
+from ..hub_variants import from_pretrained
 from .layout import KandinskyLayout, find_layout
 from .schedulers import ddpm_config, unclip_config
 
@@ -106,16 +107,17 @@ def load_kandinsky(path: Path, device: str | torch.device = "cpu",
 
 def load_component(layout: KandinskyLayout, snapshot: str, name: str, device: torch.device,
                    dtype: torch.dtype) -> Any:
-    """One component by the (library, class) its model_index.json names; modules are moved
-    to device and dtype, in eval mode, without gradients."""
+    """One component by the (library, class) its model_index.json names, from its plain
+    weights or a variant (hub_variants.py); modules are moved to device and dtype, in eval
+    mode, without gradients."""
     library, cls = layout.classes[snapshot][name]
+    folder = layout.folder(snapshot) / name
     kwargs = {"torch_dtype": dtype} if library == "diffusers" else {}  # transformers' keyword changed in 4.56
     try:
         module = importlib.import_module(library)
     except ImportError as err:
         raise MissingExtra("a Kandinsky 2.2 folder", "hf", err) from err
-    loaded = getattr(module, cls).from_pretrained(
-        layout.folder(snapshot) / name, local_files_only=True, **kwargs)
+    loaded = from_pretrained(getattr(module, cls), folder, dtype, **kwargs)
     if isinstance(loaded, nn.Module):
         loaded = loaded.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return loaded

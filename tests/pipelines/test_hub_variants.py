@@ -1,0 +1,111 @@
+"""Snapshots downloaded with only a weight variant (`hf download --include "*.fp16.*"`)
+load as they are, and a folder with both loads the variant of the dtype served
+(pipelines/hub_variants.py): tiny random Kandinsky 2.2 and Karlo snapshots, rewritten as
+the Hub lays out variants."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from pipelines.checkpoints import MissingWeightsError  # noqa: E402
+from pipelines.diffusers_layout import load_karlo_snapshot  # noqa: E402
+from pipelines.hub_variants import STEMS, has_plain_weights, variant_to_load, variants  # noqa: E402
+from pipelines.kandinsky.networks import KandinskyNets, load_kandinsky  # noqa: E402
+
+NETS = ("prior", "text_encoder", "image_encoder", "unet", "movq", "inpaint_unet")
+
+
+def with_variant(src: Path, dst: Path, variant: str = "fp16", keep_plain: bool = False,
+                 change: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Path:
+    """A copy of the snapshot folder src whose every `<stem>.safetensors` is also (keep_plain)
+    or only written as `<stem>.<variant>.safetensors`: its tensors through `change`, in fp16."""
+    shutil.copytree(src, dst)
+    for file in [p for stem in STEMS for p in dst.rglob(f"{stem}.safetensors")]:
+        tensors = {k: change(t).half() if t.is_floating_point() else t for k, t in load_file(str(file)).items()}
+        save_file(tensors, str(file.with_name(f"{file.stem}.{variant}.safetensors")), metadata={"format": "pt"})
+        if not keep_plain:
+            file.unlink()
+    return dst
+
+
+def states(nets: KandinskyNets) -> dict[str, torch.Tensor]:
+    """Every weight of the loaded networks, by network and name."""
+    return {f"{net}.{k}": v for net in NETS for k, v in getattr(nets, net).state_dict().items()}
+
+
+def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_file_names_tell_plain_weights_and_variants(tmp_path: Path) -> None:
+    names = {"plain": ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"],
+             "fp16-only": ["model.fp16.safetensors", "config.json"],
+             "sharded": ["model.safetensors.index.fp16.json", "model.fp16-00001-of-00002.safetensors",
+                         "model.fp16-00002-of-00002.safetensors", "model.safetensors.index.bf16.json",
+                         "model.bf16-00001-of-00002.safetensors"],
+             "sharded-plain": ["model.safetensors.index.json", "model-00001-of-00002.safetensors"],
+             "none": ["vocab.json", "merges.txt", "special_tokens_map.json"]}
+    for folder, files in names.items():
+        (tmp_path / folder).mkdir()
+        for name in files:
+            (tmp_path / folder / name).touch()
+    assert [variants(tmp_path / f) for f in names] == [{"fp16"}, {"fp16"}, {"fp16", "bf16"}, set(), set()]
+    assert [has_plain_weights(tmp_path / f) for f in names] == [True, False, False, True, False]
+    assert [variant_to_load(tmp_path / f, torch.float32) for f in names] == [None, "fp16", "fp16", None, None]
+    assert [variant_to_load(tmp_path / f, torch.float16) for f in names] == ["fp16", "fp16", "fp16", None, None]
+    assert variant_to_load(tmp_path / "sharded", torch.bfloat16) == "bf16"
+    assert variant_to_load(tmp_path / "plain", torch.bfloat16) is None
+
+
+def test_kandinsky_folder_of_fp16_files_only_loads_them(kandinsky_model_dir: Path, tmp_path: Path) -> None:
+    fp16_only = with_variant(kandinsky_model_dir, tmp_path / "kandinsky-fp16")
+    assert not list(fp16_only.rglob("*model.safetensors"))
+    plain = states(load_kandinsky(kandinsky_model_dir, "cpu", torch.float32))
+    assert_same(states(load_kandinsky(fp16_only, "cpu", torch.float32)),
+                {k: v.half().float() if v.is_floating_point() else v for k, v in plain.items()})
+
+
+def test_the_variant_of_the_dtype_served_is_read_first(kandinsky_model_dir: Path, tmp_path: Path) -> None:
+    both = with_variant(kandinsky_model_dir, tmp_path / "kandinsky-both", keep_plain=True, change=lambda t: -t)
+    plain = states(load_kandinsky(kandinsky_model_dir, "cpu", torch.float16))
+    assert_same(states(load_kandinsky(both, "cpu", torch.float32)),
+                states(load_kandinsky(kandinsky_model_dir, "cpu", torch.float32)))
+    # fp16 served: the variant's values (negated here), not the plain ones cast
+    negated = states(load_kandinsky(both, "cpu", torch.float16))
+    moved = [k for k, v in plain.items() if v.is_floating_point() and v.abs().sum() > 0]
+    assert moved and all(torch.equal(negated[k], -plain[k]) for k in moved)
+
+
+def test_karlo_snapshot_of_fp16_files_only_loads_them(karlo_snapshot_dir: Path, tmp_path: Path) -> None:
+    fp16_only = with_variant(karlo_snapshot_dir, tmp_path / "karlo-fp16")
+    assert {p.name for p in (fp16_only / "decoder").iterdir()} == {"config.json",
+                                                                    "diffusion_pytorch_model.fp16.safetensors"}
+    plain = load_karlo_snapshot(karlo_snapshot_dir, "cpu", torch.float32).state_dict()
+    assert_same(load_karlo_snapshot(fp16_only, "cpu", torch.float32).state_dict(),
+                {k: v.half().float() if v.is_floating_point() else v for k, v in plain.items()})
+
+
+def test_missing_weights_name_their_folder(kandinsky_model_dir: Path, karlo_snapshot_dir: Path,
+                                           tmp_path: Path) -> None:
+    kandinsky = with_variant(kandinsky_model_dir, tmp_path / "kandinsky")
+    for file in (kandinsky / "decoder" / "unet").glob("*.safetensors"):
+        file.unlink()
+    with pytest.raises(MissingWeightsError, match=r"UNet2DConditionModel from \S*decoder/unet"):
+        load_kandinsky(kandinsky, "cpu", torch.float32)
+    karlo = with_variant(karlo_snapshot_dir, tmp_path / "karlo")
+    for file in (karlo / "text_encoder").glob("*.safetensors"):
+        file.unlink()
+    with pytest.raises(MissingWeightsError, match=r"CLIPTextModelWithProjection from \S*karlo/text_encoder"):
+        load_karlo_snapshot(karlo, "cpu", torch.float32)
