@@ -58,7 +58,7 @@ class KandinskyNets:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return first_parameter(self.unet).device
 
     @property
     def movq_scale(self) -> int:
@@ -79,6 +79,18 @@ class KandinskyNets:
     def embed_dim(self) -> int:
         """Width D of the image embeddings (the prior's samples, the decoder's condition)."""
         return self.prior.config.embedding_dim
+
+
+def first_parameter(module: nn.Module) -> torch.Tensor:
+    """The module's first parameter, whose device and dtype are the module's: diffusers'
+    `ModelMixin.device` and `.dtype` walk every submodule first (about 1 ms a call on the
+    real UNet, three calls a decoder step)."""
+    return next(module.parameters())
+
+
+def dtype_of(module: nn.Module) -> torch.dtype:
+    """The module's dtype (see `first_parameter`)."""
+    return first_parameter(module).dtype
 
 
 def load_kandinsky(path: Path, device: str | torch.device = "cpu",

@@ -29,7 +29,7 @@ from ..sampling import Known, Stage, Track, inversion_pairs, latest, resize
 from ..sizes import Output, Size, SizeRule
 from ..stage_keys import DECODER, MOVQ
 from ..unclip import Sampling, StagedPipeline, StageRequest, _default
-from .networks import KandinskyNets, load_kandinsky
+from .networks import KandinskyNets, dtype_of, load_kandinsky
 from .stages import KandinskyPriorStage, LatentDecoderStage, MovqStage
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Kandinsky(StagedPipeline):
         with xformers where it runs on this device and dtype (CUDA), their xformers attention
         processors; else their own SDPA processors, as loaded."""
         nets = self.nets
-        if backend_for(nets.device, nets.unet.dtype) != "xformers":
+        if backend_for(nets.device, dtype_of(nets.unet)) != "xformers":
             return self
         for net in (nets.prior, nets.unet, nets.inpaint_unet, nets.movq):
             if net is not None:
@@ -84,7 +84,7 @@ class Kandinsky(StagedPipeline):
     def fingerprint(self) -> dict[str, Any]:
         nets = self.nets
         return {"prior": nets.prior.config, "unet": nets.unet.config, "movq": nets.movq.config,
-                "device": str(nets.device), "dtype": str(nets.unet.dtype),
+                "device": str(nets.device), "dtype": str(dtype_of(nets.unet)),
                 "channels_last": nets.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)}
 
     @property
@@ -98,7 +98,7 @@ class Kandinsky(StagedPipeline):
     def denormalize_image_emb(self, z: torch.Tensor) -> torch.Tensor:
         """PriorTransformer.post_process_latents: z * clip_std + clip_mean."""
         prior = self.nets.prior
-        return prior.post_process_latents(z.to(self.nets.device, prior.dtype)).float()
+        return prior.post_process_latents(z.to(self.nets.device, dtype_of(prior))).float()
 
     # ---- decoder and MoVQ ------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ class Kandinsky(StagedPipeline):
         if stage != DECODER:
             return super().preview(stage, tracks)
         movq = self.nets.movq
-        x = latest(tracks).to(self.nets.device, movq.dtype)
+        x = latest(tracks).to(self.nets.device, dtype_of(movq))
         return movq.decode(x, force_not_quantize=True).sample.float().cpu().clamp(-1, 1)
 
     def noise_shape(self, out: Output) -> tuple[int, ...]:
@@ -140,7 +140,7 @@ class Kandinsky(StagedPipeline):
         (resized to it first; VQModel.encode's unquantized latents, as diffusers' img2img and
         inpainting pipelines take them)."""
         movq = self.nets.movq
-        x = resize(images.float(), size).to(self.nets.device, movq.dtype)
+        x = resize(images.float(), size).to(self.nets.device, dtype_of(movq))
         return movq.encode(x).latents.float()
 
     def invert_image(

@@ -12,7 +12,7 @@ import torch
 
 from ..sampling import DecoderStage, PriorStage, Stage, Track
 from ..stage_keys import MOVQ
-from .networks import KandinskyNets
+from .networks import KandinskyNets, dtype_of
 
 
 class KandinskyPriorStage(PriorStage):
@@ -26,7 +26,7 @@ class KandinskyPriorStage(PriorStage):
 
     def network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         prior = self.stack.prior
-        dt = prior.dtype
+        dt = dtype_of(prior)
         return prior(x.to(dt), timestep=t, proj_embedding=cond["text_emb"].to(dt),
                      encoder_hidden_states=cond["text_enc"].to(dt),
                      attention_mask=cond["mask"]).predicted_image_embedding.float()
@@ -52,8 +52,9 @@ class LatentDecoderStage(DecoderStage):
         unet = self.stack.unet if inpaint is None else self.stack.inpaint_unet
         if inpaint is not None:
             x = torch.cat([x, inpaint.to(x)], dim=1)
-        emb = cond["image_emb"].to(unet.dtype)
-        out = unet(x.to(unet.dtype), t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb})
+        dt = dtype_of(unet)
+        emb = cond["image_emb"].to(dt)
+        out = unet(x.to(dt), t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb})
         return out.sample.float()
 
     def _inpaint(self, x: torch.Tensor, tracks: list[Track]) -> Optional[torch.Tensor]:
@@ -81,7 +82,7 @@ class MovqStage:
     @torch.no_grad()
     def step(self, tracks: list[Track]) -> None:
         movq = self.stack.movq
-        x = torch.cat([tr.x for tr in tracks]).to(self.stack.device, movq.dtype)
+        x = torch.cat([tr.x for tr in tracks]).to(self.stack.device, dtype_of(movq))
         images = movq.decode(x, force_not_quantize=True).sample.float()
         for i, tr in enumerate(tracks):
             tr.x = images[i:i + 1]

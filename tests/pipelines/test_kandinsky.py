@@ -186,6 +186,34 @@ def test_same_seed_same_image(pipe: Kandinsky) -> None:
     assert not torch.equal(first.images[0], first.images[1])
 
 
+def test_steps_never_walk_the_networks_modules(pipe: Kandinsky, monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffusers' ModelMixin.dtype and .device visit every submodule (about 1 ms a call on
+    the real UNet): a generation asks neither from our code (diffusers' own forward asks once)."""
+    import sys
+
+    from diffusers.models.modeling_utils import ModelMixin
+
+    ours = str(Path(sys.modules["pipelines"].__file__).parent)
+    asked: list[str] = []
+
+    def counted(name: str) -> property:
+        original = getattr(ModelMixin, name)
+
+        def get(module: object) -> object:
+            if sys._getframe(1).f_code.co_filename.startswith(ours):
+                asked.append(name)
+            return original.fget(module)
+        return property(get)
+
+    for name in ("dtype", "device"):
+        monkeypatch.setattr(ModelMixin, name, counted(name))
+    run_direct(pipe, generate(pipe, PROMPT, n=2, seed=4, opts=Sampling(prior_steps=2, decoder_steps=2)))
+    assert asked == []
+    probe = compile("unet.dtype, unet.device", f"{ours}/probe.py", "eval")  # as if asked from pipelines/
+    assert eval(probe, {"unet": pipe.nets.unet}) == (torch.float32, torch.device("cpu"))
+    assert asked == ["dtype", "device"]
+
+
 def test_spacings_match_diffusers_schedulers() -> None:
     from diffusers import DDPMScheduler, UnCLIPScheduler
 
