@@ -107,7 +107,12 @@ class AsyncJobs:
             self._fences[record.id] = fence
         task = asyncio.create_task(follower, name=f"follow-{record.id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._followed(done, record.id))
+
+    def _followed(self, task: asyncio.Task, job_id: str) -> None:
+        """A follower ended (settled, failed or cancelled): nothing more of its job is kept."""
+        self._tasks.discard(task)
+        self._abandoned.discard(job_id)
 
     async def views(self, records: list[JobRecord], engine: Optional[Engine]) -> list[dict[str, Any]]:
         """The job objects, with the live state of their engine jobs where this process runs

@@ -1,5 +1,5 @@
-"""The async jobs' store (bounds, expiry, listing, events) and webhooks (signature,
-allow-list, retries), in process."""
+"""The async jobs' store (bounds, expiry, listing, events), a lost claim's follower, and
+webhooks (signature, allow-list, retries), in process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Optional
 import httpx
 import pytest
 
+from server.engine.job import Job
 from server.errors import APIError
+from server.jobs.async_jobs import AsyncJobs
 from server.jobs.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
 from server.state.records import JobRecord, JobStore, MemoryJobStore
 
@@ -151,6 +153,34 @@ async def check_advance(store: JobStore) -> None:
 
 def test_advance_is_refused_once_final_or_gone() -> None:
     run(check_advance(MemoryJobStore(ttl_s=60, max_kept=10, max_bytes=10**6)))
+
+
+def test_a_lost_claim_writes_nothing_and_is_forgotten_when_its_follower_ends() -> None:
+    """A follower of an abandoned job writes no end; whether it settles or dies first, the
+    job leaves nothing behind in AsyncJobs."""
+    store = MemoryJobStore(ttl_s=60, max_kept=10, max_bytes=10**6)
+    jobs = AsyncJobs(store, ttl_s=60)
+    cancelled: list[str] = []
+
+    async def follower(job_id: str, settles: bool) -> None:
+        await asyncio.sleep(0.01)
+        if not settles:
+            raise RuntimeError("the follower died")
+        assert not await jobs.settle(job_id, "completed", result={"data": []})
+
+    async def scenario() -> None:
+        for job_id, settles in (("settles", True), ("dies", False)):
+            await store.put(record(job_id, status="in_progress"))
+            job = Job(iter(()), "generation", 60, None, lambda j: cancelled.append(j.id), job_id=job_id)
+            job.state = "running"
+            jobs.adopt(await store.get(job_id), job, follower(job_id, settles), fence="1")
+            jobs.abandon(job_id)
+        await asyncio.gather(*jobs._tasks, return_exceptions=True)
+        assert cancelled == ["settles", "dies"]
+        assert [(await store.get(j)).status for j in ("settles", "dies")] == ["in_progress", "in_progress"]
+        assert not jobs._abandoned and not jobs._engine_jobs and not jobs._tasks
+
+    run(scenario())
 
 
 # ---- webhooks ------------------------------------------------------------------------------
