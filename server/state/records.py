@@ -114,7 +114,9 @@ class JobStore(Protocol):
     async def advance(self, record: JobRecord, type: str, data: dict[str, Any],
                       fence: Optional[str] = None) -> Optional[JobEvent]:
         """`put` of a record not yet final and `append_event` of its event, as one change (a
-        progress report); None, and nothing changes, when the kept record is final or gone."""
+        progress report); None, and nothing changes, when the kept record is final or gone.
+        A report that repeats the last one (the same record, event type and data, under the
+        same fence: a retried call whose answer was lost) returns that event and appends nothing."""
 
     async def events_after(self, job_id: str, after: int, wait_s: float = 0.0) -> list[JobEvent]:
         """The job's events numbered above `after`; with none yet, wait up to `wait_s` seconds
@@ -192,6 +194,9 @@ class MemoryJobStore:
         kept = self._records.get(record.id)
         if kept is None or kept.finished or record.finished:
             return None
+        last = self._events[record.id][-1] if self._events.get(record.id) else None
+        if last is not None and (last.type, last.data) == (type, data) and kept.to_json() == record.to_json():
+            return last
         await self.put(record)
         return await self.append_event(record.id, type, data)
 

@@ -133,7 +133,8 @@ def test_events_are_numbered_and_waited_for() -> None:
 
 async def check_advance(store: JobStore) -> None:
     """`advance` (a progress report) changes the record and appends its event as one change,
-    and changes nothing once the record is final or gone (either store)."""
+    once however often it is retried, and changes nothing once the record is final or gone
+    (either store)."""
     job = record("a")
     assert await store.advance(job, "image.job.progress", {"step": 1}) is None  # no record yet
     await store.put(job)
@@ -142,6 +143,8 @@ async def check_advance(store: JobStore) -> None:
     assert event is not None and (event.id, event.data) == (1, {"step": 1})
     kept = await store.get("a")
     assert (kept.status, kept.progress) == ("in_progress", 0.25)
+    retried = await store.advance(job, "image.job.progress", {"step": 1})  # its answer was lost
+    assert retried is not None and retried.id == 1 and [e.id for e in await store.events_after("a", 0)] == [1]
     assert await store.put(record("a", status="cancelled", expires_at=int(time.time()) + 60))
     job.progress = 0.5
     assert await store.advance(job, "image.job.progress", {"step": 2}) is None  # cancelled meanwhile

@@ -152,15 +152,22 @@ return entry
 
 # ARGV: prefix, id, status, json, ttl_ms, type, data (JSON), fence. The new entry's id, or
 # nil (and nothing changes) when the record is final, gone or claimed under another fence:
-# a progress report in one round trip.
+# a progress report in one round trip. A retry (the record already as it would leave it, the
+# last event the same, from the same claim: entries keep its fence as `f`) returns the last
+# entry's id and appends nothing.
 ADVANCE = FINALS + FENCED + """
 local P, id = ARGV[1], ARGV[2]
 local job, events = P .. 'job:' .. id, P .. 'events:' .. id
 local old = redis.call('HGET', job, 's')
 if not old or FINAL[old] or not fenced(job, ARGV[8]) then return false end
+if redis.call('HGET', job, 'r') == ARGV[4] then  -- the record as this report leaves it: a retry?
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  local f = last and last[2]
+  if f and f[2] == ARGV[6] and f[4] == ARGV[7] and f[6] == ARGV[8] then return last[1] end
+end
 redis.call('HSET', job, 's', ARGV[3], 'r', ARGV[4])
 redis.call('PEXPIRE', job, ARGV[5])
-local entry = redis.call('XADD', events, '0-*', 't', ARGV[6], 'd', ARGV[7])
+local entry = redis.call('XADD', events, '0-*', 't', ARGV[6], 'd', ARGV[7], 'f', ARGV[8])
 redis.call('PEXPIRE', events, ARGV[5])
 return entry
 """
