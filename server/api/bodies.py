@@ -21,6 +21,7 @@ from pipelines.imageio import keep_mask, open_image, reduce, to_uint8_tensor
 from ..errors import APIError, bad_request
 from ..requests.spec import Spec, parse_params, target
 from ..runtime import Runtime
+from ..trust.credentials import Credentials
 from .multipart import FieldError, NamingParser
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -111,6 +112,7 @@ class Upload:
     image: Image.Image  # longer side at most the runtime's input side
     size: tuple[int, int]  # (width, height) as uploaded
     param: str
+    ingredient: Optional[bytes] = None  # when the server signs: the file as a C2PA ingredient archive
 
 
 # Uploads decode on these two threads only: a decode holds the full image (4 bytes a pixel,
@@ -119,20 +121,30 @@ class Upload:
 DECODERS = ThreadPoolExecutor(2, thread_name_prefix="decode")
 
 
-async def load_image(rt: Runtime, upload: UploadFile, param: str) -> Upload:
+async def load_image(rt: Runtime, upload: UploadFile, param: str, index: int = 0) -> Upload:
     """Read, check and decode one upload, and reduce it: size limit, format, pixel limit
-    (400 naming param)."""
+    (400 naming param). With C2PA credentials, the file is also made the request's
+    ingredient number `index` (server/trust/credentials.py)."""
     limit = rt.settings.max_upload_bytes
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise APIError(400, f"'{param}' must be less than {limit / 2**20:g} MB.", param=param, code="image_too_large")
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(DECODERS, _decode, data, param, rt.settings.max_image_pixels, rt.input_side)
+    return await loop.run_in_executor(DECODERS, _decode, data, param, rt.settings.max_image_pixels, rt.input_side,
+                                      rt.credentials, index)
 
 
-def _decode(data: bytes, param: str, max_pixels: int, side: int) -> Upload:
+def _decode(data: bytes, param: str, max_pixels: int, side: int, credentials: Optional[Credentials],
+            index: int) -> Upload:
     img = open_image(data, param, max_pixels)
-    return Upload(reduce(img, side), img.size, param)
+    small = reduce(img, side)
+    ingredient = credentials.ingredient(data, img.format.lower(), index, small) if credentials is not None else None
+    return Upload(small, img.size, param, ingredient)
+
+
+def ingredients(*uploads: Upload) -> tuple[bytes, ...]:
+    """The uploads' C2PA ingredient archives, in order (none when the server does not sign)."""
+    return tuple(u.ingredient for u in uploads if u.ingredient is not None)
 
 
 def square_tensor(upload: Upload) -> torch.Tensor:
@@ -173,5 +185,5 @@ async def image_spec(request: Request, rt: Runtime, model: type[BaseModel], kind
     form = await read_form(request)
     params = parse_params(model, text_fields(form, files=("image",)))
     out = target(rt, params, kind)
-    image = square_tensor(await load_image(rt, one_upload(form, "image"), "image"))
-    return Spec(kind, params, out, {"image": image})
+    image = await load_image(rt, one_upload(form, "image"), "image")
+    return Spec(kind, params, out, {"image": square_tensor(image)}, ingredients(image))

@@ -14,7 +14,16 @@ from fastapi import APIRouter, Request
 from ..requests.schemas import EditRequest, ImagesResponse
 from ..requests.spec import Spec, parse_params, target
 from ..runtime import ReadyRuntime
-from .bodies import edit_mask, load_image, multipart_body, one_upload, read_form, square_tensor, text_fields
+from .bodies import (
+    edit_mask,
+    ingredients,
+    load_image,
+    multipart_body,
+    one_upload,
+    read_form,
+    square_tensor,
+    text_fields,
+)
 from .serve import serve
 from .stream import SSE_RESPONSE
 
@@ -37,5 +46,5 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     mask_file = one_upload(form, "mask", required=False)
     mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
     tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
-    return await serve(request, rt, Spec("edit", params, out, tensors))
+    return await serve(request, rt, Spec("edit", params, out, tensors, ingredients(image)))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
 from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 
@@ -21,11 +20,11 @@ from ..errors import bad_request
 from ..requests.schemas import MAX_PROMPT, ImagesResponse, InterpolationRequest
 from ..requests.spec import Spec, parse_params, target
 from ..runtime import ReadyRuntime, Runtime
-from .bodies import load_image, multipart_body, read_form, square_tensor, text_fields, uploads
+from .bodies import Upload, ingredients, load_image, multipart_body, read_form, square_tensor, text_fields, uploads
 from .serve import serve
 
 router = APIRouter()
-Ends = tuple[Optional[list[torch.Tensor]], Optional[list[str]]]
+Ends = tuple[Optional[list[Upload]], Optional[list[str]]]
 
 FILES = {"image": "two square images: send the field `image[]` (or `image`) twice"}
 
@@ -39,14 +38,14 @@ def split_thetas(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 async def endpoints(form: FormData, rt: Runtime, params: InterpolationRequest) -> Ends:
-    """(images [1, 3, H, W] x2, None) or (None, prompts x2); 400 otherwise."""
+    """(the two uploads, None) or (None, prompts x2); 400 otherwise."""
     files, prompts = uploads(form, "image"), params.prompt or []
     if files and prompts:
         raise bad_request("prompt", "Give two images or two prompts, not both.")
     if files:
         if len(files) != 2:
             raise bad_request("image", f"An interpolation needs exactly two images; got {len(files)}.")
-        return [square_tensor(await load_image(rt, f, "image")) for f in files], None
+        return [await load_image(rt, f, "image", i) for i, f in enumerate(files)], None
     if len(prompts) != 2 or not all(p.strip() for p in prompts):
         raise bad_request("prompt", "An interpolation needs exactly two images or two non-empty prompts.")
     if any(len(p) > MAX_PROMPT for p in prompts):
@@ -65,7 +64,7 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
     params: InterpolationRequest = parse_params(InterpolationRequest, raw)
     out = target(rt, params, "interpolation")
     interpolation_thetas(params.thetas, params.frames)  # 400 for bad thetas before the uploads are read
-    images, _ = await endpoints(form, rt, params)
-    tensors = {f"image{i}": image for i, image in enumerate(images or [])}
-    return await serve(request, rt, Spec("interpolation", params, out, tensors))
+    images = (await endpoints(form, rt, params))[0] or []
+    tensors = {f"image{i}": square_tensor(image) for i, image in enumerate(images)}
+    return await serve(request, rt, Spec("interpolation", params, out, tensors, ingredients(*images)))
 

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 from pydantic import BaseModel
 
 from pipelines.operations import OpResult
@@ -100,6 +99,5 @@ def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optio
     values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
     values.update(size=size_name(out.size), quality=out.quality, prompt_truncated=cut)
-    inputs = tuple(np.ascontiguousarray(t[0].permute(1, 2, 0).numpy()) for t in plan.inputs)  # [H, W, 3]
-    return ImageMeta(rt.model_name, plan.kind, out.seed, values, COMPOSITE if inputs else TRAINED,
-                     inputs if rt.credentials is not None else (), rt.credentials)
+    return ImageMeta(rt.model_name, plan.kind, out.seed, values, COMPOSITE if plan.inputs else TRAINED,
+                     plan.ingredients if rt.credentials is not None else (), rt.credentials)

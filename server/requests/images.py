@@ -66,12 +66,12 @@ class ImageMeta:
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
     source_type: str = TRAINED  # IPTC digital source type (server/trust/credentials.py)
-    inputs: tuple[np.ndarray, ...] = ()  # the uploads it was made from, uint8 [H, W, 3] each
+    ingredients: tuple[bytes, ...] = ()  # the uploads it was made from, as C2PA ingredient archives
     credentials: Optional[Credentials] = None  # signs a C2PA manifest into every file
 
     def provenance(self) -> Provenance:
-        """What the files' C2PA manifests say: model, operation, source type, the uploads as PNGs."""
-        return Provenance(self.model, self.operation, self.source_type, [png_file(a, {}) for a in self.inputs])
+        """What the files' C2PA manifests say: model, operation, source type, the uploads."""
+        return Provenance(self.model, self.operation, self.source_type, self.ingredients)
 
     def values(self, index: int, theta: Optional[float] = None,
                settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Plan:
     texts: Sequence[str] = ()  # the prompts (moderation; with the negative one: usage, truncation notice)
     input_images: int = 0  # the images CLIP encodes (usage)
     inputs: tuple[torch.Tensor, ...] = ()  # the uploaded images [1, 3, H, W] uint8 it is made from
+    ingredients: tuple[bytes, ...] = ()  # their C2PA ingredient archives, when the server signs
     negative_prompt: Optional[str] = None  # encoded too, but what is not to be drawn: never screened
 
     @property
@@ -118,9 +119,11 @@ PLANS: dict[str, Builder] = {"generation": generation_plan, "edit": edit_plan, "
 
 
 def plan_of(rt: Runtime, spec: Spec) -> Plan:
-    """The spec's plan (operation, work, texts, uploads), by its kind's builder in `PLANS`;
-    with moderation on, its operation screens its prompts and uploads first."""
+    """The spec's plan (operation, work, texts, uploads and their C2PA ingredients), by its
+    kind's builder in `PLANS`; with moderation on, its operation screens its prompts and
+    uploads first."""
     plan = PLANS[spec.kind](rt, spec.params, spec.out, spec.tensors)
     plan.inputs = tuple(spec.tensors[name] for name in UPLOADS if name in spec.tensors)
+    plan.ingredients = spec.ingredients
     plan.op = screened(plan.op, rt.pipe, rt.moderation.screen(spec.params), plan.texts, plan.inputs)
     return plan

@@ -71,13 +71,16 @@ class Target:
 
 @dataclass
 class Spec:
-    """A request with everything fixed: its operation kind, validated params, target, and
-    uploads as tensors. Any replica rebuilds the same plan from it (server/requests/plans.py)."""
+    """A request with everything fixed: its operation kind, validated params, target, the
+    uploads as tensors and, when the server signs, as C2PA ingredient archives (in upload
+    order, server/trust/credentials.py). Any replica rebuilds the same plan from it
+    (server/requests/plans.py)."""
 
     kind: str
     params: BaseModel
     out: Target
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    ingredients: tuple[bytes, ...] = ()
 
 
 # Each kind of request and its params model (the kinds of `Spec.kind` and of server/requests/plans.py).
@@ -91,19 +94,22 @@ def spec_json(spec: Spec, **extra: Any) -> str:
     tensors = {name: {"dtype": str(t.numpy().dtype), "shape": list(t.shape),
                       "data": base64.b64encode(t.contiguous().numpy().tobytes()).decode("ascii")}
                for name, t in spec.tensors.items()}
+    ingredients = [base64.b64encode(a).decode("ascii") for a in spec.ingredients]
     return json.dumps({"kind": spec.kind, "params": spec.params.model_dump(mode="json", exclude_unset=True),
-                       "out": dataclasses.asdict(spec.out), "tensors": tensors, **extra}, separators=(",", ":"))
+                       "out": dataclasses.asdict(spec.out), "tensors": tensors, "ingredients": ingredients, **extra},
+                      separators=(",", ":"))
 
 
 def spec_from_json(text: str) -> tuple[Spec, dict[str, Any]]:
     """A spec from `spec_json`'s text, and its extra fields."""
     raw = json.loads(text)
     kind, params, out, tensors = raw.pop("kind"), raw.pop("params"), raw.pop("out"), raw.pop("tensors")
+    ingredients = tuple(base64.b64decode(a) for a in raw.pop("ingredients", []))
     model = PARAMS[kind]
     target_ = Target(**{**out, "fmt": FileFormat(**out["fmt"])})
     arrays = {name: torch.from_numpy(np.frombuffer(base64.b64decode(t["data"]), t["dtype"]).reshape(t["shape"]).copy())
               for name, t in tensors.items()}
-    return Spec(kind, model.model_validate(params), target_, arrays), raw
+    return Spec(kind, model.model_validate(params), target_, arrays, ingredients), raw
 
 
 def parse_params(model: type[BaseModel], raw: dict[str, Any]) -> Any:

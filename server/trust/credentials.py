@@ -8,8 +8,10 @@ The manifest's claim generator is this server and its version. A generation's ac
 as its software agent; an image made from uploads (edits, variations, interpolations of
 images, text diffs) lists them as ingredients (the first `parentOf`, the others
 `componentOf`) with `c2pa.opened` and `c2pa.edited` (compositeWithTrainedAlgorithmicMedia).
-An ingredient is the upload as the server decoded it (a PNG of its pixels): a manifest the
-uploaded file carried is not followed.
+An ingredient is the uploaded file itself, hashed where it arrives (`Credentials.ingredient`,
+on the replica that accepts the request) into a C2PA ingredient archive of a few KB that
+travels with the job: a manifest the file carried is kept in it, so the provenance of an
+edit of a signed image (ours or anyone's) goes back through that image's own manifests.
 
 `load_credentials` signs and reads back a probe image at start: a certificate that does
 not parse, a key that does not match it, or a chain a validator refuses raises
@@ -20,6 +22,7 @@ add 30-90 ms and about 30 KB per image; the image is small enough to be its own)
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +35,7 @@ try:  # the `c2pa` extra: needed only when a certificate is configured
 except ImportError:  # pragma: no cover - reported by load_credentials
     c2pa = None
 
+log = logging.getLogger(__name__)
 SERVER = "unclip-server"
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/): made by a
 # trained model from a prompt; a composite of uploaded media and such a model's output.
@@ -58,7 +62,8 @@ def server_version() -> str:
 @dataclass(frozen=True)
 class Provenance:
     """What a manifest says of one file: the model, the operation, the IPTC digital
-    source type, and the uploads it was made from (PNG bytes each; none for generations)."""
+    source type, and the uploads it was made from (`Credentials.ingredient` archives, in
+    upload order; none for generations)."""
 
     model: str
     operation: str
@@ -92,12 +97,34 @@ class Credentials:
     def sign(self, data: bytes, fmt: str, p: Provenance) -> bytes:
         """The file `data` (format `fmt`: png, jpeg, webp or gif) with a signed manifest of `p`."""
         with c2pa.Builder(manifest(p, self.version), self.context) as builder:
-            for i, ingredient in enumerate(p.ingredients):
-                relation = "parentOf" if i == 0 else "componentOf"
-                builder.add_ingredient({"title": f"input image {i + 1}", "relationship": relation,
-                                        "label": f"input{i}"}, MIME["png"], io.BytesIO(ingredient))
+            for archive in p.ingredients:
+                builder.add_ingredient_from_archive(io.BytesIO(archive))
             out = io.BytesIO()
             builder.sign(self.signer, MIME[fmt], io.BytesIO(data), out)
+            return out.getvalue()
+
+    def ingredient(self, data: bytes, fmt: str, index: int, image: Image.Image) -> bytes:
+        """The uploaded file `data` (format `fmt`: png, jpeg or webp) as upload number `index`
+        of its request: a C2PA ingredient archive (its hash, and the manifests it carries).
+        A file the C2PA library cannot take is replaced by a PNG of `image`, its pixels."""
+        try:
+            return self._archive(data, fmt, index)
+        except c2pa.C2paError as err:
+            log.warning("upload %d is taken as a PNG of its pixels: its file cannot be an ingredient: %s",
+                        index + 1, err)
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="PNG")
+            return self._archive(buf.getvalue(), "png", index)
+
+    def _archive(self, data: bytes, fmt: str, index: int) -> bytes:
+        relation = "parentOf" if index == 0 else "componentOf"
+        label = f"input{index}"
+        with c2pa.Builder({"claim_generator_info": [{"name": SERVER, "version": self.version}]},
+                          self.context) as builder:
+            builder.add_ingredient({"title": f"input image {index + 1}", "relationship": relation, "label": label},
+                                   MIME[fmt], io.BytesIO(data))
+            out = io.BytesIO()
+            builder.write_ingredient_archive(label, out)
             return out.getvalue()
 
 

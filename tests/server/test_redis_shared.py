@@ -143,8 +143,10 @@ def test_specs_round_trip_through_json() -> None:
              ("text_diff", TextDiffRequest, {"prompt": "p", "source_prompt": "q", "frames": 3}, {"image": image})]
     out = Target(32, 7, FileFormat("webp", 80), "low", "b64_json")
     for kind, model, fields, tensors in cases:
-        spec = Spec(kind, model.model_validate(fields), out, tensors)
+        ingredients = tuple(bytes([i, 0, 255]) * 3 for i, name in enumerate(tensors) if name.startswith("image"))
+        spec = Spec(kind, model.model_validate(fields), out, tensors, ingredients)
         back, extra = spec_from_json(spec_json(spec, base_url="http://x/", cost_s=None))
+        assert back.ingredients == ingredients
         assert (back.kind, back.params, back.out) == (kind, spec.params, out) and back.params.model_fields_set == \
             spec.params.model_fields_set
         assert extra == {"base_url": "http://x/", "cost_s": None}

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -145,6 +147,61 @@ def test_an_edit_lists_its_upload_as_ingredient(trusted: ServerProc, ca: dict[st
     assert {"c2pa.opened", "c2pa.edited"} <= set(steps) and "c2pa.created" not in steps
     assert steps["c2pa.edited"]["digitalSourceType"] == COMPOSITE
     assert source_type(data) == COMPOSITE
+
+
+def test_signed_uploads_keep_their_provenance(trusted: ServerProc, ca: dict[str, Path]) -> None:
+    """A signed generation uploaded again (a variation, then an interpolation with an unsigned
+    PNG): each upload is its file as ingredient, and a signed one brings its manifest along,
+    so the new file's provenance goes back to the generation."""
+    generated = image_bytes(generate(trusted, "a blue square", output_format="jpeg"))
+    res = httpx.post(trusted.url("/v1/images/variations"), files={"image": ("gen.jpg", generated, "image/jpeg")},
+                     data=FAST, timeout=120)
+    store, state = manifest_store(image_bytes(res), reader_trusting(ca))
+    assert state == "Trusted"
+    (parent,) = store["manifests"][store["active_manifest"]]["ingredients"]
+    assert (parent["relationship"], parent["format"], parent["title"]) == ("parentOf", "image/jpeg", "input image 1")
+    earlier = store["manifests"][parent["active_manifest"]]  # the generation's own manifest, carried along
+    assert [a["digitalSourceType"] for a in actions(earlier) if a["action"] == "c2pa.created"] == [TRAINED]
+    checked = parent["validation_results"]["activeManifest"]  # by the server, which is not given the test CA
+    assert "claimSignature.validated" in {c["code"] for c in checked["success"]}
+    assert {c["code"] for c in checked.get("failure", [])} <= {"signingCredential.untrusted"}
+
+    files = [("image", ("gen.jpg", generated, "image/jpeg")), ("image", ("plain.png", png(False), "image/png"))]
+    res = httpx.post(trusted.url("/v1/images/interpolations"), files=files, data={**FAST, "frames": 2}, timeout=120)
+    store, state = manifest_store(image_bytes(res), reader_trusting(ca))
+    found = store["manifests"][store["active_manifest"]]["ingredients"]
+    assert state == "Trusted"
+    assert [(i["relationship"], i["format"], "active_manifest" in i) for i in found] == [
+        ("parentOf", "image/jpeg", True), ("componentOf", "image/png", False)]
+
+
+def broken_manifest(png_file: bytes) -> bytes:
+    """The PNG with its C2PA manifest store (the caBX chunk: one JUMBF superbox) no longer
+    typed `jumb`, the chunk's CRC still right."""
+    data = bytearray(png_file)
+    at = data.index(b"caBX")
+    length = int.from_bytes(data[at - 4:at], "big")
+    assert data[at + 8:at + 12] == b"jumb"
+    data[at + 8:at + 12] = b"xxxx"
+    data[at + 4 + length:at + 8 + length] = zlib.crc32(data[at:at + 4 + length]).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_an_upload_whose_manifest_is_broken_is_taken_by_its_pixels(trusted: ServerProc, ca: dict[str, Path]) -> None:
+    broken = broken_manifest(image_bytes(generate(trusted, "a blue square", output_format="png")))
+    res = httpx.post(trusted.url("/v1/images/variations"), files={"image": ("broken.png", broken, "image/png")},
+                     data=FAST, timeout=120)
+    store, state = manifest_store(image_bytes(res), reader_trusting(ca))
+    (parent,) = store["manifests"][store["active_manifest"]]["ingredients"]
+    assert state == "Trusted" and len(store["manifests"]) == 1
+    assert (parent["relationship"], parent["format"], "active_manifest" in parent) == ("parentOf", "image/png", False)
+    assert "taken as a PNG of its pixels" in trusted.log()
+
+
+def manifest_store(data: bytes, context: c2pa.Context) -> tuple[dict, str]:
+    """The whole manifest store of a PNG (every manifest, the ingredients' too) and its state."""
+    with c2pa.Reader("image/png", io.BytesIO(data), context=context) as reader:
+        return json.loads(reader.json()), reader.get_validation_state()
 
 
 def metric(server: ServerProc, name: str, **labels: str) -> float:
