@@ -68,7 +68,7 @@ redis:
 test: lint docs browser redis
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Wheels that bench/gpu.py installs on the GPU machine (no network there), for its python.
+# Wheels that bench/gpu/ installs on the GPU machine (no network there), for its python.
 GPU_PYTHON_VERSION ?= 3.12
 gpu-wheels: setup
 	GPU_PYTHON_VERSION=$(GPU_PYTHON_VERSION) PY=$(PY) bash bench/gpu_wheels.sh

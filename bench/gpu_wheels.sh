@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Downloads, here, the wheels that bench/gpu.py installs on the GPU machine (which has no
-# network): the pins of bench/gpu.py's WHEEL_GROUPS (what that machine's image lacks), each
+# Downloads, here, the wheels that bench/gpu/ installs on the GPU machine (which has no
+# network): the pins of bench/gpu/wheels.py's WHEEL_GROUPS (what that machine's image lacks), each
 # without its dependencies (the groups name those too), for that machine's python. Then
 # prints what the device tool would carry (tree + wheels) against a 60 MiB budget of its
 # 64 MiB, and fails when it is over (measured: 18.5 MiB of wheels, xformers 3.1 of them, 59.5

@@ -4,9 +4,9 @@ machine's python and give the server everything it needs. Run as `make gpu-wheel
     .venv/bin/python -m bench.gpu_wheels_check [--wheels bench/wheels] [--python PY3.12] [--out F]
 
 On a fresh venv of a local python 3.12 (the GPU machine's is 3.12.3; pyenv's is found under
-~/.pyenv/versions/3.12*, or give --python), as bench/gpu.py's install step does there:
+~/.pyenv/versions/3.12*, or give --python), as bench/gpu/install.py does there:
 
-  1. the GPU image's own packages that the wheels need (bench/gpu.py DEVICE_PACKAGES),
+  1. the GPU image's own packages that the wheels need (bench/gpu/wheels.py DEVICE_PACKAGES),
      from a cache of their python 3.12 wheels (bench/wheels-device, git-ignored; downloaded
      once, the only step that needs an index). torch and torchvision are not installed
      (a multi-GB CUDA download): stand-in metadata, `torch-2.11.0.dist-info` and
@@ -15,7 +15,7 @@ On a fresh venv of a local python 3.12 (the GPU machine's is 3.12.3; pyenv's is 
      carry (httpx, anyio, h11, click: huggingface-hub's dependencies) is uninstalled again,
      so that the wheels alone must provide every package they carry;
   2. each of WHEEL_GROUPS with `pip install --no-index --find-links bench/wheels`, resolving
-     against what is installed (bench.gpu.pip_install, the very command used there): a group
+     against what is installed (bench.gpu.install.pip_install, the very command used there): a group
      that needs more than the wheelhouse holds fails here;
   3. `pip check`, and `pip install --no-index --dry-run` of the project's runtime
      requirements (pyproject.toml, its gpu extra, httpx): it must have nothing to install;
@@ -46,7 +46,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.gpu import DEVICE_PACKAGES, DEVICE_STUBS, REPO, WHEEL_GROUPS, WHEELS, mib, pip_install
+from bench.gpu.install import pip_install
+from bench.gpu.wheels import DEVICE_PACKAGES, DEVICE_STUBS, REPO, WHEEL_GROUPS, WHEELS, mib
 
 DEVICE_WHEELS = REPO / "bench" / "wheels-device"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
@@ -192,7 +193,7 @@ def check(wheels: Path, python: Path, venv: Path) -> dict[str, Any]:
 
     t = time.monotonic()
     os.environ.clear()
-    os.environ.update(clean_env())  # pip_install (bench.gpu) inherits this process's environment
+    os.environ.update(clean_env())  # pip_install (bench.gpu.install) inherits this process's environment
     groups = {}
     for g in WHEEL_GROUPS:
         done = pip_install(py, wheels, g.install)

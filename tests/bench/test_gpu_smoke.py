@@ -1,4 +1,4 @@
-"""bench/gpu.py's CPU smoke mode end to end, so that the one-command GPU benchmark cannot
+"""bench/gpu/'s CPU smoke mode end to end, so that the one-command GPU benchmark cannot
 rot: every section of its JSON holds numbers or an explicit reason it was skipped."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The GPU machine's wheel list (bench/gpu.py WHEEL_GROUPS) covers the server: every runtime
+"""The GPU machine's wheel list (bench/gpu/wheels.py WHEEL_GROUPS) covers the server: every runtime
 requirement and every third-party import of server/ and pipelines/ is carried as a wheel or
 is one of the GPU image's own packages, at a version the requirement accepts. No network:
 installing the wheels offline on a python 3.12 is `make gpu-wheels-check`
@@ -12,7 +12,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bench.gpu import DEVICE_PACKAGES, DEVICE_STUBS, WHEEL_GROUPS, WHEELS
+from bench.gpu.wheels import DEVICE_PACKAGES, DEVICE_STUBS, WHEEL_GROUPS, WHEELS
 from bench.gpu_wheels_check import runtime_requirements, third_party_imports
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """Kandinsky 2.2's real architecture with seeded random weights, built in memory on a
 device (no disk: 4.9 B parameters), for tests/pipelines/test_kandinsky.py (on the meta
-device) and bench/gpu.py's kandinsky parts; the tiny networks of _kandinsky_tiny.py the same
-way (bench/gpu.py's smoke mode). Needs diffusers and transformers; nothing is downloaded.
+device) and bench/gpu/'s kandinsky parts; the tiny networks of _kandinsky_tiny.py the same
+way (bench/gpu/'s smoke mode). Needs diffusers and transformers; nothing is downloaded.
 
 Each network is built in float32 on the device (its initializers run there, seeded by
 torch.manual_seed) and then cast, one network at a time: builds with the same seed and
