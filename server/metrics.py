@@ -52,8 +52,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from pipelines.moderation import STAGES as MODERATION_STAGES
-
 from .engine.stats import REJECTIONS
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -64,10 +62,10 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 class Metrics:
     """The server's metrics; implements server.engine.stats.EngineStats."""
 
-    def __init__(self, model_name: str, sizes: list[int]):
+    def __init__(self, model_name: str, sizes: list[int], moderation_stages: Sequence[str] = ()):
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests(self.registry)
-        self._jobs(self.registry)
+        self._jobs(self.registry, moderation_stages)
         self._engine(self.registry)
         ProcessCollector(namespace="unclip", registry=self.registry)
         info = Info("unclip_model", "The served model", registry=self.registry)
@@ -87,7 +85,7 @@ class Metrics:
         self.store_up = Gauge("unclip_store_up", "1 while the store of async jobs and URL images answers "
                               "(UNCLIP_REDIS_URL; always 1 in process)", registry=r)
 
-    def _jobs(self, r: CollectorRegistry) -> None:
+    def _jobs(self, r: CollectorRegistry, moderation_stages: Sequence[str]) -> None:
         self.jobs = Counter("unclip_jobs", "Jobs ended, by operation kind and outcome", ["kind", "outcome"], registry=r)
         self.job_seconds = Histogram("unclip_job_duration_seconds", "Job latency from submission to end",
                                      ["kind"], buckets=LATENCY_BUCKETS, registry=r)
@@ -100,7 +98,7 @@ class Metrics:
                                 "(another attempt follows), failed (the last one)", ["outcome"], registry=r)
         self.refusals = Counter("unclip_moderation_refusals", "Requests refused by moderation (UNCLIP_MODERATION_"
                                 "CONCEPTS), by stage: prompt, prior, upload", ["stage"], registry=r)
-        for stage in MODERATION_STAGES:
+        for stage in moderation_stages:  # pipelines.moderation.STAGES (passed in: no torch here)
             self.refusals.labels(stage)
 
     def _engine(self, r: CollectorRegistry) -> None:

@@ -28,6 +28,7 @@ from typing import Annotated, Callable, Literal, Optional
 from fastapi import Depends, Request
 
 from pipelines.model_dir import describe
+from pipelines.moderation import STAGES as MODERATION_STAGES
 from pipelines.operations import generate
 from pipelines.sizes import size_name
 from pipelines.unclip import Sampling, StagedPipeline
@@ -69,7 +70,7 @@ class Runtime:
         self.input_side = self.model.input_side
         check_overrides(settings.stage_caps, self.model.stages, settings.max_batch)  # BadCaps before anything starts
         self.about = load_about(settings.model_dir, self.size_rule)  # what it draws (world.json); BadWorld
-        self.metrics = Metrics(self.model_name, [size_name(s) for s in self.size_rule.listed])
+        self.metrics = Metrics(self.model_name, [size_name(s) for s in self.size_rule.listed], MODERATION_STAGES)
         # C2PA signing and moderation (docs/trust.md): BadCredentials, BadConcepts before anything starts.
         self.credentials = load_credentials(settings.c2pa_cert, settings.c2pa_key, settings.c2pa_tsa_url)
         self.moderation = Moderation(settings.moderation_concepts, self.metrics.moderation_refused)

@@ -7,13 +7,15 @@ installing the wheels offline on a python 3.12 is `make gpu-wheels-check`
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bench.gpu.wheels import DEVICE_PACKAGES, DEVICE_STUBS, WHEEL_GROUPS, WHEELS
-from bench.gpu_wheels_check import runtime_requirements, third_party_imports
+from bench.gpu_wheels_check import MUST_IMPORT, runtime_requirements, third_party_imports
 
 REPO = Path(__file__).resolve().parents[2]
 DISTRIBUTION_OF = {"PIL": "pillow", "open_clip": "open-clip-torch", "prometheus_client": "prometheus-client",
@@ -55,3 +57,14 @@ def test_wheels_script_and_benchmark_use_one_folder() -> None:
     assert re.search(r"DEST=\$\{GPU_WHEELS:-bench/wheels\}", script)
     assert WHEELS == REPO / "bench" / "wheels"
     assert "/bench/wheels/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_server_modules_the_offline_check_imports_need_no_torch() -> None:
+    """bench/gpu_wheels_check.py imports MUST_IMPORT in a venv whose torch is metadata only:
+    the server's modules among them must not pull torch in (server.metrics once did, through
+    pipelines.moderation, and `make gpu-wheels-check` failed)."""
+    ours = [m for m in MUST_IMPORT if m.split(".")[0] in ("server", "pipelines")]
+    probe = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe, *ours], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ours and done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
