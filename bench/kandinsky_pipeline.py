@@ -15,12 +15,14 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from pipelines.checkpoints import dtype_named
+from pipelines.checkpoints import default_dtype, dtype_named
+from pipelines.kandinsky.networks import dtype_of
 from pipelines.kandinsky.pipeline import Kandinsky
 from pipelines.model_dir import describe
 from pipelines.operations import generate
 from pipelines.sampling import run_to_end
 from pipelines.unclip import Sampling
+from tests.pipelines._kandinsky_real import diffusers_pipelines, real_nets
 from tests.pipelines._kandinsky_tiny import TINY, Dims, write_model_dir
 
 PROMPT = "a red cat"
@@ -83,21 +85,39 @@ def run_theirs(ref: tuple[Any, Any], pipe: Kandinsky, batch: int, steps: tuple[i
 
 
 def our_modules(pipe: Kandinsky) -> dict[str, nn.Module]:
+    """The networks timed (MoVQ: its decoder, which `VQModel.decode` calls; decode is no forward)."""
     n = pipe.nets
-    return {"prior": n.prior, "unet": n.unet, "movq": n.movq, "text": n.text_encoder, "vision": n.image_encoder}
+    return {"prior": n.prior, "unet": n.unet, "movq": n.movq.decoder, "text": n.text_encoder, "vision": n.image_encoder}
 
 
 def their_modules(ref: tuple[Any, Any]) -> dict[str, nn.Module]:
     prior, decoder = ref
-    return {"prior": prior.prior, "unet": decoder.unet, "movq": decoder.movq, "text": prior.text_encoder,
+    return {"prior": prior.prior, "unet": decoder.unet, "movq": decoder.movq.decoder, "text": prior.text_encoder,
             "vision": prior.image_encoder}
 
 
-def contenders(config: str, dtype: str, channels_last: bool) -> tuple[dict[str, Callable], dict[str, dict], str]:
-    """The two runs (batch, steps, seed) -> stage seconds, their networks, and our dtype."""
+def contenders(config: str, dtype: str, channels_last: bool
+               ) -> tuple[dict[str, Callable], dict[str, dict], str, Optional[str]]:
+    """The two runs (batch, steps, seed) -> stage seconds, their networks, our dtype and how
+    diffusers runs (None: its defaults, fp32, from its own folder)."""
+    if config == "real":
+        return real_contenders(dtype, channels_last)
     root = Path(tempfile.mkdtemp(prefix="bench-kandinsky-"))
     path = folder(config, root)
     pipe, ref = ours(path, dtype, channels_last), theirs(path)
     calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
              "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
-    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(pipe.nets.unet.dtype)
+    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(dtype_of(pipe.nets.unet)), None
+
+
+def real_contenders(dtype: str, channels_last: bool) -> tuple[dict[str, Callable], dict[str, dict], str, str]:
+    """Kandinsky 2.2's real architecture (4.9 B parameters) with seeded random weights built
+    in memory in our dtype (no folder: it would be 10-20 GB), and diffusers' two pipelines
+    around the very same modules: both run the same networks in the same dtype and memory
+    format, so what differs is the code that drives them."""
+    pipe = Kandinsky(real_nets("cpu", dtype_named(dtype) or default_dtype("cpu"))).use_channels_last(channels_last)
+    ref = diffusers_pipelines(pipe.nets)
+    calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
+             "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
+    dt = str(dtype_of(pipe.nets.unet))
+    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, dt, f"the same modules ({dt})"

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,7 @@ def small_config() -> StackConfig:
 
 
 CONFIGS: dict[str, Callable[[], StackConfig]] = {"tiny": parity_config, "small": small_config}
+THEIRS = "its defaults (fp32)"  # diffusers as its users run it, from its own folder
 
 
 class ModelTimer:
@@ -125,15 +126,16 @@ def run_theirs(ref: Any, pipe: UnCLIP, batch: int, steps: tuple[int, int, int], 
 Run = Callable[[int, tuple[int, ...], int], Any]  # (batch, steps, seed) -> {stage: seconds} or None
 
 
-def karlo_contenders(config: str, dtype: str, channels_last: bool) -> tuple[dict[str, Run], dict[str, dict], str]:
+def karlo_contenders(config: str, dtype: str, channels_last: bool
+                     ) -> tuple[dict[str, Run], dict[str, dict], str, Optional[str]]:
     """Our stack (as served) and diffusers' UnCLIPPipeline over the same random weights: the
-    two runs, their networks, and our dtype."""
+    two runs, their networks, our dtype, and None: diffusers runs as its users do (`THEIRS`)."""
     stack = random_parity_stack(CONFIGS[config](), seed=0)
     ref = build_pipeline(stack)
     pipe = UnCLIP(served_stack(stack, dtype).use_channels_last(channels_last))
     calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
              "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
-    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(pipe.stack.dtype)
+    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(pipe.stack.dtype), None
 
 
 def measure(calls: dict[str, Run], modules: dict[str, dict], batch: int, steps: tuple[int, ...],
@@ -146,15 +148,20 @@ def measure(calls: dict[str, Run], modules: dict[str, dict], batch: int, steps: 
         timers[name].take()
     for r in range(repeats):
         for name in (("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")):
+            for timer in timers.values():  # the two may share networks (Kandinsky's real config)
+                timer.take()
             t0 = time.perf_counter()
             stages = calls[name](batch, steps, r + 1)
             seconds = time.perf_counter() - t0
-            runs[name].append({"seconds": seconds, "stages": stages or {}, "in_models": timers[name].take()})
+            in_models = timers[name].take()
+            runs[name].append({"seconds": seconds, "stages": stages or {}, "in_models": in_models,
+                               "outside": seconds - sum(in_models.values())})
     return {name: summarize(rs, batch) for name, rs in runs.items()}
 
 
 def summarize(runs: list[dict], batch: int) -> dict:
-    """Median wall time, images/s and the per-stage / per-network medians."""
+    """Median wall time, images/s, the per-stage / per-network medians and the median time
+    outside the networks (of each run's own)."""
     secs = statistics.median(r["seconds"] for r in runs)
 
     def med(key: str) -> dict[str, float]:
@@ -162,7 +169,7 @@ def summarize(runs: list[dict], batch: int) -> dict:
         return {n: statistics.median(r[key].get(n, 0.0) for r in runs) for n in sorted(names)}
 
     return {"seconds": secs, "images_per_s": batch / secs, "stages": med("stages"), "in_models": med("in_models"),
-            "all_seconds": [r["seconds"] for r in runs]}
+            "outside_s": statistics.median(r["outside"] for r in runs), "all_seconds": [r["seconds"] for r in runs]}
 
 
 def profile_ours(ours: Run, batch: int, steps: tuple[int, ...], rows: int = 25) -> str:
@@ -185,14 +192,15 @@ def print_table(results: dict[int, dict]) -> None:
             r = res[name]
             stages = ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items())
             models = ", ".join(f"{k} {v:.3f}" for k, v in r["in_models"].items())
-            outside = r["seconds"] - sum(r["in_models"].values())
-            print(f"batch {batch} {name:9}: stages [{stages}]  in networks [{models}]  outside networks {outside:.3f}")
+            print(f"batch {batch} {name:9}: stages [{stages}]  in networks [{models}]  "
+                  f"outside networks {r['outside_s']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=("karlo", "kandinsky"), default="karlo")
-    ap.add_argument("--config", choices=list(CONFIGS), default="tiny")
+    ap.add_argument("--config", choices=[*CONFIGS, "real"], default="tiny",
+                    help="network sizes; real: Kandinsky 2.2's real architecture (kandinsky only)")
     ap.add_argument("--steps", default=None, help="prior,decoder[,upsampler] steps (default 25,25,7; "
                     "Kandinsky 25,25)")
     ap.add_argument("--batch", default="1,4", help="comma-separated images per prompt")
@@ -209,22 +217,25 @@ def main(argv: list[str] | None = None) -> dict:
     batches = [int(b) for b in args.batch.split(",")]
     torch.set_num_threads(args.threads)
     if args.family == "karlo":
-        calls, modules, dtype = karlo_contenders(args.config, args.dtype, not args.contiguous)
+        if args.config == "real":
+            ap.error("--config real is Kandinsky 2.2's (--family kandinsky)")
+        calls, modules, dtype, theirs = karlo_contenders(args.config, args.dtype, not args.contiguous)
     else:
         from bench.kandinsky_pipeline import contenders
 
-        calls, modules, dtype = contenders(args.config, args.dtype, not args.contiguous)
+        calls, modules, dtype, theirs = contenders(args.config, args.dtype, not args.contiguous)
+    theirs = theirs or THEIRS
     results = {}
     with torch.inference_mode():
         for b in batches:
             results[b] = measure(calls, modules, b, steps, args.repeats)
-    print(f"\n{args.family} ({args.config}) ours: {dtype}, channels-last {not args.contiguous}; "
-          "diffusers: its defaults (fp32)")
+    print(f"\n{args.family} ({args.config}) ours: {dtype}, channels-last {not args.contiguous}; diffusers: {theirs}")
     print_table(results)
     if args.profile:
         with torch.inference_mode():
             print(profile_ours(calls["ours"], batches[-1], steps))
-    out = {"family": args.family, "config": args.config, "dtype": dtype, "channels_last": not args.contiguous,
+    out = {"family": args.family, "config": args.config, "dtype": dtype, "diffusers": theirs,
+           "channels_last": not args.contiguous,
            "steps": steps, "repeats": args.repeats, "threads": args.threads, "torch": torch.__version__,
            "results": results,
            "ratio": {b: r["ours"]["images_per_s"] / r["diffusers"]["images_per_s"] for b, r in results.items()}}
