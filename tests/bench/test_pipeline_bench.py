@@ -25,7 +25,8 @@ def test_a_tiny_run_measures_both_contenders(family: str, steps: str, tmp_path: 
             assert run["images_per_s"] == pytest.approx(batch / run["seconds"])
             assert run["in_models"]["unet" if family == "kandinsky" else "decoder"] > 0
             assert 0 <= run["outside_s"] < run["seconds"]  # each run's own split, never a negative rest
-        assert out["ratio"][batch] == pytest.approx(result["ours"]["images_per_s"] / result["diffusers"]["images_per_s"])
+        speeds = result["ours"]["images_per_s"], result["diffusers"]["images_per_s"]
+        assert out["ratio"][batch] == pytest.approx(speeds[0] / speeds[1])
     (written,) = tmp_path.glob(f"pipeline-{family}-tiny-*.json")
     assert json.loads(written.read_text())["steps"] == [int(s) for s in steps.split(",")]
 

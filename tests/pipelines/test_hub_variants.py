@@ -21,6 +21,7 @@ from pipelines.checkpoints import MissingWeightsError  # noqa: E402
 from pipelines.diffusers_layout import load_karlo_snapshot  # noqa: E402
 from pipelines.hub_variants import STEMS, has_plain_weights, variant_to_load, variants  # noqa: E402
 from pipelines.kandinsky.networks import KandinskyNets, load_kandinsky  # noqa: E402
+from pipelines.model_dir import describe  # noqa: E402
 
 NETS = ("prior", "text_encoder", "image_encoder", "unet", "movq", "inpaint_unet")
 
@@ -39,8 +40,9 @@ def with_variant(src: Path, dst: Path, variant: str = "fp16", keep_plain: bool =
 
 
 def states(nets: KandinskyNets) -> dict[str, torch.Tensor]:
-    """Every weight of the loaded networks, by network and name."""
-    return {f"{net}.{k}": v for net in NETS for k, v in getattr(nets, net).state_dict().items()}
+    """Every weight of the loaded networks, by network and name (inpaint_unet: if loaded)."""
+    loaded = [net for net in NETS if getattr(nets, net) is not None]
+    return {f"{net}.{k}": v for net in loaded for k, v in getattr(nets, net).state_dict().items()}
 
 
 def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
@@ -109,3 +111,37 @@ def test_missing_weights_name_their_folder(kandinsky_model_dir: Path, karlo_snap
         file.unlink()
     with pytest.raises(MissingWeightsError, match=r"CLIPTextModelWithProjection from \S*karlo/text_encoder"):
         load_karlo_snapshot(karlo, "cpu", torch.float32)
+
+
+def as_hub_cache(snapshot: Path, cache: Path, repo: str) -> Path:
+    """The snapshot folder as `hf download` without --local-dir leaves it in the Hugging Face
+    cache: files in blobs/ named by their hash, and snapshots/<revision>/ of relative
+    symlinks to them. Returns the snapshot's path there."""
+    import hashlib
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    revision = root / "snapshots" / ("0" * 40)
+    for file in (p for p in snapshot.rglob("*") if p.is_file()):
+        blob = root / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, blob)
+        link = revision / file.relative_to(snapshot)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(*[".."] * (len(link.relative_to(root).parts) - 1)) / blob.relative_to(root))
+    return revision
+
+
+def test_snapshots_in_the_hub_cache_load_through_links(kandinsky_model_dir: Path, tmp_path: Path) -> None:
+    """A model folder whose prior/ and decoder/ link to snapshots in the Hub's cache (the
+    docs' way for downloads without --local-dir), their fp16 files only: it loads the same."""
+    fp16 = with_variant(kandinsky_model_dir, tmp_path / "fp16")
+    folder = tmp_path / "kandinsky-2.2"
+    folder.mkdir()
+    for name in ("prior", "decoder"):
+        snapshot = as_hub_cache(fp16 / name, tmp_path / "hub", f"kandinsky-community/kandinsky-2-2-{name}")
+        assert (snapshot / "model_index.json").is_symlink()
+        (folder / name).symlink_to(snapshot)
+    assert describe(folder).family == "kandinsky-2.2"
+    want = states(load_kandinsky(fp16, "cpu", torch.float32))
+    got = states(load_kandinsky(folder, "cpu", torch.float32))
+    assert_same(got, {k: v for k, v in want.items() if not k.startswith("inpaint_unet")})
