@@ -38,7 +38,7 @@ def kandinsky(plan: Plan, deadline: float) -> dict[str, Any]:
 
     def make(dtype: Any) -> Any:
         t0 = time.monotonic()
-        pipe = Kandinsky(kandinsky_nets(plan, dtype)).use_channels_last()  # as the server loads it
+        pipe = Kandinsky(kandinsky_nets(plan, dtype)).use_channels_last().use_attention_backend()  # as served
         sync(plan.device)
         build_s[str(dtype).removeprefix("torch.")] = round(time.monotonic() - t0, 1)
         return pipe
