@@ -12,6 +12,7 @@ An ingredient is the uploaded file itself, hashed where it arrives (`Credentials
 on the replica that accepts the request) into a C2PA ingredient archive of a few KB that
 travels with the job: a manifest the file carried is kept in it, so the provenance of an
 edit of a signed image (ours or anyone's) goes back through that image's own manifests.
+A remote manifest that an upload's XMP names is never fetched (`SETTINGS`).
 
 `load_credentials` signs and reads back a probe image at start: a certificate that does
 not parse, a key that does not match it, or a chain a validator refuses raises
@@ -42,6 +43,10 @@ SERVER = "unclip-server"
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+# No thumbnails (see the module docstring), and never a fetch of the remote manifest an
+# upload's XMP may name (dcterms:provenance): the library's default would make the server
+# request any URL a client writes into a file.
+SETTINGS = {"builder": {"thumbnail": {"enabled": False}}, "verify": {"remote_manifest_fetch": False}}
 # Validation codes of a probe that do not make credentials bad: a private CA is untrusted
 # until readers are given it, and OCSP is not fetched.
 HARMLESS = ("signingCredential.untrusted", "signingCredential.ocsp.skipped", "timeStamp.untrusted")
@@ -92,7 +97,7 @@ class Credentials:
 
     def __init__(self, signer: Any, version: str):
         self.signer, self.version = signer, version
-        self.context = c2pa.Context(c2pa.Settings.from_dict({"builder": {"thumbnail": {"enabled": False}}}))
+        self.context = c2pa.Context(c2pa.Settings.from_dict(SETTINGS))
 
     def sign(self, data: bytes, fmt: str, p: Provenance) -> bytes:
         """The file `data` (format `fmt`: png, jpeg, webp or gif) with a signed manifest of `p`."""

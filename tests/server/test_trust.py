@@ -6,11 +6,13 @@ the prior's embedding, with no decoder step spent; uploads refused too)."""
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import re
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ET
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,7 @@ import c2pa
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bench.moderation import prompts, scenes
 from pipelines.imageio import to_uint8
@@ -196,6 +198,40 @@ def test_an_upload_whose_manifest_is_broken_is_taken_by_its_pixels(trusted: Serv
     assert state == "Trusted" and len(store["manifests"]) == 1
     assert (parent["relationship"], parent["format"], "active_manifest" in parent) == ("parentOf", "image/png", False)
     assert "taken as a PNG of its pixels" in trusted.log()
+
+
+def test_an_upload_naming_a_remote_manifest_makes_no_request(trusted: ServerProc, ca: dict[str, Path]) -> None:
+    """C2PA lets a file name its manifest by URL (XMP dcterms:provenance), and c2pa-python
+    fetches it by default: a client must not make the server request a URL of its choice."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.server_address[1]}/manifest.c2pa"
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org'
+                      '/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:dcterms="http://purl.org/dc/'
+                      f'terms/" dcterms:provenance="{url}"/></rdf:RDF></x:xmpmeta>')
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(png(False))).save(buf, format="PNG", pnginfo=info)
+        res = httpx.post(trusted.url("/v1/images/variations"), files={"image": ("remote.png", buf.getvalue(),
+                                                                                 "image/png")}, data=FAST, timeout=120)
+        store, state = manifest_store(image_bytes(res), reader_trusting(ca))
+    finally:
+        listener.shutdown()
+    assert asked == []
+    (parent,) = store["manifests"][store["active_manifest"]]["ingredients"]
+    assert state == "Trusted" and "active_manifest" not in parent
 
 
 def manifest_store(data: bytes, context: c2pa.Context) -> tuple[dict, str]:
