@@ -14,6 +14,7 @@ to retry on, and its jobs end with it.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Optional
 
 from fastapi import Request
@@ -37,9 +38,10 @@ def idempotency_key(request: Request) -> Optional[str]:
 
 
 def digest(spec: Spec, background: bool) -> str:
-    """What a retry must repeat: the operation, its fields, the output, the uploads and
-    whether it is async."""
-    return hashlib.sha256(f"{int(background)}{spec_json(spec)}".encode()).hexdigest()[:32]
+    """What a retry must repeat: the operation, its fields, the output, the uploads (their
+    pixels: their C2PA ingredient archives differ from one reading to the next) and whether
+    it is async."""
+    return hashlib.sha256(f"{int(background)}{spec_json(replace(spec, ingredients=()))}".encode()).hexdigest()[:32]
 
 
 async def bind(rt: Runtime, owner: Optional[str], key: str, job_id: str, spec: Spec, background: bool) -> Optional[str]:

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.api.idempotency import digest
 from server.requests.images import FileFormat
 from server.requests.schemas import (
     EditRequest,
@@ -31,6 +35,8 @@ from server.state.redis.link import RedisLink
 from server.state.redis.store import RedisJobStore
 from server.state.redis.urls import RedisUrlStore
 from server.state.url_store import StoreTooSmall
+from server.trust.credentials import load_credentials
+from tools.c2pa_cert import make_chain, write_chain
 
 from .conftest import FAST, FAST_DECODER, ServerProc, half_transparent, open_png, png, wait_ready
 from .redis_proc import RedisProc, with_store
@@ -152,6 +158,25 @@ def test_specs_round_trip_through_json() -> None:
         assert extra == {"base_url": "http://x/", "cost_s": None}
         assert back.tensors.keys() == tensors.keys()
         assert all(torch.equal(back.tensors[k], t) and back.tensors[k].dtype == t.dtype for k, t in tensors.items())
+
+
+def test_a_retry_of_the_same_uploads_has_the_same_digest(tmp_path: Path) -> None:
+    """Idempotency-Key compares a retry's spec with the first one's: two readings of one
+    upload make different C2PA ingredient archives (fresh instance ids), and still the same
+    request; other pixels make another."""
+    paths = write_chain(tmp_path, make_chain("digest test"))
+    credentials = load_credentials(paths["chain"], paths["key"])
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image[0].permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    upload = Image.open(io.BytesIO(buf.getvalue()))
+    first, again = (credentials.ingredient(buf.getvalue(), "png", 0, upload) for _ in range(2))
+    assert first != again
+    params, out = VariationRequest.model_validate({"eta": 0.5}), Target((32, 32), 7)
+    assert digest(Spec("variation", params, out, {"image": image}, (first,)), False) == \
+        digest(Spec("variation", params, out, {"image": image}, (again,)), False)
+    assert digest(Spec("variation", params, out, {"image": image.flip(-1)}, (first,)), False) != \
+        digest(Spec("variation", params, out, {"image": image}, (first,)), False)
 
 
 # ---- two replicas ---------------------------------------------------------------------------
