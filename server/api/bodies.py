@@ -121,10 +121,10 @@ class Upload:
 DECODERS = ThreadPoolExecutor(2, thread_name_prefix="decode")
 
 
-async def load_image(rt: Runtime, upload: UploadFile, param: str, index: int = 0) -> Upload:
+async def load_image(rt: Runtime, upload: UploadFile, param: str, index: Optional[int] = 0) -> Upload:
     """Read, check and decode one upload, and reduce it: size limit, format, pixel limit
     (400 naming param). With C2PA credentials, the file is also made the request's
-    ingredient number `index` (server/trust/credentials.py)."""
+    ingredient number `index` (server/trust/credentials.py; None: no ingredient, a mask)."""
     limit = rt.settings.max_upload_bytes
     data = await upload.read(limit + 1)
     if len(data) > limit:
@@ -135,10 +135,12 @@ async def load_image(rt: Runtime, upload: UploadFile, param: str, index: int = 0
 
 
 def _decode(data: bytes, param: str, max_pixels: int, side: int, credentials: Optional[Credentials],
-            index: int) -> Upload:
+            index: Optional[int]) -> Upload:
     img = open_image(data, param, max_pixels)
     small = reduce(img, side)
-    ingredient = credentials.ingredient(data, img.format.lower(), index, small) if credentials is not None else None
+    ingredient = None
+    if credentials is not None and index is not None:
+        ingredient = credentials.ingredient(data, img.format.lower(), index, small)
     return Upload(small, img.size, param, ingredient)
 
 

@@ -44,7 +44,7 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     out = target(rt, params, "edit")
     image = await load_image(rt, one_upload(form, "image"), "image")
     mask_file = one_upload(form, "mask", required=False)
-    mask = await load_image(rt, mask_file, "mask") if mask_file is not None else None
+    mask = await load_image(rt, mask_file, "mask", index=None) if mask_file is not None else None
     tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
     return await serve(request, rt, Spec("edit", params, out, tensors, ingredients(image)))
 
