@@ -47,6 +47,9 @@ MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "
 # upload's XMP may name (dcterms:provenance): the library's default would make the server
 # request any URL a client writes into a file.
 SETTINGS = {"builder": {"thumbnail": {"enabled": False}}, "verify": {"remote_manifest_fetch": False}}
+# An upload's ingredient archive beyond this is made from its pixels instead: the manifests
+# it carries go into every image made from it (C2PA manifests are a few KB to a few hundred).
+MAX_INGREDIENT_BYTES = 1 << 20
 # Validation codes of a probe that do not make credentials bad: a private CA is untrusted
 # until readers are given it, and OCSP is not fetched.
 HARMLESS = ("signingCredential.untrusted", "signingCredential.ocsp.skipped", "timeStamp.untrusted")
@@ -108,18 +111,24 @@ class Credentials:
             builder.sign(self.signer, MIME[fmt], io.BytesIO(data), out)
             return out.getvalue()
 
-    def ingredient(self, data: bytes, fmt: str, index: int, image: Image.Image) -> bytes:
+    def ingredient(self, data: bytes, fmt: str, index: int, image: Image.Image,
+                   max_bytes: int = MAX_INGREDIENT_BYTES) -> bytes:
         """The uploaded file `data` (format `fmt`: png, jpeg or webp) as upload number `index`
         of its request: a C2PA ingredient archive (its hash, and the manifests it carries).
-        A file the C2PA library cannot take is replaced by a PNG of `image`, its pixels."""
+        A file the C2PA library cannot take, or whose manifests make an archive over
+        `max_bytes` (every image made from it would carry them), is replaced by a PNG of
+        `image`, its pixels."""
         try:
-            return self._archive(data, fmt, index)
+            archive = self._archive(data, fmt, index)
+            if len(archive) <= max_bytes:
+                return archive
+            reason = f"its manifests take {len(archive)} bytes, over {max_bytes}"
         except c2pa.C2paError as err:
-            log.warning("upload %d is taken as a PNG of its pixels: its file cannot be an ingredient: %s",
-                        index + 1, err)
-            buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="PNG")
-            return self._archive(buf.getvalue(), "png", index)
+            reason = f"its file cannot be an ingredient: {err}"
+        log.warning("upload %d is taken as a PNG of its pixels: %s", index + 1, reason)
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG")
+        return self._archive(buf.getvalue(), "png", index)
 
     def _archive(self, data: bytes, fmt: str, index: int) -> bytes:
         relation = "parentOf" if index == 0 else "componentOf"

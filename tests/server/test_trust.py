@@ -28,7 +28,7 @@ from PIL import Image, PngImagePlugin
 from bench.moderation import prompts, scenes
 from pipelines.imageio import to_uint8
 from server.requests.images import IPTC_EXT, FileFormat, ImageMeta, encode_pixels
-from server.trust.credentials import COMPOSITE, TRAINED
+from server.trust.credentials import COMPOSITE, TRAINED, Provenance, load_credentials
 from tools.c2pa_cert import make_chain, write_chain
 from tools.evaluation import scene_images
 
@@ -232,6 +232,21 @@ def test_an_upload_naming_a_remote_manifest_makes_no_request(trusted: ServerProc
     assert asked == []
     (parent,) = store["manifests"][store["active_manifest"]]["ingredients"]
     assert state == "Trusted" and "active_manifest" not in parent
+
+
+def test_an_upload_whose_manifests_are_too_big_is_taken_by_its_pixels(ca: dict[str, Path],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Every image made from an upload carries the manifests in its ingredient archive: one
+    over the bound is made from the upload's pixels instead."""
+    credentials = load_credentials(ca["chain"], ca["key"])
+    signed = credentials.sign(png(False), "png", Provenance("m", "generation", TRAINED))
+    image = Image.open(io.BytesIO(signed))
+    kept = credentials.ingredient(signed, "png", 0, image)
+    bounded = credentials.ingredient(signed, "png", 0, image, max_bytes=len(kept) // 2)
+    assert "over" in caplog.text and "taken as a PNG of its pixels" in caplog.text
+    made = [credentials.sign(png(True), "png", Provenance("m", "variation", COMPOSITE, (a,))) for a in (kept, bounded)]
+    stores = [manifest_store(m, reader_trusting(ca))[0] for m in made]
+    assert [len(store["manifests"]) for store in stores] == [2, 1]
 
 
 def manifest_store(data: bytes, context: c2pa.Context) -> tuple[dict, str]:
