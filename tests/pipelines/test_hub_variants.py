@@ -5,9 +5,7 @@ the Hub lays out variants."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -15,28 +13,14 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
-
 from pipelines.checkpoints import MissingWeightsError  # noqa: E402
 from pipelines.diffusers_layout import load_karlo_snapshot  # noqa: E402
-from pipelines.hub_variants import STEMS, has_plain_weights, variant_to_load, variants  # noqa: E402
+from pipelines.hub_variants import has_plain_weights, variant_to_load, variants  # noqa: E402
 from pipelines.kandinsky.networks import KandinskyNets, load_kandinsky  # noqa: E402
 from pipelines.model_dir import describe  # noqa: E402
+from tests.pipelines._hub_layouts import linked_from_cache, with_variant  # noqa: E402
 
 NETS = ("prior", "text_encoder", "image_encoder", "unet", "movq", "inpaint_unet")
-
-
-def with_variant(src: Path, dst: Path, variant: str = "fp16", keep_plain: bool = False,
-                 change: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Path:
-    """A copy of the snapshot folder src whose every `<stem>.safetensors` is also (keep_plain)
-    or only written as `<stem>.<variant>.safetensors`: its tensors through `change`, in fp16."""
-    shutil.copytree(src, dst)
-    for file in [p for stem in STEMS for p in dst.rglob(f"{stem}.safetensors")]:
-        tensors = {k: change(t).half() if t.is_floating_point() else t for k, t in load_file(str(file)).items()}
-        save_file(tensors, str(file.with_name(f"{file.stem}.{variant}.safetensors")), metadata={"format": "pt"})
-        if not keep_plain:
-            file.unlink()
-    return dst
 
 
 def states(nets: KandinskyNets) -> dict[str, torch.Tensor]:
@@ -113,35 +97,11 @@ def test_missing_weights_name_their_folder(kandinsky_model_dir: Path, karlo_snap
         load_karlo_snapshot(karlo, "cpu", torch.float32)
 
 
-def as_hub_cache(snapshot: Path, cache: Path, repo: str) -> Path:
-    """The snapshot folder as `hf download` without --local-dir leaves it in the Hugging Face
-    cache: files in blobs/ named by their hash, and snapshots/<revision>/ of relative
-    symlinks to them. Returns the snapshot's path there."""
-    import hashlib
-
-    root = cache / f"models--{repo.replace('/', '--')}"
-    revision = root / "snapshots" / ("0" * 40)
-    for file in (p for p in snapshot.rglob("*") if p.is_file()):
-        blob = root / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, blob)
-        link = revision / file.relative_to(snapshot)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path(*[".."] * (len(link.relative_to(root).parts) - 1)) / blob.relative_to(root))
-    return revision
-
-
 def test_snapshots_in_the_hub_cache_load_through_links(kandinsky_model_dir: Path, tmp_path: Path) -> None:
     """A model folder whose prior/ and decoder/ link to snapshots in the Hub's cache (the
     docs' way for downloads without --local-dir), their fp16 files only: it loads the same."""
-    fp16 = with_variant(kandinsky_model_dir, tmp_path / "fp16")
-    folder = tmp_path / "kandinsky-2.2"
-    folder.mkdir()
-    for name in ("prior", "decoder"):
-        snapshot = as_hub_cache(fp16 / name, tmp_path / "hub", f"kandinsky-community/kandinsky-2-2-{name}")
-        assert (snapshot / "model_index.json").is_symlink()
-        (folder / name).symlink_to(snapshot)
-    assert describe(folder).family == "kandinsky-2.2"
-    want = states(load_kandinsky(fp16, "cpu", torch.float32))
+    folder = linked_from_cache(kandinsky_model_dir, tmp_path)
+    assert (folder / "prior" / "model_index.json").is_symlink() and describe(folder).family == "kandinsky-2.2"
+    want = states(load_kandinsky(tmp_path / "fp16", "cpu", torch.float32))
     got = states(load_kandinsky(folder, "cpu", torch.float32))
     assert_same(got, {k: v for k, v in want.items() if not k.startswith("inpaint_unet")})

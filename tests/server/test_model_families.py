@@ -2,7 +2,8 @@
 tiny random Kandinsky 2.2 folder (prior/, decoder/, decoder-inpaint/) and a tiny Karlo
 snapshot, each written by diffusers' save_pretrained, behind a real server, through the
 official openai client: all five operations, WxH sizes, negative prompts, same seed -> same
-image alone or batched; a folder of no model exits 2 saying what was expected."""
+image alone or batched; fp16 snapshots linked from the Hub cache; a folder of no model exits
+2 saying what was expected."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import numpy as np
 import openai
 import pytest
 from openai.types import ImagesResponse
+
+from tests.pipelines._hub_layouts import linked_from_cache
 
 from .conftest import REPO, ServerProc, half_transparent, launch, open_png, png
 from .test_cli import clean_env
@@ -111,6 +114,23 @@ def test_same_seed_same_image_alone_or_batched(client: openai.OpenAI) -> None:
     with ThreadPoolExecutor(8) as pool:
         batched = list(pool.map(one, [11] + list(range(20, 27))))
     assert np.abs(batched[0] - alone).max() <= 1
+
+
+def test_fp16_snapshots_linked_from_the_hub_cache_are_served(kandinsky_model_dir: Path,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The folder as the models page makes it from `hf download` without --local-dir, fp16
+    files only (tests/pipelines/_hub_layouts.py), served with nothing but --model-dir."""
+    folder = linked_from_cache(kandinsky_model_dir, tmp_path_factory.mktemp("hub"))
+    server = launch(folder, tmp_path_factory.mktemp("logs"), {"UNCLIP_DTYPE": "float32"})
+    try:
+        client = server.client()
+        assert client.models.list().data[0].id == "kandinsky-2.2"
+        res = client.images.edit(image=("in.png", png(32, seed=1), "image/png"), prompt="a green field",
+                                 size="32x32", mask=("mask.png", png(32, half_transparent(32)), "image/png"),
+                                 response_format="b64_json", extra_body={**FAST, "seed": 3})
+        assert pixels(res)[0].shape == (32, 32, 3)
+    finally:
+        server.stop()
 
 
 def test_karlo_snapshot_serves_generations_and_variations(karlo_snapshot_dir: Path,
