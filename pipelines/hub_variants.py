@@ -58,7 +58,6 @@ def safetensors_file(folder: Path, stem: str, dtype: torch.dtype) -> Path:
     return Path(folder) / (f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors")
 
 
-
 def from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, **kwargs: Any) -> Any:
     """`cls.from_pretrained(folder)` from local files only, with the weights `variant_to_load`
     picks; a folder without them (or a file that cannot be read) raises MissingWeightsError."""
