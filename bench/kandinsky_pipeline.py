@@ -104,10 +104,7 @@ def contenders(config: str, dtype: str, channels_last: bool
         return real_contenders(dtype, channels_last)
     root = Path(tempfile.mkdtemp(prefix="bench-kandinsky-"))
     path = folder(config, root)
-    pipe, ref = ours(path, dtype, channels_last), theirs(path)
-    calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
-             "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
-    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(dtype_of(pipe.nets.unet)), None
+    return (*paired(ours(path, dtype, channels_last), theirs(path)), None)
 
 
 def real_contenders(dtype: str, channels_last: bool) -> tuple[dict[str, Callable], dict[str, dict], str, str]:
@@ -116,8 +113,12 @@ def real_contenders(dtype: str, channels_last: bool) -> tuple[dict[str, Callable
     around the very same modules: both run the same networks in the same dtype and memory
     format, so what differs is the code that drives them."""
     pipe = Kandinsky(real_nets("cpu", dtype_named(dtype) or default_dtype("cpu"))).use_channels_last(channels_last)
-    ref = diffusers_pipelines(pipe.nets)
+    calls, modules, dt = paired(pipe, diffusers_pipelines(pipe.nets))
+    return calls, modules, dt, f"the same modules ({dt})"
+
+
+def paired(pipe: Kandinsky, ref: tuple[Any, Any]) -> tuple[dict[str, Callable], dict[str, dict], str]:
+    """Ours and diffusers' runs (batch, steps, seed), their networks, and our dtype."""
     calls = {"ours": lambda b, s, seed: run_ours(pipe, b, s, seed),
              "diffusers": lambda b, s, seed: run_theirs(ref, pipe, b, s, seed)}
-    dt = str(dtype_of(pipe.nets.unet))
-    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, dt, f"the same modules ({dt})"
+    return calls, {"ours": our_modules(pipe), "diffusers": their_modules(ref)}, str(dtype_of(pipe.nets.unet))
