@@ -17,9 +17,9 @@ Keys (prefix `unclip:`, server/state/redis/link.py):
   counter (`seq`) taken when a record is first put: listing is newest first, pages start
   after a given id;
 - `finished`: the finished records, `"<id> <owner>"` scored by their expiry (ms, Redis's
-  clock). Putting a
-  finished record drops the expired ones and, beyond `max_kept`, the oldest (the newest
-  always stays), with their events and index entries. A record that expired unfinished
+  clock), and `ended`: the same members scored by when they ended (µs, Redis's clock).
+  Putting a finished record drops the expired ones and, beyond `max_kept`, the ones that
+  ended first (the newest always stays), with their events and index entries. A record that expired unfinished
   leaves its index entries, dropped when a listing meets them.
 
 Each change is one Lua script, atomic in Redis: a final record is never replaced (the
@@ -54,6 +54,7 @@ local function drop(member)
   redis.call('ZREM', P .. 'jobs', id)
   if owner ~= '' then redis.call('ZREM', P .. 'owner:' .. owner, id) end
   redis.call('ZREM', P .. 'finished', member)
+  redis.call('ZREM', P .. 'ended', member)
 end
 """
 
@@ -65,6 +66,10 @@ NOW = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function now_us()  -- two scripts never share one: the order in which they ran
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 """
 
@@ -91,7 +96,10 @@ local function fail(id, error, now, ttl_ms)
   record.completed_at, record.expires_at = at, at + math.floor(ttl_ms / 1000)
   redis.call('HSET', job, 's', 'failed', 'r', cjson.encode(record))
   redis.call('PEXPIRE', job, ttl_ms)
-  if record.listed then redis.call('ZADD', P .. 'finished', now + ttl_ms, id .. ' ' .. owner) end
+  if record.listed then
+    redis.call('ZADD', P .. 'finished', now + ttl_ms, id .. ' ' .. owner)
+    redis.call('ZADD', P .. 'ended', now_us(), id .. ' ' .. owner)
+  end
   local events = P .. 'events:' .. id
   redis.call('XADD', events, '0-*', 't', '%(event)s.failed', 'd', '{"type":"%(event)s.failed"}')
   redis.call('PEXPIRE', events, ttl_ms)
@@ -120,10 +128,11 @@ end
 if ARGV[7] == '1' then
   local now = now_ms()
   redis.call('ZADD', P .. 'finished', now + tonumber(ARGV[6]), id .. ' ' .. owner)
+  redis.call('ZADD', P .. 'ended', now_us(), id .. ' ' .. owner)
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', now)) do drop(m) end
-  local over = redis.call('ZCARD', P .. 'finished') - math.max(1, tonumber(ARGV[8]))
+  local over = redis.call('ZCARD', P .. 'ended') - math.max(1, tonumber(ARGV[8]))
   if over > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', P .. 'finished', 0, over - 1)) do drop(m) end
+    for _, m in ipairs(redis.call('ZRANGE', P .. 'ended', 0, over - 1)) do drop(m) end
   end
 end
 return 1
