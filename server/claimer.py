@@ -52,6 +52,7 @@ class Claimer:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.held: dict[str, tuple[str, Job]] = {}  # job id -> its fencing token and engine job
+        self._restarts: dict[str, Claim] = {}  # claimed again while an earlier run here winds down
         self._tasks: list[asyncio.Task] = []
         self._wake = rt.claimable
 
@@ -113,6 +114,7 @@ class Claimer:
         for job_id, (_, job) in list(self.held.items()):
             if job_id in lost:
                 self.held.pop(job_id)
+                self._restarts.pop(job_id, None)
                 self.rt.jobs.abandon(job_id)
             else:
                 job.held_until = since + self.rt.shared.queue.lease_s
@@ -133,6 +135,9 @@ class Claimer:
         `held_until`: when its lease ends (monotonic) unless renewed."""
         rt, queue, job_id = self.rt, self.rt.shared.queue, claim.id
         log.info("claimed job %s (token %s, queued %.1f s ago)", job_id, claim.token, claim.age_s)
+        if job_id in self.held:
+            self._restart_later(claim, held_until)
+            return
         record = await rt.jobs.store.get(job_id)
         if record is None or record.finished:  # cancelled or deleted while queued
             await queue.done(job_id, claim.token)
@@ -161,6 +166,20 @@ class Claimer:
         rt.jobs.adopt(record, job, self._follow(job, claim.token, progress, Fraction(plan.work), following),
                       fence=claim.token)
 
+    def _restart_later(self, claim: Claim, held_until: float) -> None:
+        """This replica claimed a job again while its engine still holds the run of an earlier
+        claim that lapsed (Redis out of reach past the lease, and the job queued again by the
+        reaper). Two runs of one job id would share their follower's bookkeeping, so that run
+        stops and writes nothing (`abandon`), and the job starts afresh under the new claim
+        once its follower has ended (`_follow`), held until the new claim's lease ends, renewed
+        meanwhile through the old run's entry."""
+        log.warning("claimed job %s again while its earlier run here winds down: restarting it", claim.id)
+        old = self.held[claim.id][1]
+        self.rt.jobs.abandon(claim.id)
+        old.held_until = held_until
+        self.held[claim.id] = (claim.token, old)
+        self._restarts[claim.id] = claim
+
     async def _follow(self, job: Job, token: str, progress: asyncio.Queue, fraction: Fraction,
                       following: Following) -> None:
         try:
@@ -174,6 +193,12 @@ class Claimer:
             self.held.pop(job.id, None)
             self._wake.set()  # a slot is free
             try:
-                await self.rt.shared.queue.done(job.id, token)
+                if not job.lease_lost(job.ended or time.monotonic()):  # else the reaper hands the job on
+                    await self.rt.shared.queue.done(job.id, token)  # refused if the job was claimed again
             except StoreUnavailable:
                 log.warning("job %s ended, but its claim could not be dropped (it expires)", job.id)
+            if (again := self._restarts.pop(job.id, None)) is not None:
+                try:
+                    await self._start(again, job.held_until or time.monotonic())  # renewed with the new claim
+                except StoreUnavailable:  # its lease runs out unrenewed; the reaper hands the job on
+                    log.warning("job %s could not start again here", job.id)
