@@ -187,7 +187,7 @@ def shared_state(s: Settings, on_change: Callable[[bool], None] = lambda up: Non
     if s.redis_url is None:
         return SharedState(MemoryJobStore(s.job_ttl_s, s.max_jobs_kept, s.job_store_max_bytes),
                            UrlStore(s.url_ttl_s, s.url_store_max_bytes), LocalCancels())
-    link = RedisLink(s.redis_url, on_change)
+    link = RedisLink(s.redis_url, on_change, s.redis_replicas)
     # A record not yet finished lasts past its job's longest life, in case its replica dies.
     pending_s = s.max_deadline_s + s.job_ttl_s
     jobs = RedisJobStore(link, s.job_ttl_s, s.max_jobs_kept, pending_ttl_s=pending_s)

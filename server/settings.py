@@ -15,9 +15,9 @@ from pipelines.checkpoints import DtypeName, dtype_named
 
 from .engine.batch_caps import parse_overrides
 from .jobs.webhooks import parse_hosts, secret_key
+from .state.redis.address import REDIS_SCHEMES, is_sentinel, parse_sentinel_url
 
 PROG = "python -m server"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -52,8 +52,12 @@ class Settings(BaseSettings):
     job_store_max_bytes: int = Field(256 * 2**20, ge=1, description="memory bound of the finished async jobs' "
                                      "results and events (the oldest go first)")
     redis_url: Optional[str] = Field(None, description="Redis shared by every replica (redis://[:password@]host:"
-                                     "6379/0, rediss://, unix://): async jobs, their events, url images and "
-                                     "cancels; empty: all in this process")
+                                     "6379/0, rediss://, unix://, or the master Sentinel names: redis+sentinel://"
+                                     "host:26379[,host:26379]/service[/db]): async jobs, their events, url images "
+                                     "and cancels; empty: all in this process")
+    redis_replicas: int = Field(0, ge=0, description="with Redis: each write counts once this many Redis replicas "
+                                "hold it (WAIT, at most 1 s, else 503 store_unavailable), so a failover to one "
+                                "of them loses no accepted job; 0: as soon as the master has it")
     lease_s: float = Field(10.0, gt=0, description="with Redis: how long a replica's claim on a job lasts "
                            "unrenewed; a replica gone that long has its jobs run elsewhere")
     webhook_hosts: str = Field("", description="comma-separated hosts that async jobs' webhook_url may name; "
@@ -116,6 +120,8 @@ class Settings(BaseSettings):
             return None
         if not isinstance(value, str) or not value.strip().startswith(REDIS_SCHEMES):
             raise ValueError(f"a Redis URL starts with {' or '.join(REDIS_SCHEMES)}")
+        if is_sentinel(value.strip()):
+            parse_sentinel_url(value.strip())  # a malformed one is refused at start, saying why
         return value.strip()
 
     @field_validator("stage_batch")

@@ -23,16 +23,18 @@ import asyncio
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import StoreUnavailable
+from .address import connect
 from .policy import eviction_problem
 
 log = logging.getLogger(__name__)
@@ -43,17 +45,21 @@ SOCKET_TIMEOUT_S = 5.0  # longer than any blocking read here (BLOCK_S, server/st
 CHECK_S = 1.0  # between two PINGs
 HEALTH_S = 5.0  # an idle connection (the pub/sub one) is PINGed before use after this long
 RETRY_S = 1.0  # between two subscription attempts; also the longest wait for one message
+WAIT_MS = 1000  # with `replicas`: the longest a write waits for their acknowledgements
 DOWN = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
 class RedisLink:
-    """The client of one Redis, and whether it answers; `on_change(up)` hears every change."""
+    """The client of one Redis (or of the master Sentinel names: server/state/redis/address.py),
+    and whether it answers; `on_change(up)` hears every change. `replicas`: how many of its
+    replicas must hold each write (`run`) before it counts as made."""
 
-    def __init__(self, url: str, on_change: Callable[[bool], None] = lambda up: None):
-        self.client: Redis = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                            socket_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
-                                            health_check_interval=HEALTH_S)
-        self.on_change = on_change
+    def __init__(self, url: str, on_change: Callable[[bool], None] = lambda up: None, replicas: int = 0):
+        self.client: Redis
+        self.client, self._close = connect(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                           socket_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
+                                           health_check_interval=HEALTH_S)
+        self.on_change, self.replicas = on_change, replicas
         self.up = False  # until the first PING answers
         self.problem: Optional[str] = None  # why a Redis that answers is not used (it may evict)
         self._watcher: Optional[asyncio.Task] = None
@@ -78,6 +84,23 @@ class RedisLink:
         except OutOfMemoryError as err:
             log.error("redis is full (maxmemory) and refused a write: %s", err)
             raise StoreUnavailable(f"redis: {err}") from err
+
+    async def run(self, script: AsyncScript, args: list[Any]) -> Any:
+        """Run a write script (inside `guard`) and return its answer. With `replicas`, a WAIT
+        follows it on the same connection, in the same round trip: the write counts once that
+        many replicas hold it (and, the replication stream being one, every write before it),
+        so a failover to one of them keeps it. StoreUnavailable when fewer did within WAIT_MS:
+        the write may stand, as when an answer is lost, which every caller already allows for."""
+        if not self.replicas:
+            return await script(args=args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            await script(args=args, client=pipe)
+            pipe.wait(self.replicas, WAIT_MS)
+            answer, acknowledged = await pipe.execute()
+        if acknowledged < self.replicas:
+            raise StoreUnavailable(f"redis: {acknowledged} of the {self.replicas} replicas asked for acknowledged "
+                                   f"a write within {WAIT_MS} ms")
+        return answer
 
     async def check(self) -> bool:
         """PING now; whether Redis answered (within SOCKET_TIMEOUT_S) and may be used."""
@@ -145,7 +168,7 @@ class RedisLink:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
-        await self.client.aclose()
+        await self._close()
 
     def _set(self, up: bool) -> None:
         if up == self.up:

@@ -186,7 +186,7 @@ class RedisQueue:
         """Queue a job (False when `bound` jobs already wait) and the global depth."""
         args = [PREFIX, job_id, spec, int((cost_s or 0.0) * 1000), self.bound, int(self.ttl_s * 1000)]
         async with self.link.guard():
-            ok, depth = await self._push(args=args)
+            ok, depth = await self.link.run(self._push, args)
         return bool(ok), int(depth)
 
     async def depth(self) -> int:
@@ -205,7 +205,7 @@ class RedisQueue:
         """The next job, now leased to this replica under a new fencing token; None when
         none waits. One nonce per call: redis-py's retry of it returns the same job."""
         async with self.link.guard():
-            got = await self._claim(args=[PREFIX, self.lease_ms, uuid.uuid4().hex])
+            got = await self.link.run(self._claim, [PREFIX, self.lease_ms, uuid.uuid4().hex])
         if not got:
             return None
         job_id, spec, token, age_ms = (_text(v) for v in got)
@@ -218,19 +218,19 @@ class RedisQueue:
             return []
         pairs = [v for job_id, token in sorted(tokens.items()) for v in (job_id, token)]
         async with self.link.guard():
-            lost = await self._renew(args=[PREFIX, self.lease_ms, *pairs])
+            lost = await self.link.run(self._renew, [PREFIX, self.lease_ms, *pairs])
         return [_text(i) for i in lost]
 
     async def done(self, job_id: str, token: str = "") -> bool:
         """The job ended: drop its claim and spec (False, and nothing changes, when the
         claim of `token` lost its lease and the job is not final: the reaper hands it on)."""
         async with self.link.guard():
-            return bool(await self._done(args=[PREFIX, job_id, token]))
+            return bool(await self.link.run(self._done, [PREFIX, job_id, token]))
 
     async def reap(self, error: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Jobs whose lease expired: (put back in the queue, failed with `error`, an OpenAI
         error object, in their records)."""
         args = [PREFIX, MAX_ATTEMPTS, int(self.ttl_s * 1000), json.dumps(error), int(self.finished_ttl_s * 1000)]
         async with self.link.guard():
-            requeued, failed = await self._reap(args=args)
+            requeued, failed = await self.link.run(self._reap, args)
         return [_text(i) for i in requeued], [_text(i) for i in failed]

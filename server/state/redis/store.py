@@ -200,7 +200,7 @@ class RedisJobStore:
         args = [PREFIX, record.id, record.owner or "", record.status, record.to_json(), max(1, int(lasts * 1000)),
                 int(record.finished), self.max_kept, int(record.listed), fence or ""]
         async with self.link.guard():
-            return bool(await self._put(args=args))
+            return bool(await self.link.run(self._put, args))
 
     async def get(self, job_id: str) -> Optional[JobRecord]:
         async with self.link.guard():
@@ -218,13 +218,13 @@ class RedisJobStore:
 
     async def delete(self, job_id: str) -> bool:
         async with self.link.guard():
-            return bool(await self._delete(args=[PREFIX, job_id]))
+            return bool(await self.link.run(self._delete, [PREFIX, job_id]))
 
     async def append_event(self, job_id: str, type: str, data: dict[str, Any],
                            fence: Optional[str] = None) -> Optional[JobEvent]:
         args = [PREFIX, job_id, type, json.dumps(data, separators=(",", ":")), fence or ""]
         async with self.link.guard():
-            entry = await self._append(args=args)
+            entry = await self.link.run(self._append, args)
         return JobEvent(event_number(entry), type, data) if entry is not None else None
 
     async def advance(self, record: JobRecord, type: str, data: dict[str, Any],
@@ -234,7 +234,7 @@ class RedisJobStore:
         args = [PREFIX, record.id, record.status, record.to_json(), max(1, int(self.pending_ttl_s * 1000)), type,
                 json.dumps(data, separators=(",", ":")), fence or ""]
         async with self.link.guard():
-            entry = await self._advance(args=args)
+            entry = await self.link.run(self._advance, args)
         return JobEvent(event_number(entry), type, data) if entry is not None else None
 
     async def events_after(self, job_id: str, after: int, wait_s: float = 0.0) -> list[JobEvent]:

@@ -61,7 +61,7 @@ class RedisUrlStore:
         check_fits(data, self.max_bytes)
         key = new_id()
         async with self.link.guard():
-            await self._put(args=[PREFIX, key, data, max(1, int(self.ttl_s * 1000)), self.max_bytes])
+            await self.link.run(self._put, [PREFIX, key, data, max(1, int(self.ttl_s * 1000)), self.max_bytes])
         return key
 
     async def size_bytes(self) -> int:

@@ -1,0 +1,160 @@
+"""Redis behind Sentinel (`redis+sentinel://`), and writes that wait for replicas
+(`UNCLIP_REDIS_REPLICAS`): real redis-server processes on loopback, a master with two
+replicas and one sentinel, and a master killed (SIGKILL) under load. After the failover
+the replicas of the server follow the promoted replica by themselves, and no accepted job
+or acknowledged write is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from server.errors import StoreUnavailable
+from server.settings import Settings
+from server.state.records import JobRecord
+from server.state.redis.address import SentinelAddress, parse_sentinel_url
+from server.state.redis.link import WAIT_MS, RedisLink
+from server.state.redis.store import RedisJobStore
+
+from .conftest import ServerProc, free_port, run, wait_ready
+from .redis_proc import STORE_DB, RedisProc, SentinelProc, need_redis
+from .test_chaos import Cluster, check_ledger, send, until
+
+
+class SentinelSet:
+    """A master, its replicas and a sentinel, all killed at the end."""
+
+    def __init__(self, root: Path, replicas: int = 2):
+        need_redis()
+        quick = ("--repl-diskless-sync-delay", "0")  # a replica's first sync at once, not after 5 s
+        self.master = RedisProc(free_port(), args=quick)
+        self.master.start()
+        self.replicas = [RedisProc(free_port(), args=(*quick, "--replicaof", "127.0.0.1", str(self.master.port)))
+                         for _ in range(replicas)]
+        for r in self.replicas:
+            r.start()
+        assert until(lambda: self.online() == replicas, 20), self.master.client().info("replication")
+        self.sentinel = SentinelProc(free_port(), self.master.port, root)
+        self.sentinel.start()
+
+    def online(self) -> int:
+        """The master's replicas in sync with it."""
+        info = self.master.client().info("replication")
+        return sum(info[f"slave{i}"]["state"] == "online" for i in range(info["connected_slaves"]))
+
+    def fail_over(self, timeout: float = 30.0) -> RedisProc:
+        """SIGKILL the master; wait for Sentinel to promote a replica; the new master."""
+        old = self.master
+        old.kill()
+        assert until(lambda: self.sentinel.master() not in (None, old.port), timeout), "no failover"
+        self.master = next(r for r in self.replicas if r.port == self.sentinel.master())
+        self.replicas.remove(self.master)
+        assert self.master.client().info("replication")["role"] == "master"
+        return self.master
+
+    def close(self) -> None:
+        for proc in (self.sentinel, self.master, *self.replicas):
+            proc.kill()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    made = SentinelSet(tmp_path)
+    yield made
+    made.close()
+
+
+def test_sentinel_urls_parse_or_say_what_is_wrong() -> None:
+    assert parse_sentinel_url("redis+sentinel://:pw@h1:26380,h2,[::1]:5/mymaster/1?sentinel_password=s") == \
+        SentinelAddress((("h1", 26380), ("h2", 26379), ("::1", 5)), "mymaster", 1, None, "pw", None, "s", False)
+    assert parse_sentinel_url("rediss+sentinel://u:p%40ss@h/svc").password == "p@ss"
+    bad = {"redis+sentinel://h": "names the service", "redis+sentinel://h:x/m": "host:port",
+           "redis+sentinel://h/m/x": "is a number", "redis+sentinel://h/m?db=1": "unknown options ['db']"}
+    for url, says in bad.items():
+        with pytest.raises(ValueError, match=says.replace("[", r"\[")):
+            parse_sentinel_url(url)
+    with pytest.raises(ValueError, match="redis_url(.|\n)*is a number"):
+        Settings(redis_url="redis+sentinel://h/m/x")
+    assert Settings(redis_url=" redis+sentinel://h/m ").redis_url == "redis+sentinel://h/m"
+
+
+def test_a_write_no_replica_acknowledges_fails_clearly(redis_server: RedisProc) -> None:
+    """replicas=1 on a Redis without replicas: each write is refused after WAIT_MS, as
+    StoreUnavailable (503 store_unavailable), not taken as made."""
+    async def scenario() -> None:
+        link = RedisLink(redis_server.url(STORE_DB), replicas=1)
+        await link.start()
+        store = RedisJobStore(link, 60, 10, 60)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="0 of the 1 replicas"):
+            await store.put(JobRecord("j", "generation", 0))
+        assert time.monotonic() - started >= WAIT_MS / 1000 * 0.9
+        assert link.up  # Redis answers: it is not marked down
+        await link.close()
+    run(scenario())
+
+
+def test_the_link_follows_a_failover_and_keeps_acknowledged_writes(sentinel_set: SentinelSet) -> None:
+    """Records written with replicas=1 through the sentinel URL; the master killed: the
+    link comes back by itself on the promoted replica, where every record is."""
+    async def scenario() -> None:
+        changes: list[bool] = []
+        link = RedisLink(sentinel_set.sentinel.url(), changes.append, replicas=1)
+        await link.start()
+        assert link.up, link.problem
+        store = RedisJobStore(link, 600, 1000, 600)
+        ids = [f"job_{i}" for i in range(50)]
+        for job_id in ids:
+            assert await store.put(JobRecord(job_id, "generation", 0))
+        old = sentinel_set.master.port
+        new = await asyncio.to_thread(sentinel_set.fail_over)
+        assert new.port != old
+        deadline = time.monotonic() + 30
+        while not (await link.check() and await _writes(store)):
+            assert time.monotonic() < deadline, "the link did not come back"
+            await asyncio.sleep(0.2)
+        assert False in changes and changes[-1] is True  # it went down, and came back
+        assert [job_id for job_id in ids if await store.get(job_id) is None] == []
+        assert new.client().hget(link.key("job", "after"), "r") is not None  # written to the new master
+        await link.close()
+    run(scenario())
+
+
+async def _writes(store: RedisJobStore) -> bool:
+    try:
+        return await store.put(JobRecord("after", "generation", 0))
+    except StoreUnavailable:
+        return False
+
+
+@pytest.mark.slow
+def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
+                                                   launch_server: Callable[..., ServerProc]) -> None:
+    """Two replicas of the server on the sentinel URL with UNCLIP_REDIS_REPLICAS=1, 30
+    async jobs queued or running, and the Redis master SIGKILLed: the replicas serve again
+    on the promoted Redis by themselves, and every job completes exactly once (the ledger of
+    tests/server/test_chaos.py)."""
+    env = {"UNCLIP_REDIS_URL": sentinel_set.sentinel.url(), "UNCLIP_REDIS_REPLICAS": "1", "UNCLIP_LEASE_S": "2",
+           "UNCLIP_MAX_BATCH": "4", "UNCLIP_QUEUE_SIZE": "64"}
+    cluster = Cluster(sentinel_set.master, None, env, launch_server)  # type: ignore[arg-type]
+    cluster.replicas = [launch_server(env=env, wait=False) for _ in range(2)]
+    try:
+        for r in cluster.replicas:
+            wait_ready(r)
+        with cluster.client(0) as c:
+            ids = send(c, 30)
+            assert until(lambda: any(c.get(f"/v1/images/jobs/{i}").json()["status"] == "in_progress"
+                                     for i in ids[:6]), 30)
+        sentinel_set.fail_over()
+        for r in cluster.replicas:
+            wait_ready(r, timeout=60)
+        check_ledger(cluster, ids, may_drop=frozenset(ids))  # a failover may outlast a lease
+        assert all("redis is unreachable" in r.log() for r in cluster.replicas)
+    finally:
+        for r in cluster.replicas:
+            r.stop()
+
