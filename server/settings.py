@@ -25,7 +25,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="UNCLIP_", extra="ignore", protected_namespaces=())
 
-    model_dir: Path = Field(Path("weights/default"), description="model directory (stack.json + safetensors)")
+    model_dir: Path = Field(Path("weights/default"), description="model folder: ours (stack.json + safetensors), a "
+                            "Karlo snapshot, or Kandinsky 2.2 snapshots as prior/, decoder/ (and decoder-inpaint/), "
+                            "as downloaded from the Hub")
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 to listen on every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     api_keys: str = Field("", description="comma-separated bearer keys; empty: no authentication")
