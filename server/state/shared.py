@@ -42,6 +42,11 @@ class SharedState:
         """Whether the stores answer now (always, in memory)."""
         return self.link is None or self.link.up
 
+    @property
+    def problem(self) -> Optional[str]:
+        """Why a Redis that answers is not used (it may evict, or has too few replicas in sync)."""
+        return None if self.link is None else self.link.problem
+
     async def start(self) -> None:
         """Connect (and keep checking the connection)."""
         if self.link is not None:

@@ -7,10 +7,12 @@ or acknowledged write is lost."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
 import pytest
 
 from server.errors import StoreUnavailable
@@ -82,18 +84,40 @@ def test_sentinel_urls_parse_or_say_what_is_wrong() -> None:
     assert Settings(redis_url=" redis+sentinel://h/m ").redis_url == "redis+sentinel://h/m"
 
 
-def test_a_write_no_replica_acknowledges_fails_clearly(redis_server: RedisProc) -> None:
-    """replicas=1 on a Redis without replicas: each write is refused after WAIT_MS, as
-    StoreUnavailable (503 store_unavailable), not taken as made."""
+def test_too_few_replicas_in_sync_make_redis_unusable(redis_server: RedisProc) -> None:
+    """replicas=1 on a Redis without replicas: every write would wait its second and fail,
+    so the link counts it as down at once and says why (/ready's `store_problem`)."""
     async def scenario() -> None:
         link = RedisLink(redis_server.url(STORE_DB), replicas=1)
         await link.start()
+        assert not link.up and "0 replicas in sync" in link.problem
+        with pytest.raises(StoreUnavailable, match="0 replicas in sync"):
+            await RedisJobStore(link, 60, 10, 60).put(JobRecord("j", "generation", 0))
+        await link.close()
+    run(scenario())
+
+
+def test_a_write_no_replica_acknowledges_fails_clearly(sentinel_set: SentinelSet) -> None:
+    """replicas=2, and one replica stalled (SIGSTOP; the master still counts it in sync): a
+    write waits WAIT_MS and fails as StoreUnavailable (503 store_unavailable), not taken as
+    made, without marking Redis down; once the replica goes on, writes count again."""
+    stalled = sentinel_set.replicas[0]
+
+    async def scenario() -> None:
+        link = RedisLink(sentinel_set.master.url(), replicas=2)
+        await link.start()
         store = RedisJobStore(link, 60, 10, 60)
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="0 of the 1 replicas"):
-            await store.put(JobRecord("j", "generation", 0))
-        assert time.monotonic() - started >= WAIT_MS / 1000 * 0.9
-        assert link.up  # Redis answers: it is not marked down
+        assert await store.put(JobRecord("before", "generation", 0))
+        stalled.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="1 of the 2 replicas"):
+                await store.put(JobRecord("stalled", "generation", 0))
+            assert time.monotonic() - started >= WAIT_MS / 1000 * 0.9
+            assert link.up
+        finally:
+            stalled.proc.send_signal(signal.SIGCONT)
+        assert await store.put(JobRecord("after", "generation", 0))
         await link.close()
     run(scenario())
 
@@ -158,3 +182,18 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
         for r in cluster.replicas:
             r.stop()
 
+
+
+def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc,
+                                                         launch_server: Callable[..., ServerProc]) -> None:
+    """UNCLIP_REDIS_REPLICAS=1 against a Redis without replicas: /ready is 503 and its
+    `store_problem` says why, while /health stays 200."""
+    server = launch_server(env={"UNCLIP_REDIS_URL": redis_server.url(), "UNCLIP_REDIS_REPLICAS": "1"}, wait=False)
+    try:
+        wait_ready(server, path="/health")
+        assert until(lambda: "store_problem" in httpx.get(server.url("/ready"), timeout=5).json(), 120)
+        r = httpx.get(server.url("/ready"), timeout=5)
+        assert r.status_code == 503 and r.json()["store_up"] is False
+        assert "0 replicas in sync" in r.json()["store_problem"], r.json()
+    finally:
+        server.stop()

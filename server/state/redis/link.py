@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import StoreUnavailable
 from .address import connect
-from .policy import eviction_problem
+from .policy import eviction_problem, replica_problem
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RedisLink:
         marks it down. While it is down (until a PING answers, within CHECK_S) calls fail at
         once instead of each waiting for its timeouts."""
         if not self.up:
-            raise StoreUnavailable("redis: unreachable at the last check")
+            raise StoreUnavailable(self.problem or "redis: unreachable at the last check")
         try:
             yield
         except DOWN as err:
@@ -114,11 +114,12 @@ class RedisLink:
         return self.up
 
     async def _usable(self) -> bool:
-        """PING; on coming up, whether the Redis may evict (then it is not used)."""
+        """PING; whether the Redis may be used: on coming up, that it may not evict; at every
+        check with `replicas`, that it has as many in sync."""
         await self.client.ping()
-        if self.up:
-            return True
-        problem = await eviction_problem(self.client)
+        problem = None if self.up else await eviction_problem(self.client)
+        if problem is None and self.replicas:
+            problem = await replica_problem(self.client, self.replicas)
         if problem is not None and problem != self.problem:
             log.error("%s", problem)
         self.problem = problem

@@ -1,4 +1,5 @@
-"""What Redis must be for the shared state: it may not evict. The queue, the leases, the
+"""What Redis must be for the shared state: it may not evict, and with
+`UNCLIP_REDIS_REPLICAS` it must have that many replicas in sync. The queue, the leases, the
 fencing tokens and the job records are durable state; an evicted lease runs a job twice,
 an evicted record answers 404 for a job that runs, an evicted spec hangs its job. So
 `maxmemory-policy` must be `noeviction` wherever `maxmemory` is set (Redis's default
@@ -10,7 +11,9 @@ script).
 
 `eviction_problem` reads `INFO memory` (managed Redis services often disable `CONFIG`);
 the link (server/state/redis/link.py) checks it each time Redis comes up and treats a
-Redis that may evict as down, saying why.
+Redis that may evict as down, saying why. `replica_problem` reads `INFO replication` at
+every check: with fewer replicas in sync than the writes wait for (server/state/redis/link.py
+`run`), every write would wait its second and fail, so the Redis counts as down at once.
 """
 
 from __future__ import annotations
@@ -31,3 +34,14 @@ async def eviction_problem(client: Redis) -> Optional[str]:
     return (f"redis has maxmemory {limit} with maxmemory-policy {policy}: it would evict job records, leases "
             f"and the queue under memory pressure; set maxmemory-policy {SAFE_POLICY} "
             "(docs/deploy.md, 'Several replicas')")
+
+
+async def replica_problem(client: Redis, replicas: int) -> Optional[str]:
+    """Why this Redis cannot acknowledge writes with `replicas` replicas (None: it can)."""
+    info = await client.info("replication")
+    in_sync = sum(1 for key, value in info.items()
+                  if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+    if in_sync >= replicas:
+        return None
+    return (f"redis ({info.get('role')}) has {in_sync} replicas in sync, and UNCLIP_REDIS_REPLICAS={replicas} "
+            "makes every write wait for that many: writes would fail until a replica catches up")
