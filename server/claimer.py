@@ -52,6 +52,7 @@ class Claimer:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.held: dict[str, tuple[str, Job]] = {}  # job id -> its fencing token and engine job
+        self._runs: dict[str, Job] = {}  # job id -> the engine job whose follower is alive here
         self._restarts: dict[str, Claim] = {}  # claimed again while an earlier run here winds down
         self._tasks: list[asyncio.Task] = []
         self._wake = rt.claimable
@@ -135,7 +136,7 @@ class Claimer:
         `held_until`: when its lease ends (monotonic) unless renewed."""
         rt, queue, job_id = self.rt, self.rt.shared.queue, claim.id
         log.info("claimed job %s (token %s, queued %.1f s ago)", job_id, claim.token, claim.age_s)
-        if job_id in self.held:
+        if job_id in self._runs:
             self._restart_later(claim, held_until)
             return
         record = await rt.jobs.store.get(job_id)
@@ -158,23 +159,30 @@ class Claimer:
             await queue.done(job_id, claim.token)
             return
         record.replica = rt.replica
-        if not await rt.jobs.store.put(record, claim.token):  # ended (or claimed again) meanwhile
+        try:
+            kept = await rt.jobs.store.put(record, claim.token)
+        except StoreUnavailable:
+            job.cancel()  # unfollowed it would run for nothing; the lease runs out and the reaper hands it on
+            raise
+        if not kept:  # ended (or claimed again) meanwhile
             job.cancel()
             await queue.done(job_id, claim.token)
             return
         self.held[job_id] = (claim.token, job)
+        self._runs[job_id] = job
         rt.jobs.adopt(record, job, self._follow(job, claim.token, progress, Fraction(plan.work), following),
                       fence=claim.token)
 
     def _restart_later(self, claim: Claim, held_until: float) -> None:
-        """This replica claimed a job again while its engine still holds the run of an earlier
-        claim that lapsed (Redis out of reach past the lease, and the job queued again by the
-        reaper). Two runs of one job id would share their follower's bookkeeping, so that run
-        stops and writes nothing (`abandon`), and the job starts afresh under the new claim
-        once its follower has ended (`_follow`), held until the new claim's lease ends, renewed
-        meanwhile through the old run's entry."""
+        """This replica claimed a job again while the run of an earlier claim that lapsed
+        (Redis out of reach past the lease, and the job queued again by the reaper) is still
+        here: in its engine, or its follower winding down. Two runs of one job id would share
+        their follower's bookkeeping (AsyncJobs), so that run stops and writes nothing
+        (`abandon`), and the job starts afresh under the new claim once its follower has ended
+        (`_follow`), held until the new claim's lease ends, renewed meanwhile through the old
+        run's entry."""
         log.warning("claimed job %s again while its earlier run here winds down: restarting it", claim.id)
-        old = self.held[claim.id][1]
+        old = self._runs[claim.id]
         self.rt.jobs.abandon(claim.id)
         old.held_until = held_until
         self.held[claim.id] = (claim.token, old)
@@ -197,6 +205,7 @@ class Claimer:
                     await self.rt.shared.queue.done(job.id, token)  # refused if the job was claimed again
             except StoreUnavailable:
                 log.warning("job %s ended, but its claim could not be dropped (it expires)", job.id)
+            self._runs.pop(job.id, None)
             if (again := self._restarts.pop(job.id, None)) is not None:
                 try:
                     await self._start(again, job.held_until or time.monotonic())  # renewed with the new claim

@@ -228,7 +228,12 @@ class AsyncJobs:
         self._stop_here(job_id)
 
     def _stop_here(self, job_id: str) -> None:
-        """Stop this process's engine job of `job_id`, if it runs one (its record is final or gone)."""
+        """Stop this process's engine job of `job_id`, if it runs one (its record is final or
+        gone, or, for a claimed job, its record refused this claim's token). A claimed job's
+        follower then writes nothing: without its token a write would land on a record that
+        another claim may hold."""
+        if job_id in self._fences and job_id in self._engine_jobs:
+            self._abandoned.add(job_id)
         job = self._forget(job_id)
         if job is not None:
             log.info("async job %s was ended elsewhere: stopping it", job_id)
