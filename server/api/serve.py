@@ -23,6 +23,7 @@ from ..delivery.results import Prepared, follow_with, images_body, prepare
 from ..engine.core import QueueFull
 from ..engine.job import new_job_id
 from ..errors import APIError, StoreUnavailable
+from ..jobs.async_jobs import while_store_down
 from ..requests.plans import plan_of
 from ..requests.spec import Spec, spec_json
 from ..runtime import Runtime
@@ -118,17 +119,18 @@ async def answer(request: Request, rt: Runtime, record: JobRecord, background: b
 async def await_record(request: Request, rt: Runtime, job_id: str, cancel_on_disconnect: bool = True) -> dict[str, Any]:
     """The images response of a queued synchronous job, wherever it runs: its events are
     followed until the terminal one (a client disconnect cancels it, if asked); its
-    failure is raised."""
+    failure is raised. A Redis restart or failover is waited out (`while_store_down`), as
+    the job's own end waits it out."""
     watcher = asyncio.create_task(cancel_record_on_disconnect(request, rt, job_id)) if cancel_on_disconnect else None
     limit = time.monotonic() + rt.settings.default_deadline_s + 3 * rt.settings.lease_s + 30
     after = 0
     try:
         while time.monotonic() < limit:
-            events = await rt.jobs.store.events_after(job_id, after, wait_s=WAIT_S)
+            events = await while_store_down(lambda n=after: rt.jobs.store.events_after(job_id, n, wait_s=WAIT_S))
             after = events[-1].id if events else after
             if events and not any(e.type in TERMINAL for e in events):
                 continue
-            record = await rt.jobs.store.get(job_id)
+            record = await while_store_down(lambda: rt.jobs.store.get(job_id))
             if record is None:
                 raise APIError(503, "The job's record was lost (the shared store restarted without persistence); "
                                     "retry the request.", "server_error", code="job_lost",

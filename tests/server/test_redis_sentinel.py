@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,7 +25,7 @@ from server.state.redis.store import RedisJobStore
 
 from .conftest import ServerProc, free_port, run, wait_ready
 from .redis_proc import STORE_DB, RedisProc, SentinelProc, need_redis
-from .test_chaos import Cluster, check_ledger, send, until
+from .test_chaos import JOB, Cluster, check_ledger, send, until
 
 
 class SentinelSet:
@@ -159,8 +160,9 @@ async def _writes(store: RedisJobStore) -> bool:
 def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
                                                    launch_server: Callable[..., ServerProc]) -> None:
     """Two replicas of the server on the sentinel URL with UNCLIP_REDIS_REPLICAS=1, 30
-    async jobs queued or running, and the Redis master SIGKILLed: the replicas serve again
-    on the promoted Redis by themselves, and every job completes exactly once (the ledger of
+    async jobs queued or running and 6 synchronous clients waiting, and the Redis master
+    SIGKILLed: the replicas serve again on the promoted Redis by themselves, every waiting
+    client gets its images, and every job completes exactly once (the ledger of
     tests/server/test_chaos.py)."""
     env = {"UNCLIP_REDIS_URL": sentinel_set.sentinel.url(), "UNCLIP_REDIS_REPLICAS": "1", "UNCLIP_LEASE_S": "2",
            "UNCLIP_MAX_BATCH": "4", "UNCLIP_QUEUE_SIZE": "64"}
@@ -173,7 +175,13 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
             ids = send(c, 30)
             assert until(lambda: any(c.get(f"/v1/images/jobs/{i}").json()["status"] == "in_progress"
                                      for i in ids[:6]), 30)
-        sentinel_set.fail_over()
+        with ThreadPoolExecutor(6) as pool:  # synchronous clients waiting through the failover
+            waiting = [pool.submit(httpx.post, cluster.replicas[i % 2].url("/v1/images/generations"),
+                                   json={**JOB, "seed": 100 + i}, timeout=120) for i in range(6)]
+            time.sleep(0.5)
+            sentinel_set.fail_over()
+            answers = [w.result() for w in waiting]
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers if a.status_code != 200]
         for r in cluster.replicas:
             wait_ready(r, timeout=60)
         check_ledger(cluster, ids, may_drop=frozenset(ids))  # a failover may outlast a lease
