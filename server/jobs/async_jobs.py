@@ -164,24 +164,31 @@ class AsyncJobs:
         return (await self._finish(job_id, status, result, error, started, fence))[0]
 
     async def _finish(self, job_id: str, status: Status, result: Optional[dict[str, Any]],
-                      error: Optional[dict[str, Any]], started: Optional[float],
-                      fence: Optional[str]) -> tuple[Optional[JobRecord], bool]:
-        """`finish`, and whether this call made the record final."""
+                      error: Optional[dict[str, Any]], started: Optional[float], fence: Optional[str],
+                      tried: Optional[list[JobRecord]] = None) -> tuple[Optional[JobRecord], bool]:
+        """`finish`, and whether this call made the record final. `tried` (a retry's memory,
+        `settle`): the record an earlier attempt wrote, whose answer was lost with Redis (its
+        write may have landed: then this call completes it, terminal event and announce)."""
         self._forget(job_id)
         record = await self.store.get(job_id)
-        if record is None or record.finished:
+        if record is None:
+            return None, False
+        if record.finished and not (tried and record.to_json() == tried[0].to_json()):
             return record, False
-        now = int(time.time())
-        if record.started_at is None and started is not None:
-            record.started_at = wall_time(started)
-        record.status, record.completed_at, record.expires_at = status, now, now + int(round(self.ttl_s))
-        record.result, record.error = result, error
-        if status == "completed":
-            record.progress = 1.0
-        if not await self.store.put(record, fence):  # another replica ended it (or claimed it) meanwhile
-            return await self.store.get(job_id), False
-        self.announce(record)
+        if not record.finished:
+            now = int(time.time())
+            if record.started_at is None and started is not None:
+                record.started_at = wall_time(started)
+            record.status, record.completed_at, record.expires_at = status, now, now + int(round(self.ttl_s))
+            record.result, record.error = result, error
+            if status == "completed":
+                record.progress = 1.0
+            if tried is not None:
+                tried[:] = [record]
+            if not await self.store.put(record, fence):  # another replica ended it (or claimed it) meanwhile
+                return await self.store.get(job_id), False
         await self.store.append_event(job_id, f"{EVENT_PREFIX}.{status}", {"type": f"{EVENT_PREFIX}.{status}"})
+        self.announce(record)
         return record, True
 
     async def settle(self, job_id: str, status: Status, result: Optional[dict[str, Any]] = None,
@@ -194,8 +201,10 @@ class AsyncJobs:
         if job_id in self._abandoned:
             self._abandoned.discard(job_id)
             return False
+        tried: list[JobRecord] = []  # the final record this follower wrote: a retry may find it landed
         try:
-            return (await while_store_down(lambda: self._finish(job_id, status, result, error, started, fence)))[1]
+            return (await while_store_down(lambda: self._finish(job_id, status, result, error, started, fence,
+                                                                 tried)))[1]
         except StoreUnavailable:
             log.error("async job %s ended %s, but the store stayed unreachable: its record is lost", job_id, status)
             return False

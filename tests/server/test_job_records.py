@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from server.engine.job import Job
-from server.errors import APIError
+from server.errors import APIError, StoreUnavailable
 from server.jobs.async_jobs import AsyncJobs
 from server.jobs.webhooks import WebhookSender, check_url, new_secret, parse_hosts, secret_key, sign
-from server.state.records import JobRecord, JobStore, MemoryJobStore
+from server.state.records import EVENT_PREFIX, JobRecord, JobStore, MemoryJobStore
 
 from .conftest import run
 
@@ -182,6 +182,38 @@ def test_a_lost_claim_writes_nothing_and_is_forgotten_when_its_follower_ends() -
         assert cancelled == ["settles", "dies"]
         assert [(await store.get(j)).status for j in ("settles", "dies")] == ["in_progress", "in_progress"]
         assert not jobs._abandoned and not jobs._engine_jobs and not jobs._tasks
+
+    run(scenario())
+
+
+class AnswerLost(MemoryJobStore):
+    """The first write that ends a record lands, but its answer is lost, as when Redis's
+    connection resets after the script ran and redis-py's one retry fails too."""
+
+    lost = 0
+
+    async def put(self, record: JobRecord, fence: Optional[str] = None) -> bool:
+        made = await super().put(record, fence)
+        if record.finished and not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("redis: Connection reset by peer")
+        return made
+
+
+def test_an_end_whose_answer_was_lost_is_still_the_follower_s() -> None:
+    """The follower's retry finds its own end landed: the job counts as ended by it (not
+    "ran to completion after its claim ended"), with its terminal event and its announce
+    (webhook, metrics) once."""
+    store, ended = AnswerLost(ttl_s=60, max_kept=10, max_bytes=10**6), []
+    jobs = AsyncJobs(store, ttl_s=60, on_end=lambda kind, status: ended.append(status))
+
+    async def scenario() -> None:
+        await store.put(record("j", status="in_progress"))
+        assert await jobs.settle("j", "completed", result={"data": [{"b64_json": "x"}]})
+        assert store.lost == 1 and (await store.get("j")).status == "completed"
+        assert [e.type for e in await store.events_after("j", 0)] == [f"{EVENT_PREFIX}.completed"]
+        assert ended == ["completed"]
+        assert not await jobs.settle("j", "cancelled")  # another end finds it final: not this one's
 
     run(scenario())
 
