@@ -173,9 +173,10 @@ class AsyncJobs:
         record = await self.store.get(job_id)
         if record is None:
             return None, False
-        if record.finished and not (tried and record.to_json() == tried[0].to_json()):
-            return record, False
-        if not record.finished:
+        if record.finished:
+            if not (tried and record.to_json() == tried[0].to_json()):  # not this follower's earlier write
+                return record, False
+        else:
             now = int(time.time())
             if record.started_at is None and started is not None:
                 record.started_at = wall_time(started)

@@ -21,6 +21,7 @@ from server.settings import Settings
 from server.state.records import JobRecord
 from server.state.redis.address import SentinelAddress, parse_sentinel_url
 from server.state.redis.link import WAIT_MS, RedisLink
+from server.state.redis.policy import replicas_in_sync
 from server.state.redis.store import RedisJobStore
 
 from .conftest import ServerProc, free_port, run, wait_ready
@@ -46,8 +47,7 @@ class SentinelSet:
 
     def online(self) -> int:
         """The master's replicas in sync with it."""
-        info = self.master.client().info("replication")
-        return sum(info[f"slave{i}"]["state"] == "online" for i in range(info["connected_slaves"]))
+        return replicas_in_sync(self.master.client().info("replication"))
 
     def fail_over(self, timeout: float = 30.0) -> RedisProc:
         """SIGKILL the master; wait for Sentinel to promote a replica; the new master."""
@@ -189,7 +189,6 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
     finally:
         for r in cluster.replicas:
             r.stop()
-
 
 
 def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc,

@@ -18,7 +18,7 @@ every check: with fewer replicas in sync than the writes wait for (server/state/
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from redis.asyncio import Redis
 
@@ -36,11 +36,16 @@ async def eviction_problem(client: Redis) -> Optional[str]:
             "(docs/deploy.md, 'Several replicas')")
 
 
+def replicas_in_sync(info: Mapping[str, Any]) -> int:
+    """The replicas in sync with a master, from its `INFO replication` (as redis-py parses it)."""
+    return sum(1 for key, value in info.items()
+               if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+
+
 async def replica_problem(client: Redis, replicas: int) -> Optional[str]:
     """Why this Redis cannot acknowledge writes with `replicas` replicas (None: it can)."""
     info = await client.info("replication")
-    in_sync = sum(1 for key, value in info.items()
-                  if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+    in_sync = replicas_in_sync(info)
     if in_sync >= replicas:
         return None
     return (f"redis ({info.get('role')}) has {in_sync} replicas in sync, and UNCLIP_REDIS_REPLICAS={replicas} "
