@@ -52,6 +52,7 @@ from .state.shared import SharedState
 from .state.url_store import UrlStore
 from .trust.credentials import load_credentials
 from .trust.moderation import Moderation
+from .trust.watermark import Watermark
 from .world import load_about
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class Runtime:
         check_overrides(settings.stage_caps, self.model.stages, settings.max_batch)  # BadCaps before anything starts
         self.about = load_about(settings.model_dir, self.size_rule)  # what it draws (world.json); BadWorld
         self.metrics = Metrics(self.model_name, [size_name(s) for s in self.size_rule.listed], MODERATION_STAGES)
-        # C2PA signing and moderation (docs/trust.md): BadCredentials, BadConcepts before anything starts.
+        # C2PA signing, the watermark and moderation (docs/trust.md): BadCredentials, BadConcepts
+        # before anything starts.
         self.credentials = load_credentials(settings.c2pa_cert, settings.c2pa_key, settings.c2pa_tsa_url)
+        self.watermark = Watermark(settings.watermark_key) if settings.watermark else None
         self.moderation = Moderation(settings.moderation_concepts, self.metrics.moderation_refused)
         self.replica = f"{socket.gethostname()}-{os.getpid()}"  # its name in the records of the jobs it runs
         self.shared = shared_state(settings, self.metrics.set_store_up)

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     c2pa_key: Optional[Path] = Field(None, description="PEM private key of c2pa_cert")
     c2pa_tsa_url: Optional[str] = Field(None, description="RFC 3161 timestamp authority that countersigns the "
                                         "C2PA manifests; empty: none")
+    watermark: bool = Field(True, description="add an invisible watermark to every image's pixels, found by "
+                            "`python -m tools.watermark` after re-encoding, resizing or cropping (docs/trust.md)")
+    watermark_key: str = Field("unclip-server", min_length=1, description="the watermark's key: only it finds the "
+                               "mark; the default is public (anyone can check an image), a secret one keeps "
+                               "others from removing or forging the mark")
     moderation_concepts: Optional[Path] = Field(None, description="file of blocked concepts, one text per line "
                                                 "(optionally a tab and a cosine threshold); requests close to one "
                                                 "get 400 moderation_blocked (docs/trust.md); empty: off")

@@ -95,9 +95,11 @@ async def images_body(rt: Runtime, result: OpResult, ready: Prepared, out: Targe
 def meta_for(rt: Runtime, plan: Plan, out: Target, params: BaseModel, cut: Optional[str] = None) -> ImageMeta:
     """The files' metadata: the sampling settings in effect, the request's fields (not user
     ids), the size, the quality preset and, if the prompt was cut, what was kept; their
-    digital source type (composite when made from uploads) and the C2PA credentials."""
+    digital source type (composite when made from uploads), the C2PA credentials, the
+    watermark, and where it goes (an edit's repainted pixels; else everywhere)."""
     values = rt.pipe.settings_of(plan.opts)
     values |= {k: v for k, v in params.model_dump().items() if k not in NOT_RECORDED and v is not None}
     values.update(size=size_name(out.size), quality=out.quality, prompt_truncated=cut)
+    painted = None if plan.keep is None else plan.keep[0, 0].numpy() < 0.5
     return ImageMeta(rt.model_name, plan.kind, out.seed, values, COMPOSITE if plan.inputs else TRAINED,
-                     plan.ingredients if rt.credentials is not None else (), rt.credentials)
+                     plan.ingredients if rt.credentials is not None else (), rt.credentials, rt.watermark, painted)

@@ -12,6 +12,7 @@ Every file also carries XMP (PNG: an iTXt `XML:com.adobe.xmp` chunk; GIF: an XMP
 application extension) with the IPTC digital source type `Iptc4xmpExt:DigitalSourceType`:
 trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for images made from
 uploads; and, with credentials configured (server/trust/credentials.py), a signed C2PA manifest.
+Unless turned off, the pixels carry an invisible watermark (server/trust/watermark.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipelines.operations import OpResult
 
 from ..state.url_store import ImageStore
 from ..trust.credentials import TRAINED, Credentials, Provenance
+from ..trust.watermark import Watermark
 from .schemas import ImageData, OutputFormat
 
 SOFTWARE = "unclip-server"
@@ -68,6 +70,8 @@ class ImageMeta:
     source_type: str = TRAINED  # IPTC digital source type (server/trust/credentials.py)
     ingredients: tuple[bytes, ...] = ()  # the uploads it was made from, as C2PA ingredient archives
     credentials: Optional[Credentials] = None  # signs a C2PA manifest into every file
+    watermark: Optional[Watermark] = None  # marks every image's pixels
+    painted: Optional[np.ndarray] = None  # bool [h, w], any size: the only pixels marked (edits; None: all)
 
     def provenance(self) -> Provenance:
         """What the files' C2PA manifests say: model, operation, source type, the uploads."""
@@ -112,7 +116,10 @@ def encode(result: OpResult, meta: ImageMeta, fmt: FileFormat = FileFormat()) ->
 
 def encode_pixels(pixels: np.ndarray, meta: ImageMeta, thetas: list[Optional[float]], settings: dict[str, Any],
                   fmt: FileFormat) -> list[bytes]:
-    """uint8 [n, H, W, 3] -> n files (one GIF of the n frames for gif) with their parameters."""
+    """uint8 [n, H, W, 3] -> n files (one GIF of the n frames for gif) with their parameters,
+    watermarked and signed where `meta` says so."""
+    if meta.watermark is not None:
+        pixels = meta.watermark.mark(pixels, meta.painted)
     values = [meta.values(i, thetas[i], settings) for i in range(len(pixels))]
     xmp = [xmp_packet(v, meta.source_type) for v in values]
     if fmt.format == "gif":

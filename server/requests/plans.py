@@ -44,6 +44,7 @@ class Plan:
     inputs: tuple[torch.Tensor, ...] = ()  # the uploaded images [1, 3, H, W] uint8 it is made from
     ingredients: tuple[bytes, ...] = ()  # their C2PA ingredient archives, when the server signs
     negative_prompt: Optional[str] = None  # encoded too, but what is not to be drawn: never screened
+    keep: Optional[torch.Tensor] = None  # edits: [1, 1, H, W], 1 where the upload's pixels stay as they are
 
     @property
     def encoded(self) -> list[str]:
@@ -79,7 +80,8 @@ def edit_plan(rt: Runtime, params: EditRequest, out: Target, tensors: dict[str, 
     op = inpaint(rt.pipe, tensors["image"], tensors["keep"], params.prompt, n=params.n,
                  seed=out.seed, size=out.size, resample=resample, opts=opts, negative_prompt=params.negative_prompt)
     cost = work(rt.pipe, out.size, opts, images=params.n, prior_samples=params.n, resample=resample)
-    return Plan(op, "edit", opts, cost, [params.prompt], negative_prompt=params.negative_prompt)
+    return Plan(op, "edit", opts, cost, [params.prompt], negative_prompt=params.negative_prompt,
+                keep=tensors["keep"])
 
 
 def variation_plan(rt: Runtime, params: VariationRequest, out: Target, tensors: dict[str, torch.Tensor]) -> Plan:

@@ -1,6 +1,7 @@
 """Trust and safety against a real server of the shipped shapes model (docs/trust.md): every
 file's IPTC digital source type, C2PA manifests signed with a throwaway CA and validated
-by c2pa-python against it, and moderation of `a red circle` (refused at the prompt or at
+by c2pa-python against it, the invisible watermark (on by default, off by a setting), and
+moderation of `a red circle` (refused at the prompt or at
 the prior's embedding, with no decoder step spent; uploads refused too)."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bench.moderation import prompts, scenes
 from pipelines.imageio import to_uint8
 from server.requests.images import IPTC_EXT, FileFormat, ImageMeta, encode_pixels
 from server.trust.credentials import COMPOSITE, TRAINED, Provenance, load_credentials
+from server.trust.watermark import Watermark
 from tools.c2pa_cert import make_chain, write_chain
 from tools.evaluation import scene_images
 
@@ -54,6 +56,15 @@ def trusted(ca: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> It
     env = {"UNCLIP_C2PA_CERT": str(ca["chain"]), "UNCLIP_C2PA_KEY": str(ca["key"]),
            "UNCLIP_MODERATION_CONCEPTS": str(concepts), "OMP_NUM_THREADS": "2", "UNCLIP_WARMUP": "false"}
     server = launch(MODEL, tmp_path_factory.mktemp("trusted-server"), env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def unmarked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """The shipped model with the watermark turned off, run as `trusted` is."""
+    env = {"UNCLIP_WATERMARK": "false", "OMP_NUM_THREADS": "2", "UNCLIP_WARMUP": "false"}
+    server = launch(MODEL, tmp_path_factory.mktemp("unmarked-server"), env)
     yield server
     server.stop()
 
@@ -125,6 +136,33 @@ def test_a_generation_carries_a_c2pa_manifest_the_ca_validates(trusted: ServerPr
     assert source_type(data) == TRAINED  # the XMP survives signing
     _, untrusted = manifest(data, fmt, c2pa.Context())  # a reader not given the CA: valid, not trusted
     assert untrusted == "Valid"
+
+
+def pixels_of(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_images_carry_the_watermark_unless_it_is_turned_off(trusted: ServerProc, unmarked: ServerProc) -> None:
+    mark = Watermark("unclip-server")  # the default key
+    on, off = (pixels_of(image_bytes(generate(s, "a green circle on a white background"))) for s in (trusted, unmarked))
+    assert np.array_equal(on, mark.mark(off)) and not np.array_equal(on, off)
+    big = Image.open(io.BytesIO(image_bytes(generate(trusted, "a large red square", size="256x256"))))
+    buf = io.BytesIO()
+    big.convert("RGB").resize((128, 128), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
+    found = mark.detect(Image.open(buf))
+    assert found.marked and found.side == 256, found  # halved and re-encoded, it is found at its size
+
+
+def test_an_edit_marks_what_it_repainted_and_keeps_the_rest_exactly(trusted: ServerProc,
+                                                                     unmarked: ServerProc) -> None:
+    upload = png(False, half_transparent())
+    on, off = (pixels_of(image_bytes(httpx.post(s.url("/v1/images/edits"), files={"image": ("in.png", upload)},
+                                                data={"prompt": "a green triangle", **FAST}, timeout=120)))
+               for s in (trusted, unmarked))
+    kept = np.asarray(Image.open(io.BytesIO(upload)).convert("RGB"))[:, 16:]
+    assert np.array_equal(on[:, 16:], kept) and np.array_equal(off[:, 16:], kept)
+    assert np.array_equal(on[:, :16], Watermark("unclip-server").mark(off)[:, :16])
+    assert not np.array_equal(on[:, :16], off[:, :16])
 
 
 def png(blocked: bool, alpha: Optional[np.ndarray] = None) -> bytes:
