@@ -74,8 +74,9 @@ class ImageMeta:
     painted: Optional[np.ndarray] = None  # bool [h, w], any size: the only pixels marked (edits; None: all)
 
     def provenance(self) -> Provenance:
-        """What the files' C2PA manifests say: model, operation, source type, the uploads."""
-        return Provenance(self.model, self.operation, self.source_type, self.ingredients)
+        """What the files' C2PA manifests say: model, operation, source type, the uploads,
+        whether the pixels are watermarked."""
+        return Provenance(self.model, self.operation, self.source_type, self.ingredients, self.watermark is not None)
 
     def values(self, index: int, theta: Optional[float] = None,
                settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ The manifest's claim generator is this server and its version. A generation's ac
 as its software agent; an image made from uploads (edits, variations, interpolations of
 images, text diffs) lists them as ingredients (the first `parentOf`, the others
 `componentOf`) with `c2pa.opened` and `c2pa.edited` (compositeWithTrainedAlgorithmicMedia).
+With the invisible watermark on, `c2pa.watermarked.unbound` follows: a watermark was put
+into the pixels that does not identify this manifest (it says only "made by this server").
 An ingredient is the uploaded file itself, hashed where it arrives (`Credentials.ingredient`,
 on the replica that accepts the request) into a C2PA ingredient archive of a few KB that
 travels with the job: a manifest the file carried is kept in it, so the provenance of an
@@ -77,6 +79,7 @@ class Provenance:
     operation: str
     source_type: str
     ingredients: Sequence[bytes] = ()
+    watermarked: bool = False  # its pixels carry the server's watermark (server/trust/watermark.py)
 
 
 def manifest(p: Provenance, version: str) -> dict[str, Any]:
@@ -91,6 +94,8 @@ def manifest(p: Provenance, version: str) -> dict[str, Any]:
         actions = [{"action": "c2pa.opened", "parameters": {"ingredientIds": ids[:1]}},
                    {"action": "c2pa.edited", "digitalSourceType": p.source_type, "softwareAgent": agent,
                     "parameters": {**params, "ingredientIds": ids}}]
+    if p.watermarked:  # a watermark that carries no reference to this manifest
+        actions.append({"action": "c2pa.watermarked.unbound", "softwareAgent": {"name": SERVER}})
     return {"claim_generator_info": [{"name": SERVER, "version": version}],
             "assertions": [{"label": "c2pa.actions", "data": {"actions": actions}}]}
 

@@ -30,6 +30,7 @@ from bench.moderation import prompts, scenes
 from pipelines.imageio import to_uint8
 from server.requests.images import IPTC_EXT, FileFormat, ImageMeta, encode_pixels
 from server.trust.credentials import COMPOSITE, TRAINED, Provenance, load_credentials
+from server.trust.credentials import manifest as manifest_of
 from server.trust.watermark import Watermark
 from tools.c2pa_cert import make_chain, write_chain
 from tools.evaluation import scene_images
@@ -131,6 +132,7 @@ def test_a_generation_carries_a_c2pa_manifest_the_ca_validates(trusted: ServerPr
     assert m["claim_generator_info"][0]["name"] == "unclip-server" and m["claim_generator_info"][0]["version"]
     created = [a for a in actions(m) if a["action"] == "c2pa.created"]
     assert created and created[0]["digitalSourceType"] == TRAINED
+    assert [a["action"] for a in actions(m)][-1] == "c2pa.watermarked.unbound"  # the pixels' mark
     assert created[0]["softwareAgent"]["name"] == MODEL_NAME
     assert m["signature_info"]["common_name"] == "unclip-server test signer"
     assert source_type(data) == TRAINED  # the XMP survives signing
@@ -163,6 +165,13 @@ def test_an_edit_marks_what_it_repainted_and_keeps_the_rest_exactly(trusted: Ser
     assert np.array_equal(on[:, 16:], kept) and np.array_equal(off[:, 16:], kept)
     assert np.array_equal(on[:, :16], Watermark("unclip-server").mark(off)[:, :16])
     assert not np.array_equal(on[:, :16], off[:, :16])
+
+
+@pytest.mark.parametrize("watermarked", [True, False])
+def test_a_manifest_says_watermarked_only_when_the_pixels_are(watermarked: bool) -> None:
+    for ingredients in ((), (b"an archive",)):
+        said = actions(manifest_of(Provenance("m", "edit", COMPOSITE, ingredients, watermarked), "1.0"))
+        assert ("c2pa.watermarked.unbound" in [a["action"] for a in said]) == watermarked
 
 
 def png(blocked: bool, alpha: Optional[np.ndarray] = None) -> bytes:
