@@ -84,6 +84,8 @@ class Watermark:
     def mark(self, pixels: np.ndarray, where: Optional[np.ndarray] = None) -> np.ndarray:
         """uint8 [..., H, W, 3] -> the same, marked (the pattern tiled from the top left);
         `where`: bool [h, w] of any size, resized (nearest) to H x W: only those pixels."""
+        if pixels.ndim > 3:  # one image at a time: a batch's int16 sum would take 2x its bytes
+            return np.stack([self.mark(image, where) for image in pixels]).reshape(pixels.shape)
         h, w = pixels.shape[-3:-1]
         added = np.tile(self._added, (-(-h // TILE), -(-w // TILE)))[:h, :w, None]
         if where is not None:
