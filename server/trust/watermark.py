@@ -17,7 +17,7 @@ or upload to a site that strips metadata removes them. This mark lives in the pi
   offset) does not hide it. The image is also tried rescaled so that its long side is each
   of `SIDES`, which undoes rescaling between the server's sizes. Measured on the shipped
   model's images (`python -m bench.watermark`, docs/trust.md): an unmarked image scores
-  about 3 to 5, a marked one above 20, and above 10 after JPEG at quality 50, WEBP at 80,
+  about 3 to 5, a marked one 19 to 35, and above 10 after JPEG at quality 50, WEBP at 80,
   or halving a 1024 px image and then JPEG at 70. `THRESHOLD` lies between.
 
 One key marks and finds: images marked with one are not found with another. The default key
