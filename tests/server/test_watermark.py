@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipelines.imageio import to_uint8
 from server.trust.watermark import STRENGTH, THRESHOLD, Watermark
+from tools import watermark as watermark_tool
 from tools.evaluation import scene_images
 from tools.shapes import random_scenes
 
@@ -74,20 +75,18 @@ def test_only_where_asked_at_any_size_of_the_mask(renders: np.ndarray) -> None:
     assert mark.detect(Image.fromarray(marked[0])).marked  # half an image still carries it
 
 
-def test_the_check_tool_says_marked_or_not_with_its_exit_code(renders: np.ndarray, tmp_path: Path) -> None:
+def test_the_check_tool_says_marked_or_not_with_its_exit_code(renders: np.ndarray, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     marked, plain, broken = tmp_path / "marked.jpg", tmp_path / "plain.png", tmp_path / "broken.png"
     jpeg(Image.fromarray(Watermark(KEY).mark(renders[0])), 80).save(marked)
     Image.fromarray(renders[0]).save(plain)
     broken.write_bytes(b"not an image")
-
-    def check(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tools.watermark", *map(str, args)], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
-
-    done = check(marked)
-    assert done.returncode == 0 and done.stdout.startswith(f"{marked}: marked (score "), done.stdout
-    done = check(marked, plain)
-    assert done.returncode == 1 and f"{plain}: not marked" in done.stdout, done.stdout
-    assert check("--key", "another key", marked).returncode == 1
-    done = check(marked, broken)
-    assert done.returncode == 2 and str(broken) in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "tools.watermark", str(marked), str(plain)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # as a user runs it
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith(f"{marked}: marked (score ") and f"{plain}: not marked" in done.stdout, done.stdout
+    assert watermark_tool.main([str(marked)]) == 0
+    assert watermark_tool.main(["--key", "another key", str(marked)]) == 1
+    capsys.readouterr()
+    assert watermark_tool.main([str(marked), str(broken)]) == 2
+    assert str(broken) in capsys.readouterr().err
