@@ -85,8 +85,8 @@ class Watermark:
         """uint8 [..., H, W, 3] -> the same, marked (the pattern tiled from the top left);
         `where`: bool [h, w] of any size, resized (nearest) to H x W: only those pixels."""
         if pixels.ndim > 3:  # one image at a time: a batch's int16 sum would take 2x its bytes
-            return np.stack([self.mark(image, where) for image in pixels]).reshape(pixels.shape)
-        h, w = pixels.shape[-3:-1]
+            return np.stack([self.mark(image, where) for image in pixels])
+        h, w = pixels.shape[:2]
         added = np.tile(self._added, (-(-h // TILE), -(-w // TILE)))[:h, :w, None]
         if where is not None:
             rows, cols = np.arange(h) * where.shape[0] // h, np.arange(w) * where.shape[1] // w
@@ -95,7 +95,7 @@ class Watermark:
 
     def score(self, pixels: np.ndarray) -> float:
         """uint8 [H, W, 3] -> the correlation peak over all tile offsets, in standard
-        deviations (0 for an image smaller than a tile)."""
+        deviations (a side that is not a multiple of the tile is padded with the mean)."""
         luma = pixels.astype(np.float64).mean(-1)
         h, w = -(-luma.shape[0] // TILE) * TILE, -(-luma.shape[1] // TILE) * TILE
         padded = np.pad(luma - luma.mean(), ((0, h - luma.shape[0]), (0, w - luma.shape[1])))
