@@ -237,7 +237,7 @@ def test_retry_after_follows_the_measured_cost_of_the_work_ahead(launch_server: 
     comes from the estimated work left in the running jobs: it must be within a factor of
     the time it really took for a queue slot to free up."""
     server = launch_server(env={"UNCLIP_QUEUE_SIZE": "1", "UNCLIP_MAX_BATCH": "1", "UNCLIP_MAX_STEPS": "1000"})
-    mid = {"prompt": "mid", "size": "64x64", "prior_steps": 60, "decoder_steps": 120, "upsampler_steps": 120,
+    mid = {"prompt": "mid", "size": "64x64", "prior_steps": 30, "decoder_steps": 60, "upsampler_steps": 60,
            "best_of": 1}
     alone = time.monotonic()
     assert httpx.post(server.url("/v1/images/generations"), json=mid, timeout=120).status_code == 200
