@@ -67,12 +67,12 @@ def test_generation_is_the_asked_size(results: dict[str, Any]) -> None:
     assert results["size"] == 256 and results["generation_s"] > 0
 
 
-@pytest.mark.parametrize("size", [512, 1024])
-def test_dalle_2_sizes_draw_the_captions_with_flat_backgrounds(pipe: UnCLIP, caps: dict[str, int], size: int) -> None:
-    """8 canonical captions at 512 and 1024 px: every attribute judged right in most, and
-    flat backgrounds (median noise sigma under 2.5 on 0-255; the issue's target is 2.0 at
-    N = 100, met by the model card's figures)."""
-    res = E.captions(pipe, 8, seed=3, size=size, caps=caps)
+def test_512_px_draws_the_captions_with_flat_backgrounds(pipe: UnCLIP, caps: dict[str, int]) -> None:
+    """8 canonical captions at 512 px: every attribute judged right in most, and flat
+    backgrounds (median noise sigma under 2.5 on 0-255; the issue's target is 2.0 at N = 100,
+    met by the model card's figures). 1024 px, the API's default size, is judged through
+    the server (tests/server/test_default_model_sizes.py)."""
+    res = E.captions(pipe, 8, seed=3, size=512, caps=caps)
     assert res["accuracy"]["colour"] >= 0.85 and res["accuracy"]["background"] >= 0.85, res["accuracy"]
     assert res["accuracy"]["all"] >= 0.6, res["accuracy"]
     assert res["background_noise"] < 2.5, res["samples"]
