@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random-weight stack of the real architecture, as a model
-directory on disk (also one that says it draws the shapes world) and as a loaded pipeline."""
+directory on disk (also one that says it draws the shapes world) and as a loaded pipeline;
+the servers more than one folder of tests talks to (tests/server/conftest.py runs them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -14,8 +16,11 @@ import torch
 from pipelines.checkpoints import load_model_dir, random_stack, save_model_dir
 from pipelines.config import StackConfig
 from pipelines.unclip import UnCLIP
+from tests.server.conftest import ServerProc, launch
 
-torch.set_num_threads(2)
+# Two threads in one process; one per worker when pytest-xdist runs two (make test), so that
+# the workers do not fight over a 2-core machine's cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,3 +71,34 @@ def karlo_snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.pipelines._karlo_tiny import write_karlo_snapshot
 
     return write_karlo_snapshot(tmp_path_factory.mktemp("models") / "karlo")
+
+
+@pytest.fixture(scope="session")
+def launch_server(tiny_model_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProc]]:
+    """A factory of servers of the tiny model (keyword: env, wait); every one is stopped at
+    the end."""
+    started: list[ServerProc] = []
+    log_dir = tmp_path_factory.mktemp("server-logs")
+
+    def start(env: Optional[dict[str, str]] = None, wait: bool = True) -> ServerProc:
+        server = launch(tiny_model_dir, log_dir, env, wait)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def world_server(launch_server: Callable[..., ServerProc], world_model_dir: Path) -> ServerProc:
+    """The tiny model (32 and 64 px) that says it draws the shapes world (32 px suggested),
+    no API keys: the playground's pages and the world's model card talk to it."""
+    return launch_server(env={"UNCLIP_MODEL_DIR": str(world_model_dir)})
+
+
+@pytest.fixture(scope="session")
+def kandinsky_server(launch_server: Callable[..., ServerProc], kandinsky_model_dir: Path) -> ServerProc:
+    """The tiny Kandinsky 2.2 folder served as downloaded (sizes on its latent grid), fp32."""
+    return launch_server(env={"UNCLIP_MODEL_DIR": str(kandinsky_model_dir), "UNCLIP_DTYPE": "float32"})

@@ -1,5 +1,5 @@
-"""Fixtures of the browser tests: the real server (tests/server/conftest.py's
-`launch_server` with the tiny model) and Debian's Chromium (/usr/bin/chromium, launched
+"""Fixtures of the browser tests: the real servers (tests/conftest.py's `launch_server`
+with the tiny model) and Debian's Chromium (/usr/bin/chromium, launched
 as tools/screenshot_playground.py does) driven by Playwright's sync API. Playwright
 cannot download browsers here, so a missing Chromium (or a missing `playwright`
 package) fails the tests with how to install it; they are never skipped.
@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
 
-from tests.server import conftest as server_fixtures
 from tests.server.conftest import KEY, ServerProc
 from tools.screenshot_playground import CHROMIUM, launch_chromium
-
-launch_server = server_fixtures.launch_server  # the fixture, shared with tests/server
 
 INSTALL = "install it with `apt-get install -y chromium` (as root; `make test` does this)"
 STATUS_LOG = re.compile(r"Failed to load resource: the server responded with a status of (\d{3})")
@@ -81,10 +77,10 @@ def browser() -> Iterator["Browser"]:  # noqa: F821
 
 
 @pytest.fixture(scope="session")
-def playground(launch_server: Callable[..., ServerProc], world_model_dir: Path) -> ServerProc:
+def playground(world_server: ServerProc) -> ServerProc:
     """The server the pages talk to: tiny model (32 and 64 px) that says it draws the shapes
     world (32 px suggested), no API keys."""
-    return launch_server(env={"UNCLIP_MODEL_DIR": str(world_model_dir)})
+    return world_server
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +121,6 @@ def open_page(browser) -> Iterator[Callable[..., Tab]]:
 
 
 @pytest.fixture(scope="session")
-def kandinsky_playground(launch_server: Callable[..., ServerProc], kandinsky_model_dir: Path) -> ServerProc:
+def kandinsky_playground(kandinsky_server: ServerProc) -> ServerProc:
     """A tiny Kandinsky 2.2 folder served as downloaded (sizes on its latent grid)."""
-    return launch_server(env={"UNCLIP_MODEL_DIR": str(kandinsky_model_dir), "UNCLIP_DTYPE": "float32"})
+    return kandinsky_server

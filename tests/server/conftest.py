@@ -121,23 +121,6 @@ def launch(model_dir: Path, log_dir: Path, env: Optional[dict[str, str]] = None,
 
 
 @pytest.fixture(scope="session")
-def launch_server(tiny_model_dir: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProc]]:
-    """A factory of servers (keyword: env, wait); every one is stopped at the end."""
-    started: list[ServerProc] = []
-    log_dir = tmp_path_factory.mktemp("server-logs")
-
-    def start(env: Optional[dict[str, str]] = None, wait: bool = True) -> ServerProc:
-        server = launch(tiny_model_dir, log_dir, env, wait)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def redis_server() -> Iterator[Any]:
     """One redis-server for the session (tests/server/redis_proc.py), without persistence."""
     from .redis_proc import running_redis

@@ -13,7 +13,7 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import openai
@@ -32,10 +32,8 @@ DECODER = {"decoder_steps": 3}
 
 
 @pytest.fixture(scope="module")
-def kandinsky(kandinsky_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    server = launch(kandinsky_model_dir, tmp_path_factory.mktemp("logs"), {"UNCLIP_DTYPE": "float32"})
-    yield server
-    server.stop()
+def kandinsky(kandinsky_server: ServerProc) -> ServerProc:
+    return kandinsky_server
 
 
 @pytest.fixture(scope="module")

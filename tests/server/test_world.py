@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np
@@ -37,9 +36,8 @@ def test_world_json_is_optional_and_checked(tmp_path: Path) -> None:
             load_about(tmp_path, SizeRule.squares([32, 64]))
 
 
-def test_the_card_and_random_captions(launch_server: Callable[..., ServerProc], world_model_dir: Path,
-                                      server: ServerProc) -> None:
-    shapes = launch_server(env={"UNCLIP_MODEL_DIR": str(world_model_dir)})
+def test_the_card_and_random_captions(world_server: ServerProc, server: ServerProc) -> None:
+    shapes = world_server
     card = httpx.get(shapes.url("/v1/models")).json()["data"][0]
     assert card["suggested_size"] == "32x32" and card["world"]["examples"] == list(shapes_world().examples)
     caption = httpx.get(shapes.url("/v1/models/tiny/random-caption")).json()
