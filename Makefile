@@ -65,8 +65,12 @@ redis:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist), a test file per worker at a time:
+# most tests wait on a server subprocess, so two workers keep both cores of a 2-core
+# machine busy (docs/development.md#tests). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: lint docs browser redis
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Wheels that bench/gpu/ installs on the GPU machine (no network there), for its python.
 GPU_PYTHON_VERSION ?= 3.12
