@@ -119,8 +119,3 @@ def open_page(browser) -> Iterator[Callable[..., Tab]]:
     problems = [p for tab in tabs for p in tab.unexpected()]
     assert not problems, f"console errors: {problems}"
 
-
-@pytest.fixture(scope="session")
-def kandinsky_playground(kandinsky_server: ServerProc) -> ServerProc:
-    """A tiny Kandinsky 2.2 folder served as downloaded (sizes on its latent grid)."""
-    return kandinsky_server

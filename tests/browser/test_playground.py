@@ -461,10 +461,10 @@ def test_every_playground_file_is_installed_with_the_package() -> None:
     assert sorted(ASSETS) == sorted(p.name for p in ROOT.iterdir())  # nothing there goes unserved
 
 
-def test_a_kandinsky_model_offers_its_sizes_and_names_its_stages(open_page, kandinsky_playground: ServerProc) -> None:
+def test_a_kandinsky_model_offers_its_sizes_and_names_its_stages(open_page, kandinsky_server: ServerProc) -> None:
     """The size menu is the card's (native first, wide and tall ones too); a 96x64 image comes
     back 96 x 64 with its latent stages named for people."""
-    tab = open_page(kandinsky_playground)
+    tab = open_page(kandinsky_server)
     options = tab.page.locator("#size option").all_inner_texts()
     assert options[0] == "32 × 32" and "96 × 64" in options and "64 × 96" in options
     assert tab.page.input_value("#size") == "32x32"  # the model's default

@@ -32,13 +32,8 @@ DECODER = {"decoder_steps": 3}
 
 
 @pytest.fixture(scope="module")
-def kandinsky(kandinsky_server: ServerProc) -> ServerProc:
-    return kandinsky_server
-
-
-@pytest.fixture(scope="module")
-def client(kandinsky: ServerProc) -> openai.OpenAI:
-    return kandinsky.client()
+def client(kandinsky_server: ServerProc) -> openai.OpenAI:
+    return kandinsky_server.client()
 
 
 def pixels(res: ImagesResponse) -> list[np.ndarray]:

@@ -37,12 +37,11 @@ def test_world_json_is_optional_and_checked(tmp_path: Path) -> None:
 
 
 def test_the_card_and_random_captions(world_server: ServerProc, server: ServerProc) -> None:
-    shapes = world_server
-    card = httpx.get(shapes.url("/v1/models")).json()["data"][0]
+    card = httpx.get(world_server.url("/v1/models")).json()["data"][0]
     assert card["suggested_size"] == "32x32" and card["world"]["examples"] == list(shapes_world().examples)
-    caption = httpx.get(shapes.url("/v1/models/tiny/random-caption")).json()
+    caption = httpx.get(world_server.url("/v1/models/tiny/random-caption")).json()
     assert caption["object"] == "model.caption" and list(parse_caption(caption["caption"])) == list(ATTRIBUTES)
-    assert httpx.get(shapes.url("/v1/models/other/random-caption")).status_code == 404
+    assert httpx.get(world_server.url("/v1/models/other/random-caption")).status_code == 404
     plain = httpx.get(server.url("/v1/models/tiny")).json()
     assert plain["world"] is None and plain["suggested_size"] is None
     answer = httpx.get(server.url("/v1/models/tiny/random-caption"))
