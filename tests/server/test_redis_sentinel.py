@@ -178,7 +178,10 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
         with ThreadPoolExecutor(6) as pool:  # synchronous clients waiting through the failover
             waiting = [pool.submit(httpx.post, cluster.replicas[i % 2].url("/v1/images/generations"),
                                    json={**JOB, "seed": 100 + i}, timeout=120) for i in range(6)]
-            time.sleep(0.5)
+            # each waiting client's job queued before the kill: a request that comes while Redis
+            # fails over is refused (503 store_unavailable, with Retry-After), and is not the point
+            assert until(lambda: len(queued(sentinel_set.master) - set(ids)) + sum(w.done() for w in waiting) >= 6,
+                         30)
             sentinel_set.fail_over()
             answers = [w.result() for w in waiting]
         assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers if a.status_code != 200]
@@ -189,6 +192,12 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
     finally:
         for r in cluster.replicas:
             r.stop()
+
+
+def queued(redis_proc: RedisProc) -> set[str]:
+    """The ids of the jobs in this Redis's global queue, waiting or running (their spec kept)."""
+    prefix = RedisLink.key("spec", "")
+    return {key.decode()[len(prefix):] for key in redis_proc.client().scan_iter(match=prefix + "*", count=1000)}
 
 
 def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc,
