@@ -1,7 +1,9 @@
 """Property-based requests generated from /openapi.json: no input makes the server answer 5xx.
 
-Generated step counts, image counts and frames are capped before sending so that the
-accepted requests stay cheap on CPU; everything else is as schemathesis generates it.
+Generated step counts, image counts and frames are capped before sending, and the step
+counts and frames a request leaves out are set to those caps (the model's defaults are
+what every other test runs), so that the accepted requests stay cheap on CPU; everything
+else is as schemathesis generates it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402  (after the im
 from .conftest import ServerProc  # noqa: E402
 
 CAPS = {"prior_steps": 2, "decoder_steps": 2, "upsampler_steps": 2, "best_of": 1, "n": 2, "frames": 3}
+FILLED = ("prior_steps", "decoder_steps", "upsampler_steps", "frames")  # set to their caps when left out
 
 
 def operations(server: ServerProc) -> list[Any]:
@@ -24,10 +27,17 @@ def operations(server: ServerProc) -> list[Any]:
     return [result.ok() for result in schema.get_all_operations()]
 
 
-def cap(body: Any) -> None:
-    """Cap expensive numeric fields in place (JSON or multipart bodies)."""
+def fields(op: Any) -> frozenset[str]:
+    """The body fields the operation takes (none for an operation without a body)."""
+    return frozenset(name for body in op.body for name in body.definition.get("schema", {}).get("properties", {}))
+
+
+def cap(body: Any, accepted: frozenset[str]) -> None:
+    """Cap expensive numeric fields in place (JSON or multipart bodies), and set those of
+    FILLED that the operation takes and the body leaves out."""
     if not isinstance(body, dict):
         return
+    body.update({key: CAPS[key] for key in FILLED if key in accepted and key not in body})
     for key, limit in CAPS.items():
         value = body.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
@@ -36,19 +46,26 @@ def cap(body: Any) -> None:
         body["thetas"] = body["thetas"][:3]
 
 
+def probe(op: Any, server: ServerProc) -> None:
+    """Up to 50 generated requests to one operation: none answers 5xx, each has a request id."""
+    accepted = fields(op)
+
+    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=op.as_strategy())
+    def check(case: Any) -> None:
+        cap(case.body, accepted)
+        response = case.call(base_url=server.base_url, timeout=60)
+        assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
+        assert "x-request-id" in response.headers
+
+    check()
+
+
 @pytest.mark.slow
 def test_no_server_errors(server: ServerProc) -> None:
-    """Up to 50 generated requests per operation (schemathesis' pytest plugin is not used:
-    its fixture loader does not run under pytest 9)."""
+    """Every operation of the served schema probed (schemathesis' pytest plugin is not
+    used: its fixture loader does not run under pytest 9)."""
     ops = operations(server)
     assert any(op.path == "/v1/images/edits" for op in ops)
     for op in ops:
-        @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=op.as_strategy())
-        def check(case: Any) -> None:
-            cap(case.body)
-            response = case.call(base_url=server.base_url, timeout=60)
-            assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
-            assert "x-request-id" in response.headers
-
-        check()
+        probe(op, server)
