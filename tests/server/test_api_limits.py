@@ -142,8 +142,10 @@ def test_sigterm_drains(small_queue: ServerProc) -> None:
                 events.append(line[7:])
                 break
         small_queue.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert httpx.get(small_queue.url("/ready")).status_code == 503
+        deadline = time.monotonic() + 10  # the signal is handled between two steps of the event loop
+        while httpx.get(small_queue.url("/ready")).status_code != 503:
+            assert time.monotonic() < deadline, "/ready still 200 after SIGTERM"
+            time.sleep(0.05)
         refused = httpx.post(small_queue.url("/v1/images/generations"), json={"prompt": "late", **FAST})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
         assert httpx.get(small_queue.url("/health")).status_code == 200
