@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from pipelines.checkpoints import DTYPE_NAMES, dtype_named, load_model_dir
+from pipelines.checkpoints import dtype_named, load_model_dir
+from pipelines.dtypes import DTYPE_NAMES
 from pipelines.unclip import Sampling, UnCLIP
 from server.requests.quality import STEP_SCALE
 from tools.evaluation import card_section, evaluate, table, write_card

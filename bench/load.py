@@ -539,7 +539,7 @@ def batching_ceiling(direct: Direct, n: int, repeats: int = 3) -> float:
 # ---- main ----------------------------------------------------------------------------
 
 def parse_args() -> argparse.Namespace:
-    from pipelines.checkpoints import DTYPE_NAMES  # torch stays a lazy import here (bench/gpu/)
+    from pipelines.dtypes import DTYPE_NAMES  # no torch here (bench/gpu/ imports torch late)
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "weights" / "default"),

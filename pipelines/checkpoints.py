@@ -21,7 +21,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Optional, get_args
+from typing import Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -143,12 +143,8 @@ def _rebuild_buffer(module: nn.Module, name: str, buf: torch.Tensor, device: tor
     raise RuntimeError(f"cannot rebuild buffer {name!r} of {type(module).__name__}")
 
 
-DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
-DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
-
-
 def dtype_named(name: str) -> Optional[torch.dtype]:
-    """A dtype by its name in DTYPE_NAMES; "auto" gives None, which lets `load_model_dir`
+    """A dtype by its name in DTYPE_NAMES (pipelines/dtypes.py); "auto" gives None, which lets `load_model_dir`
     pick `default_dtype`."""
     return None if name == "auto" else getattr(torch, name)
 

@@ -7,7 +7,7 @@ Lifecycle: `start()` loads the model on the engine thread (the port answers at o
 /health 200 "loading", /ready 503) and sets each stage's batch cap (from the cached
 profile, else max_batch), then one tiny generation warms it up and the state turns
 "ready"; caps not cached are then measured by the engine while it is idle.
-`begin_drain()` (SIGTERM, see __main__) turns it "draining": /ready 503, new work refused
+`begin_drain()` (SIGTERM, see serving.py) turns it "draining": /ready 503, new work refused
 with 503, the engine finishes what it holds. With Redis, the runtime is ready only while
 Redis answers too: /ready 503 and new work 503 `store_unavailable` while it does not
 (liveness stays 200), ready again by itself once it is back.

@@ -1,21 +1,25 @@
 """Server settings, read from the environment (prefix `UNCLIP_`, e.g. `UNCLIP_PORT=8080`) and, by
-`python -m server` only, from the command line (`--port 8080`; a flag beats its variable)."""
+`python -m server` only, from the command line (`--port 8080`; a flag beats its variable).
+
+This module imports no torch (only `torch_device` and `torch_dtype` do, when called), so
+that `python -m server --help` and a bad flag answer at once."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
-import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
 
-from pipelines.checkpoints import DtypeName, dtype_named
+from pipelines.dtypes import DtypeName
 
-from .engine.batch_caps import parse_overrides
 from .jobs.webhooks import parse_hosts, secret_key
 from .state.redis.address import REDIS_SCHEMES, is_sentinel, parse_sentinel_url
+
+if TYPE_CHECKING:
+    import torch
 
 PROG = "python -m server"
 
@@ -170,12 +174,28 @@ class Settings(BaseSettings):
     def torch_device(self) -> str:
         """The device to load the model on ("auto": CUDA when available)."""
         if self.device == "auto":
+            import torch
+
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
     def torch_dtype(self) -> Optional[torch.dtype]:
         """The networks' dtype; None lets the loader choose (`default_dtype`)."""
+        from pipelines.checkpoints import dtype_named
+
         return dtype_named(self.dtype)
+
+
+def parse_overrides(text: str) -> dict[str, int]:
+    """`stage_batch`'s format: 'upsampler.1=1, prior=8' -> {'upsampler.1': 1, 'prior': 8};
+    ValueError when malformed (server/engine/batch_caps.py checks the stages and caps)."""
+    caps: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"stage_batch: expected 'stage=N' with N >= 1, got {item!r}")
+        caps[stage.strip()] = int(value)
+    return caps
 
 
 def _describe(err: ValidationError, env_prefix: str) -> str:

@@ -100,6 +100,7 @@ SERVER_LAYERS = (
     ("server.delivery",),  # progress, following a job into its record, results, failures
     ("server.api", "server.claimer"),  # the routes; the global queue's worker
     ("server.app",),
+    ("server.serving",),  # uvicorn, draining on SIGTERM
     ("server.__main__",),
 )
 

@@ -63,17 +63,6 @@ def choose(rates: Mapping[int, float], tolerance: float = TOLERANCE) -> int:
     return min(b for b, rate in rates.items() if rate >= (1 - tolerance) * best)
 
 
-def parse_overrides(text: str) -> dict[str, int]:
-    """'upsampler.1=1, prior=8' -> {'upsampler.1': 1, 'prior': 8}; ValueError when malformed."""
-    caps: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        stage, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"stage_batch: expected 'stage=N' with N >= 1, got {item!r}")
-        caps[stage.strip()] = int(value)
-    return caps
-
-
 def measure(pipe: StagedPipeline, max_batch: int, rounds: int = ROUNDS,
             stages: Optional[Iterable[str]] = None) -> Rates:
     """`measuring` run to its end: samples/s per stage and batch size."""

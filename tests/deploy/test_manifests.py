@@ -61,7 +61,7 @@ CRD_SCHEMAS = {
 QUANTITY = re.compile(
     r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$"
 )
-# On top of preStop + drain grace: uvicorn's graceful shutdown (10 s, server/__main__.py)
+# On top of preStop + drain grace: uvicorn's graceful shutdown (WRITE_GRACE_S, server/serving.py)
 # and the process' exit.
 PRESTOP_SLACK_S = 20
 

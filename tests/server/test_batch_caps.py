@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines.unclip import UnCLIP
 from server.engine import batch_caps
 from server.engine.batch_caps import BadCaps
-from server.settings import Settings
+from server.settings import Settings, parse_overrides
 
 from .conftest import FAST, REPO, ServerProc
 
@@ -33,11 +33,11 @@ def test_sizes_to_try_and_overrides() -> None:
     assert batch_caps.sizes_to_try(8) == [1, 2, 4, 8]
     assert batch_caps.sizes_to_try(6) == [1, 2, 4, 6]
     assert batch_caps.sizes_to_try(1) == [1]
-    assert batch_caps.parse_overrides(" upsampler.1=1, prior=8 ") == {"upsampler.1": 1, "prior": 8}
-    assert batch_caps.parse_overrides("") == {}
+    assert parse_overrides(" upsampler.1=1, prior=8 ") == {"upsampler.1": 1, "prior": 8}
+    assert parse_overrides("") == {}
     for bad in ("prior", "prior=0", "prior=x", "prior=-1"):
         with pytest.raises(ValueError, match="stage=N"):
-            batch_caps.parse_overrides(bad)
+            parse_overrides(bad)
     with pytest.raises(ValueError, match="stage_batch"):
         Settings(stage_batch="prior=none")
 

@@ -48,6 +48,17 @@ def test_help_lists_every_flag_with_its_variable() -> None:
     assert "(default: 8000)" in done.stdout
 
 
+def test_flags_are_parsed_before_torch_is_imported() -> None:
+    """`--help` and a bad flag answer without importing the model's stack (torch alone takes
+    seconds to import), so both are instant."""
+    probe = ("import sys\nfrom server.__main__ import main\nfor args in (['--help'], ['--port', 'x']):\n"
+             "    try:\n        main(args)\n    except SystemExit as done:\n        print('exit', done.code)\n"
+             "print('torch' in sys.modules, 'diffusers' in sys.modules, 'uvicorn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=clean_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert done.stdout.splitlines()[-3:] == ["exit 0", "exit 2", "False False False"], done.stderr
+
+
 @pytest.mark.parametrize("args, expected", [(["--no-such-flag"], "--no-such-flag"),
                                             (["--port", "notanumber"], "--port"),
                                             (["--max-batch", "0"], "--max-batch")])
