@@ -5,7 +5,9 @@ with Server-Sent Events (server/api/stream.py), or, with `Prefer: respond-async`
 and a job to poll (server/api/background.py). With Redis, a synchronous or async request
 goes to the global queue instead (`enqueue`; server/claimer.py runs it on some replica) and
 a synchronous one waits for its record's end (`await_record`); `stream=true` runs here. An
-`Idempotency-Key` binds the queued job to the key (server/api/idempotency.py).
+`Idempotency-Key` binds the queued job to the key (server/api/idempotency.py). A request
+refused while queueing (429, or 503 when Redis stops answering between the record and the
+queue) leaves neither record nor key behind (`withdraw`).
 """
 
 from __future__ import annotations
@@ -85,15 +87,26 @@ async def enqueue(request: Request, rt: Runtime, spec: Spec, ready: Prepared, ba
         await rt.shared.idempotency.release(owner, key, started)  # its job is gone: this request starts anew
         return await enqueue(request, rt, spec, ready, base_url, background, webhook_url)
     text = spec_json(spec, base_url=base_url, cost_s=ready.cost_s)
-    await rt.jobs.store.put(record)
-    queued, depth = await rt.shared.queue.push(record.id, text, ready.cost_s)
+    try:
+        await rt.jobs.store.put(record)
+        queued, depth = await rt.shared.queue.push(record.id, text, ready.cost_s)
+    except StoreUnavailable:  # the record may stand, its job unqueued: it goes once the store answers
+        rt.jobs.when_store_answers(lambda: withdraw(rt, record.id, owner, key), f"withdraw-{record.id}")
+        raise
     if not queued:
-        await rt.jobs.store.delete(record.id)
-        if key is not None:
-            await rt.shared.idempotency.release(owner, key, record.id)
+        await withdraw(rt, record.id, owner, key)
         raise QueueFull(rt.engine.retry_after(max(1, depth - rt.settings.queue_size + 1)), depth)
     rt.claimable.set()  # this replica takes it at once if it has a free slot
     return await answer(request, rt, record, background, ready.headers, keyed=key is not None)
+
+
+async def withdraw(rt: Runtime, job_id: str, owner: Optional[str], key: Optional[str]) -> None:
+    """Undo an admission that did not queue its job (the request was refused): its record
+    goes, and its idempotency key no longer names it, so that no job is listed queued for
+    ever and a retry with the key starts anew."""
+    await rt.jobs.store.delete(job_id)
+    if key is not None:
+        await rt.shared.idempotency.release(owner, key, job_id)
 
 
 async def answer(request: Request, rt: Runtime, record: JobRecord, background: bool, headers: dict[str, str],

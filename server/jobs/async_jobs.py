@@ -109,6 +109,19 @@ class AsyncJobs:
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._followed(done, record.id))
 
+    def when_store_answers(self, make: Callable[[], Awaitable[Any]], name: str) -> None:
+        """Run `make()` in the background, waiting out a store that is down for up to
+        SETTLE_S (`while_store_down`); `close` waits for it as for the followers."""
+        async def run() -> None:
+            try:
+                await while_store_down(make)
+            except StoreUnavailable:
+                log.error("%s: the store stayed unreachable; given up", name)
+
+        task = asyncio.create_task(run(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _followed(self, task: asyncio.Task, job_id: str) -> None:
         """A follower ended (settled, failed or cancelled): nothing more of its job is kept."""
         self._tasks.discard(task)

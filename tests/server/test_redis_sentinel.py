@@ -27,6 +27,7 @@ from server.state.redis.store import RedisJobStore
 from .conftest import ServerProc, free_port, run, wait_ready
 from .redis_proc import STORE_DB, RedisProc, SentinelProc, need_redis
 from .test_chaos import JOB, Cluster, check_ledger, send, until
+from .test_jobs_api import ASYNC
 
 
 class SentinelSet:
@@ -200,6 +201,11 @@ def queued(redis_proc: RedisProc) -> set[str]:
     return {key.decode()[len(prefix):] for key in redis_proc.client().scan_iter(match=prefix + "*", count=1000)}
 
 
+def records(redis_proc: RedisProc) -> int:
+    """How many job records the servers keep in this Redis."""
+    return sum(1 for _ in redis_proc.client().scan_iter(match=RedisLink.key("job", "*"), count=1000))
+
+
 def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc,
                                                          launch_server: Callable[..., ServerProc]) -> None:
     """UNCLIP_REDIS_REPLICAS=1 against a Redis without replicas: /ready is 503 and its
@@ -213,3 +219,26 @@ def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc
         assert "0 replicas in sync" in r.json()["store_problem"], r.json()
     finally:
         server.stop()
+
+
+def test_a_request_refused_while_queueing_leaves_nothing_behind(sentinel_set: SentinelSet,
+                                                                launch_server: Callable[..., ServerProc]) -> None:
+    """UNCLIP_REDIS_REPLICAS=2 and one replica stalled (SIGSTOP): the job's record lands on
+    the master but no write is acknowledged, so the request gets 503 store_unavailable
+    before its job is queued. Once the replica goes on, that record is gone (the listing
+    shows no job queued for ever), and a retry with the same Idempotency-Key starts anew
+    and gets its images instead of waiting on a job that never runs."""
+    server = launch_server(env={"UNCLIP_REDIS_URL": sentinel_set.master.url(), "UNCLIP_REDIS_REPLICAS": "2"})
+    stalled, keyed = sentinel_set.replicas[0], {"Idempotency-Key": "refused-then-retried"}
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        stalled.proc.send_signal(signal.SIGSTOP)
+        try:
+            refused = [c.post("/v1/images/generations", json={**JOB, "seed": 1}, headers=ASYNC),
+                       c.post("/v1/images/generations", json={**JOB, "seed": 2}, headers=keyed)]
+        finally:
+            stalled.proc.send_signal(signal.SIGCONT)
+        assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [(503, "store_unavailable")] * 2
+        assert until(lambda: records(sentinel_set.master) == 0, 10), c.get("/v1/images/jobs").json()
+        assert c.get("/v1/images/jobs").json()["data"] == []
+        retried = c.post("/v1/images/generations", json={**JOB, "seed": 2}, headers=keyed)
+        assert retried.status_code == 200 and retried.json()["data"][0]["b64_json"], retried.text
