@@ -125,8 +125,8 @@ async def answer(request: Request, rt: Runtime, record: JobRecord, background: b
         if not keyed:
             try:
                 await rt.jobs.store.delete(record.id)
-            except StoreUnavailable:
-                pass
+            except StoreUnavailable:  # its result would stay as long as a finished job's
+                rt.jobs.when_store_answers(lambda: rt.jobs.store.delete(record.id), f"drop-{record.id}")
 
 
 async def await_record(request: Request, rt: Runtime, job_id: str, cancel_on_disconnect: bool = True) -> dict[str, Any]:
