@@ -127,7 +127,7 @@ class Runtime:
         if self.state == "loading":
             self.state = "ready"
             self.metrics.set_ready(True)
-            log.info("ready: model %s (%s), sizes %s", self.model_name, self.model.family, self.size_rule.describe())
+            log.info("ready: model %s (%s). %s", self.model_name, self.model.family, self.size_rule.describe())
             self.engine.calibrate(self.calibration(self.pipe))
 
     def batch_caps(self, pipe: StagedPipeline) -> dict[str, int]:
