@@ -12,7 +12,8 @@ methods: encode_text / encode_image, sample_prior, invert_image, noise_shape and
 (whose x_t starts the decoder from inverted latents and whose known constrains inpainting).
 An operation that takes a prompt also takes a negative prompt: its encoding replaces the
 empty caption's in the prior's unconditional rows (and in the decoder's, where the decoder
-sees text); None or "" change nothing.
+sees text); None or "" change nothing. An image given of another aspect than the output
+is centre-cropped to the output's aspect (`check_image`), never stretched.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from .errors import InvalidInput
 from .imageio import as_float
 from .sampling import Known, resize
-from .sizes import Output, SizeLike
+from .sizes import Output, SizeLike, aspect_box
 from .stage_keys import DECODER, PRIOR
 from .unclip import Operation, Sampling, StagedPipeline, make_generator
 from .vectors import normalize, slerp
@@ -110,14 +111,19 @@ def check_thetas(thetas: Sequence[float], param: str = "thetas") -> list[float]:
     return [float(th) for th in thetas]
 
 
-def check_square(image: torch.Tensor, param: str = "image") -> torch.Tensor:
-    """image [1, 3, H, W], float in [-1, 1] or uint8: must be one square RGB image.
-    Returns it as float in [-1, 1] (inputs wait in the queue as uint8)."""
+def check_image(image: torch.Tensor, out: Output, param: str = "image") -> torch.Tensor:
+    """image [1, 3, H, W], float in [-1, 1] or uint8: must be one RGB image. Returns it as
+    float in [-1, 1] (inputs wait in the queue as uint8), centre-cropped to the aspect of
+    the output (`fit`), so that no stage stretches it."""
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise InvalidInput(param, f"'{param}' must be one RGB image")
-    if image.shape[-1] != image.shape[-2]:
-        raise InvalidInput(param, f"'{param}' must be square, got {image.shape[-1]}x{image.shape[-2]}")
-    return as_float(image)
+    return fit(as_float(image), out)
+
+
+def fit(x: torch.Tensor, out: Output) -> torch.Tensor:
+    """x [n, C, H, W] (an image or a mask) -> its largest centred crop with out's aspect."""
+    left, top, width, height = aspect_box((x.shape[-1], x.shape[-2]), out.size)
+    return x[..., top:top + height, left:left + width]
 
 
 def generate(
@@ -180,11 +186,11 @@ def variations(
 ) -> Operation:
     """Paper §3.1: invert the image under its own z_i, decode with DDIM at eta
     (0 reconstructs the input, larger varies more), then upsample."""
-    image = check_square(image)
     eta = float(_or(eta, DEFAULTS.eta))
     if not 0.0 <= eta <= 1.0:
         raise InvalidInput("eta", f"'eta' must lie in [0, 1], got {eta}")
     opts, out = _ddim(opts, eta), pipe.output(size)
+    image = check_image(image, out)
     z, x_t, null = yield from _encode_and_invert(pipe, image, opts, out)
     _, gens = _gens(seed, n)
     zs, xs = z.expand(n, -1), x_t.expand(n, -1, -1, -1)
@@ -240,7 +246,7 @@ def _endpoints(pipe: StagedPipeline, images, prompts, seed: int, opts: Sampling,
     """The two ends of an interpolation: z [2, D], and the operation that gives their x_T
     [2, ...] (the images' inversions, run once the frames passed moderation; or noise)."""
     if images is not None and len(images) == 2 and not prompts:
-        images = [check_square(img) for img in images]
+        images = [check_image(img, out) for img in images]
         z = torch.cat([pipe.encode_image(img) for img in images])
         return z, _inversions(pipe, images, z, opts, out)
     if prompts is not None and len(prompts) == 2 and not images:
@@ -277,12 +283,12 @@ def text_diff(
     theta from 0 to max_theta with x_T from inverting the image, fixed across frames.
     negative_prompt: for the decoder's unconditional rows (unCLIP; Kandinsky's decoder sees
     no text, so there it changes nothing)."""
-    image = check_square(image)
     frames, max_theta = _or(frames, DEFAULTS.frames), _or(max_theta, DEFAULTS.max_theta)
     max_theta = check_thetas([max_theta], "max_theta")[0]
     if frames < 1:
         raise InvalidInput("frames", "'frames' must be at least 1")
     opts, out = _ddim(opts), pipe.output(size)
+    image = check_image(image, out)
     z = pipe.encode_image(image)
     texts = pipe.encode_text([prompt, source_prompt])
     z_d = normalize(texts.pooled[0:1] - texts.pooled[1:2]).to(z.device)
@@ -308,11 +314,11 @@ def inpaint(
     step of every stage the kept region is replaced by the forward-noised original (and an
     inpainting decoder is also given the kept pixels and the mask as input; Kandinsky: in
     latent space, see `Kandinsky.render`); the final image keeps the original's pixels
-    (resized to the output size) exactly."""
-    image, keep = check_square(image), keep.float()
+    (cropped to the output's aspect and resized to its size) exactly."""
     if keep.shape[-2:] != image.shape[-2:]:
         raise InvalidInput("mask", "the mask must have the image's size")
     opts, out, resample = opts or Sampling(), pipe.output(size), _or(resample, DEFAULTS.resample)
+    image, keep = check_image(image, out), fit(keep.float(), out)
     original = resize(image, out.size)
     keep_out = torch.nn.functional.interpolate(keep, size=(out.height, out.width), mode="nearest")
     seeds, gens = _gens(seed, n)

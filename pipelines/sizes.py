@@ -8,6 +8,7 @@ around its native size (as diffusers rounds sizes: multiples of the MoVQ scale s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -25,6 +26,17 @@ def as_size(size: Union[int, Size]) -> Size:
 def size_name(size: Size) -> str:
     """(width, height) -> "WxH"."""
     return f"{size[0]}x{size[1]}"
+
+
+def aspect_box(size: Size, aspect: Size) -> tuple[int, int, int, int]:
+    """The largest centred box of `size` (W, H) with the aspect of `aspect` (W', H'):
+    (left, top, width, height), each side at least 1 pixel."""
+    w, h = size
+    if w * aspect[1] > h * aspect[0]:  # wider than wanted: crop the sides
+        width, height = max(1, round(h * aspect[0] / aspect[1])), h
+    else:
+        width, height = w, max(1, round(w * aspect[1] / aspect[0]))
+    return (w - width) // 2, (h - height) // 2, width, height
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,19 @@ class SizeRule:
                   (2 * native, 3 * native), (native // 2,) * 2]
         listed = tuple(dict.fromkeys(s for s in wanted if rule.allows(s)))
         return cls(listed, (native, native), unit, native // 2, 3 * native, max_aspect)
+
+    def for_aspect(self, size: Size) -> Size:
+        """The output size for an input of size (W, H) when a request names none: the default
+        where the model makes listed sizes only; else the size on the grid whose aspect is
+        nearest the input's (at most `max_aspect`) at about the default's area (an aspect
+        error counts four times an area error, both as log ratios)."""
+        if self.unit == 0:
+            return self.default
+        aspect, area = size[0] / size[1], self.default[0] * self.default[1]
+        sides = range(self.min_side, self.max_side + 1, self.unit)
+        allowed = [(w, h) for w in sides for h in sides if self.allows((w, h))]
+        return min(allowed, key=lambda s: 4 * abs(math.log(s[0] / s[1] / aspect)) + abs(math.log(s[0] * s[1] / area)),
+                   default=self.default)
 
     def allows(self, size: Size) -> bool:
         w, h = size

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from pipelines.imageio import keep_mask, open_image, reduce, to_uint8_tensor
 
 from ..errors import APIError, bad_request
-from ..requests.spec import Spec, parse_params, target
+from ..requests.spec import Spec, parse_params, sized_for, target
 from ..runtime import Runtime
 from ..trust.credentials import Credentials
 from .multipart import FieldError, NamingParser
@@ -149,11 +149,9 @@ def ingredients(*uploads: Upload) -> tuple[bytes, ...]:
     return tuple(u.ingredient for u in uploads if u.ingredient is not None)
 
 
-def square_tensor(upload: Upload) -> torch.Tensor:
-    """RGB tensor [1, 3, h, w] uint8 of an upload that must be square."""
-    (width, height), param = upload.size, upload.param
-    if width != height:
-        raise bad_request(param, f"'{param}' must be square, got {width}x{height}.", "image_not_square")
+def image_tensor(upload: Upload) -> torch.Tensor:
+    """RGB tensor [1, 3, h, w] uint8 of an upload, of any aspect (the operation centre-crops
+    it to the output's, pipelines/operations.py `check_image`)."""
     return to_uint8_tensor(upload.image)
 
 
@@ -183,9 +181,11 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def image_spec(request: Request, rt: Runtime, model: type[BaseModel], kind: str) -> Spec:
-    """The spec of a multipart request with one square `image` upload and `model`'s fields."""
+    """The spec of a multipart request with one `image` upload and `model`'s fields (the
+    output's size, unless the request names one, follows the image's aspect)."""
     form = await read_form(request)
     params = parse_params(model, text_fields(form, files=("image",)))
     out = target(rt, params, kind)
     image = await load_image(rt, one_upload(form, "image"), "image")
-    return Spec(kind, params, out, {"image": square_tensor(image)}, ingredients(image))
+    return Spec(kind, params, sized_for(rt, params, out, image.size), {"image": image_tensor(image)},
+                ingredients(image))

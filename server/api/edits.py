@@ -1,8 +1,9 @@
 """POST /v1/images/edits: text-guided inpainting (multipart, OpenAI-compatible).
 
-`image` (or `image[]` with one file, which the official client sends for lists) must be
-square; the area to edit is where the `mask` is transparent (alpha 0), or, without a
-mask, where the image itself is transparent.
+`image` (or `image[]` with one file, which the official client sends for lists) may have
+any aspect: without a `size`, the output takes the size the model makes nearest it (the
+image is centre-cropped to the output's aspect). The area to edit is where the `mask` is
+transparent (alpha 0), or, without a mask, where the image itself is transparent.
 """
 
 from __future__ import annotations
@@ -12,24 +13,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..requests.schemas import EditRequest, ImagesResponse
-from ..requests.spec import Spec, parse_params, target
+from ..requests.spec import Spec, parse_params, sized_for, target
 from ..runtime import ReadyRuntime
-from .bodies import (
-    edit_mask,
-    ingredients,
-    load_image,
-    multipart_body,
-    one_upload,
-    read_form,
-    square_tensor,
-    text_fields,
-)
+from .bodies import edit_mask, image_tensor, ingredients, load_image, multipart_body, one_upload, read_form, text_fields
 from .serve import serve
 from .stream import SSE_RESPONSE
 
 router = APIRouter()
 
-FILES = {"image": "square PNG/JPEG/WEBP under the upload limit (also as `image[]`, one file)",
+FILES = {"image": "PNG/JPEG/WEBP under the upload limit (also as `image[]`, one file); cropped to the output's "
+                  "aspect",
          "mask": "optional; alpha 0 marks the area to edit; same size as the image"}
 
 
@@ -45,6 +38,7 @@ async def create_edit(request: Request, rt: ReadyRuntime) -> Any:
     image = await load_image(rt, one_upload(form, "image"), "image")
     mask_file = one_upload(form, "mask", required=False)
     mask = await load_image(rt, mask_file, "mask", index=None) if mask_file is not None else None
-    tensors = {"image": square_tensor(image), "keep": edit_mask(image, mask)}
-    return await serve(request, rt, Spec("edit", params, out, tensors, ingredients(image)))
+    tensors = {"image": image_tensor(image), "keep": edit_mask(image, mask)}
+    return await serve(request, rt, Spec("edit", params, sized_for(rt, params, out, image.size), tensors,
+                                         ingredients(image)))
 

@@ -18,15 +18,15 @@ from pipelines.operations import interpolation_thetas
 
 from ..errors import bad_request
 from ..requests.schemas import MAX_PROMPT, ImagesResponse, InterpolationRequest
-from ..requests.spec import Spec, parse_params, target
+from ..requests.spec import Spec, parse_params, sized_for, target
 from ..runtime import ReadyRuntime, Runtime
-from .bodies import Upload, ingredients, load_image, multipart_body, read_form, square_tensor, text_fields, uploads
+from .bodies import Upload, image_tensor, ingredients, load_image, multipart_body, read_form, text_fields, uploads
 from .serve import serve
 
 router = APIRouter()
 Ends = tuple[Optional[list[Upload]], Optional[list[str]]]
 
-FILES = {"image": "two square images: send the field `image[]` (or `image`) twice"}
+FILES = {"image": "two images: send the field `image[]` (or `image`) twice; cropped to the output's aspect"}
 
 
 def split_thetas(raw: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +65,7 @@ async def create_interpolation(request: Request, rt: ReadyRuntime) -> Any:
     out = target(rt, params, "interpolation")
     interpolation_thetas(params.thetas, params.frames)  # 400 for bad thetas before the uploads are read
     images = (await endpoints(form, rt, params))[0] or []
-    tensors = {f"image{i}": square_tensor(image) for i, image in enumerate(images)}
+    tensors = {f"image{i}": image_tensor(image) for i, image in enumerate(images)}
+    out = sized_for(rt, params, out, images[0].size) if images else out  # the first image's aspect
     return await serve(request, rt, Spec("interpolation", params, out, tensors, ingredients(*images)))
 

@@ -1,6 +1,6 @@
 """POST /v1/images/text-diffs (extension): move an image toward a new description.
 
-Multipart body: `image` (square), `prompt` (the target), `source_prompt` (describes the
+Multipart body: `image` (any aspect), `prompt` (the target), `source_prompt` (describes the
 current image; default ""), `frames`, `max_theta`. Frame k decodes slerp(z_i, z_d,
 theta_k) with theta rising from 0 to max_theta.
 """
@@ -18,7 +18,7 @@ from .serve import serve
 
 router = APIRouter()
 
-FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
+FILES = {"image": "PNG/JPEG/WEBP under the upload limit; cropped to the output's aspect"}
 
 
 @router.post(

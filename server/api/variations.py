@@ -17,7 +17,7 @@ from .serve import serve
 
 router = APIRouter()
 
-FILES = {"image": "square PNG/JPEG/WEBP under the upload limit"}
+FILES = {"image": "PNG/JPEG/WEBP under the upload limit; cropped to the output's aspect"}
 
 
 @router.post(

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -134,6 +134,14 @@ def target(rt: Runtime, params: BaseModel, kind: str) -> Target:
     gpt = (params.model or "").startswith(("gpt-image", "chatgpt-image"))
     return Target(parse_size(rt, params.size), seed, file_format(params, kind), preset(params.quality),
                   params.response_format or ("b64_json" if gpt else "url"))
+
+
+def sized_for(rt: Runtime, params: BaseModel, out: Target, image: Size) -> Target:
+    """`out`, where the request names no size (None or 'auto'), at the size the model makes
+    nearest the aspect of an uploaded image of size (W, H) (`SizeRule.for_aspect`)."""
+    if params.size not in (None, "auto"):
+        return out
+    return replace(out, size=rt.size_rule.for_aspect(image))
 
 
 def file_format(params: BaseModel, kind: str) -> FileFormat:

@@ -49,6 +49,19 @@ def test_each_layout_is_told_apart(tiny_model_dir: Path, karlo_dir: Path, kandin
     assert kandinsky.size_rule.listed[0] == (32, 32) and kandinsky.size_rule.allows((48, 16))
 
 
+def test_an_upload_s_aspect_picks_the_output_size_where_the_model_makes_it() -> None:
+    """Kandinsky 2.2's rule (512 native, 64 grid): the grid size nearest the image's aspect
+    at about 512 x 512 pixels, at most 3:1; a model of listed squares: its default."""
+    rule = SizeRule.latent_grid(512, 64)
+    assert rule.for_aspect((1920, 1080)) == (704, 384)
+    assert rule.for_aspect((1080, 1920)) == (384, 704)
+    assert rule.for_aspect((3000, 2000)) == (576, 384)
+    assert rule.for_aspect((777, 777)) == (512, 512)
+    wide = rule.for_aspect((10000, 100))
+    assert rule.allows(wide) and wide[0] == 3 * wide[1]
+    assert SizeRule.squares([32, 64]).for_aspect((1920, 1080)) == (64, 64)
+
+
 def test_a_folder_of_no_model_says_what_was_expected(kandinsky_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelDirError, match="Karlo snapshot .* Kandinsky 2.2"):
         describe(tmp_path)

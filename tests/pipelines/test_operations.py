@@ -21,6 +21,7 @@ from pipelines import operations as O
 from pipelines.checkpoints import random_stack
 from pipelines.config import StackConfig
 from pipelines.errors import InvalidInput
+from pipelines.sizes import Output
 from pipelines.unclip import Sampling, UnCLIP, make_generator, run_direct, run_many
 
 RECON = Sampling(decoder_steps=20, decoder_guidance=1.0)
@@ -136,6 +137,22 @@ def test_inpaint_keeps_pixels_outside_mask_exactly(pipe: UnCLIP) -> None:
     assert not np.array_equal(got[0][~k], want[0][~k])
 
 
+def test_an_image_of_another_aspect_is_centre_cropped_not_stretched(pipe: UnCLIP) -> None:
+    """A 96x64 image whose centre 64x64 is the 64 px test image (the sides differ): the
+    square model's variation at eta 0 and inpainting both see the centre only."""
+    centre = _quantized(smooth_image(8, 64))
+    wide = torch.cat([torch.full((1, 3, 64, 16), 0.9), centre, torch.full((1, 3, 64, 16), -0.9)], dim=-1)
+    keep = _square_mask(64)
+    keep_wide = torch.cat([torch.zeros(1, 1, 64, 16), keep, torch.ones(1, 1, 64, 16)], dim=-1)
+    pair = [run_direct(pipe, O.inpaint(pipe, img, k, "a green square", seed=1, size=64, resample=2, opts=FAST))
+            for img, k in ((centre, keep), (wide, keep_wide))]
+    assert torch.equal(pair[0].images, pair[1].images)
+    same = [run_direct(pipe, O.variations(pipe, img, eta=0.0, size=32, opts=RECON)) for img in (centre, wide)]
+    assert torch.equal(same[0].images, same[1].images)
+    assert O.fit(torch.zeros(1, 1, 30, 100), Output(40, 20)).shape[-2:] == (30, 60)
+    assert O.fit(torch.zeros(1, 1, 100, 30), Output(40, 20)).shape[-2:] == (15, 30)
+
+
 def test_inpaint_all_opaque_returns_input(pipe: UnCLIP) -> None:
     img = _quantized(smooth_image(9, 64))
     out = run_direct(pipe, O.inpaint(pipe, img, torch.ones(1, 1, 64, 64), "anything", size=64, opts=FAST))
@@ -207,7 +224,7 @@ def test_bad_inputs(pipe: UnCLIP) -> None:
     _raises(lambda: run_direct(pipe, O.interpolate(pipe, images=[img])), "image")
     _raises(lambda: run_direct(pipe, O.interpolate(pipe, prompts=["only one"])), "prompt")
     _raises(lambda: run_direct(pipe, O.text_diff(pipe, img, "x", max_theta=-0.1)), "max_theta")
-    _raises(lambda: run_direct(pipe, O.variations(pipe, torch.zeros(1, 3, 32, 48))), "image")
+    _raises(lambda: run_direct(pipe, O.variations(pipe, torch.zeros(2, 3, 32, 32))), "image")
     _raises(lambda: run_direct(pipe, O.variations(pipe, img, eta=2.0)), "eta")
     _raises(lambda: run_direct(pipe, O.generate(pipe, "x", size=48)), "size")
 

@@ -37,8 +37,13 @@ def test_variation_jpeg_default_url(client: openai.OpenAI) -> None:
     assert res.data[0].url.endswith(".png")
 
 
+def test_variation_of_an_image_of_another_aspect(client: openai.OpenAI) -> None:
+    """A 32x20 upload is centre-cropped to the square model's output, not refused."""
+    res = variation(client, image=("r.png", png(32, height=20), "image/png"), size="32x32", extra_body=FAST_DECODER)
+    assert res.data[0].url.endswith(".png") and res.size == "32x32"
+
+
 @pytest.mark.parametrize("kw, param, code", [
-    ({"image": ("r.png", png(32, height=20), "image/png")}, "image", "image_not_square"),
     ({"extra_body": {**FAST_DECODER, "eta": 1.5}}, "eta", "invalid_value"),
     ({"extra_body": FAST}, "prior_steps", "unknown_parameter"),  # no prior in a variation
     ({"size": "512x512"}, "size", "invalid_value"),

@@ -8,6 +8,7 @@ image alone or batched; fp16 snapshots linked from the Hub cache; a folder of no
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 import sys
 import warnings
@@ -19,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 from openai.types import ImagesResponse
+from PIL import Image
 
 from tests.pipelines._hub_layouts import linked_from_cache
 
@@ -77,6 +79,21 @@ def test_edit_keeps_unmasked_pixels(client: openai.OpenAI) -> None:
                              response_format="b64_json", extra_body={**FAST, "seed": 3})
     kept = np.asarray(open_png(image).convert("RGB"))[:, 16:]
     assert np.array_equal(pixels(res)[0][:, 16:], kept)
+
+
+def test_an_upload_s_aspect_sets_the_output_size(client: openai.OpenAI) -> None:
+    """No size: a 64x32 edit comes back at the grid size nearest 2:1 at about the default
+    32x32's area (48x24), the opaque colour kept (resized, not stretched off its aspect)."""
+    alpha = np.full((32, 64), 255, np.uint8)
+    alpha[:, 32:] = 0
+    flat = np.dstack([np.full((32, 64, 3), (200, 30, 30), np.uint8), alpha])
+    buf = io.BytesIO()
+    Image.fromarray(flat, "RGBA").save(buf, format="PNG")
+    res = client.images.edit(image=("wide.png", buf.getvalue(), "image/png"), prompt="a green field",
+                             response_format="b64_json", extra_body={**FAST, "seed": 3})
+    out = pixels(res)[0]
+    assert res.size == "48x24" and out.shape == (24, 48, 3)
+    assert np.abs(out[:, :20].astype(int) - (200, 30, 30)).max() <= 1
 
 
 def test_variation_interpolation_and_text_diff(client: openai.OpenAI) -> None:
