@@ -2,8 +2,10 @@
 
 Generated step counts, image counts and frames are capped before sending, and the step
 counts and frames a request leaves out are set to those caps (the model's defaults are
-what every other test runs), so that the accepted requests stay cheap on CPU; everything
-else is as schemathesis generates it.
+what every other test runs), so that the accepted requests stay cheap on CPU. On a coin
+that hypothesis tosses, the uploads (but an interpolation's two) are a real 48x32 RGBA PNG,
+as their own mask too, beside schemathesis' own 1x1 images, so that the generated fields
+also reach inpainting of a wide image; everything else is as schemathesis generates it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402  (after the import check)
+from hypothesis import HealthCheck, given, settings, strategies  # noqa: E402  (after the import check)
 
-from .conftest import ServerProc  # noqa: E402
+from .conftest import ServerProc, half_transparent, png  # noqa: E402
 
 CAPS = {"prior_steps": 2, "decoder_steps": 2, "upsampler_steps": 2, "best_of": 1, "n": 2, "frames": 3}
 FILLED = ("prior_steps", "decoder_steps", "upsampler_steps", "frames")  # set to their caps when left out
+WIDE = png(48, half_transparent(48)[:32], seed=1, height=32)  # 48x32, its left half to edit
 
 
 def operations(server: ServerProc) -> list[Any]:
@@ -32,12 +35,17 @@ def fields(op: Any) -> frozenset[str]:
     return frozenset(name for body in op.body for name in body.definition.get("schema", {}).get("properties", {}))
 
 
-def cap(body: Any, accepted: frozenset[str]) -> None:
-    """Cap expensive numeric fields in place (JSON or multipart bodies), and set those of
-    FILLED that the operation takes and the body leaves out."""
+def cap(body: Any, accepted: frozenset[str], real_image: bool) -> None:
+    """Cap expensive numeric fields in place (JSON or multipart bodies), set those of
+    FILLED that the operation takes and the body leaves out, and with `real_image` make
+    the uploads WIDE."""
     if not isinstance(body, dict):
         return
     body.update({key: CAPS[key] for key in FILLED if key in accepted and key not in body})
+    if "image" in body and real_image and "thetas" not in accepted:  # (two files do not fit its schema)
+        body["image"] = WIDE
+        if "mask" in body:
+            body["mask"] = WIDE
     for key, limit in CAPS.items():
         value = body.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
@@ -51,9 +59,9 @@ def probe(op: Any, server: ServerProc) -> None:
     accepted = fields(op)
 
     @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(case=op.as_strategy())
-    def check(case: Any) -> None:
-        cap(case.body, accepted)
+    @given(case=op.as_strategy(), real_image=strategies.booleans())
+    def check(case: Any, real_image: bool) -> None:
+        cap(case.body, accepted, real_image)
         response = case.call(base_url=server.base_url, timeout=60)
         assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
         assert "x-request-id" in response.headers
