@@ -247,7 +247,7 @@ def test_queue_full_rejects_at_once_and_keeps_queued(make_engine, tiny_pipe: UnC
     started = time.monotonic()
     with pytest.raises(QueueFull) as info:
         engine.submit(ops.generate(tiny_pipe, "x", seed=9, opts=ONE), kind="generation")
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.5  # at once: a submit that waited for room would hang
     assert info.value.retry_after_s >= 1.0
     assert stats.rejections == ["queue_full"] and engine.queue_depth == 3
     engine.start()
