@@ -20,9 +20,9 @@ const RETRY_MS = 2000;
 // each size runs (their names and count drive the progress bar).
 const model = { id: null, sizes: [], defaultSize: null, stages: {} };
 
-/** The stages an operation at `size` ("WxH"; none: the default) runs, in order. */
+/** The stages an operation at `size` ("WxH"; none or "auto": the default's) runs, in order. */
 function stagesAt(size) {
-  return model.stages[size || model.defaultSize] ?? [];
+  return model.stages[size] ?? model.stages[model.defaultSize] ?? [];
 }
 
 /** How many stages an operation at `size` runs. */
@@ -37,12 +37,17 @@ function askForKey() {
   $("api-key").focus();
 }
 
-/** The size menu: the model's sizes as listed, starting at the one it suggests (else its default). */
+/** The size menu: the model's sizes as listed, starting at the one it suggests (else its
+ * default); where the model makes other shapes than squares, "auto" last: an upload's
+ * aspect for the operations on an image (the server picks the size), the default otherwise. */
 function fillSizes(sizes, start) {
   const select = $("size");
   const keep = select.value;
-  select.replaceChildren(...sizes.map((s) => el("option", { value: s }, s.replace("x", " × "))));
-  select.value = sizes.includes(keep) ? keep : start;
+  const options = sizes.map((s) => el("option", { value: s }, s.replace("x", " × ")));
+  const shaped = sizes.some((s) => { const [w, h] = s.split("x"); return w !== h; });
+  if (shaped) options.push(el("option", { value: "auto" }, "Auto: an upload's aspect"));
+  select.replaceChildren(...options);
+  select.value = sizes.includes(keep) || (shaped && keep === "auto") ? keep : start;
 }
 
 function usePrompt(text) {

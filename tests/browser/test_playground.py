@@ -462,8 +462,9 @@ def test_every_playground_file_is_installed_with_the_package() -> None:
 
 
 def test_a_kandinsky_model_offers_its_sizes_and_names_its_stages(open_page, kandinsky_server: ServerProc) -> None:
-    """The size menu is the card's (native first, wide and tall ones too); a 96x64 image comes
-    back 96 x 64 with its latent stages named for people."""
+    """The size menu is the card's (native first, wide and tall ones too, then Auto); a 96x64
+    image comes back 96 x 64 with its latent stages named for people, and a variation of a
+    64x32 upload at Auto comes back at the size nearest its aspect, 48 x 24."""
     tab = open_page(kandinsky_server)
     options = tab.page.locator("#size option").all_inner_texts()
     assert options[0] == "32 × 32" and "96 × 64" in options and "64 × 96" in options
@@ -472,6 +473,17 @@ def test_a_kandinsky_model_offers_its_sizes_and_names_its_stages(open_page, kand
     tab.page.select_option("#size", "96x64")
     generate(tab, prompt="a cat")
     assert_steps_shown(tab, "Choosing the image embedding", "Drawing the latents", "Decoding the latents into pixels")
-    src = cards(tab).first.locator("img").first.get_attribute("src")
-    assert tab.page.evaluate("(src) => new Promise((ok) => { const i = new Image(); "
-                             "i.onload = () => ok([i.naturalWidth, i.naturalHeight]); i.src = src; })", src) == [96, 64]
+    assert natural_size(tab, 0) == [96, 64]
+    assert options[-1] == "Auto: an upload's aspect"  # the server sizes an operation on an image by it
+    tab.page.select_option("#size", "auto")
+    upload_source(tab, png(64, seed=1, height=32))
+    tab.page.fill("#var-n", "1")
+    run(tab, "#run-variations", 1)
+    assert natural_size(tab, 0) == [48, 24]
+
+
+def natural_size(tab: Tab, card_index: int) -> list[int]:
+    """[width, height] of a gallery card's first image."""
+    src = cards(tab).nth(card_index).locator("img").first.get_attribute("src")
+    return tab.page.evaluate("(src) => new Promise((ok) => { const i = new Image(); "
+                             "i.onload = () => ok([i.naturalWidth, i.naturalHeight]); i.src = src; })", src)
