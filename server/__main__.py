@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .logs import configure
 from .settings import Settings
 
 
@@ -25,10 +26,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cannot sign and a bad file of moderation concepts return 2.
     """
     settings = Settings.from_cli(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn_logging = configure(settings.log_level, settings.log_format)
     from .serving import serve  # the stack, once the flags are known good
 
-    return serve(settings)
+    return serve(settings, uvicorn_logging)
 
 
 def exit_now(code: int) -> None:

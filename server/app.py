@@ -37,6 +37,7 @@ from .api.background import ASYNC_RESPONSE, prefer_header
 from .api.errors import error_response, install_handlers
 from .claimer import Claimer
 from .errors import CLIENT_CLOSED, APIError
+from .logs import CURRENT_REQUEST
 from .requests.schemas import ErrorResponse
 from .runtime import Runtime
 from .settings import Settings
@@ -81,6 +82,7 @@ class RequestContext:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = given if REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
         scope.setdefault("state", {})["request_id"] = rid
+        logged_as = CURRENT_REQUEST.set(rid)  # every log line of this request names it (server/logs.py)
         status, started, gone = [500, False], time.perf_counter(), [False]
 
         async def watching_receive() -> Message:
@@ -108,6 +110,7 @@ class RequestContext:
                 await error_response(err)(scope, receive, send)
         finally:
             self.observe(scope, CLIENT_CLOSED if gone[0] else status[0], time.perf_counter() - started)
+            CURRENT_REQUEST.reset(logged_as)
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")

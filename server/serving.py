@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import FrameType
-from typing import Optional
+from typing import Any, Optional
 
 import uvicorn
 
@@ -61,17 +61,19 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, log_config: Optional[dict[str, Any]] = None) -> int:
     """Build the app and serve it until stopped; the exit status: 0, or 2 when a model
     folder holds no model, weights are missing, world.json is bad, the C2PA credentials
-    cannot sign or the file of moderation concepts is bad (each logged, saying why)."""
+    cannot sign or the file of moderation concepts is bad (each logged, saying why).
+    `log_config`: the logging config uvicorn applies (server/logs.py; None: its own)."""
     try:
         app = create_app(settings)
     except (MissingWeightsError, ModelDirError, MissingExtra, BadCaps, BadWorld, BadCredentials,
             BadConcepts) as err:
         log.error("%s", err)
         return 2
+    own = {"log_config": log_config} if log_config is not None else {}
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=WRITE_GRACE_S, lifespan="on")
+                            timeout_graceful_shutdown=WRITE_GRACE_S, lifespan="on", **own)
     DrainingServer(config, app.state.runtime, settings.drain_grace_s).run()
     return 0

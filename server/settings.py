@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsC
 from pipelines.dtypes import DtypeName
 
 from .jobs.webhooks import parse_hosts, secret_key
+from .logs import LogFormat
 from .state.redis.address import REDIS_SCHEMES, is_sentinel, parse_sentinel_url
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
                                                 "get 400 moderation_blocked (docs/trust.md); empty: off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="log level of the server and uvicorn")
+    log_format: LogFormat = Field("text", description="text: lines for people; json: one JSON object a line "
+                                  "(time, level, logger, message, request_id) for log collectors, uvicorn's "
+                                  "access lines too")
 
     @field_validator("webhook_secret")
     @classmethod

@@ -90,7 +90,7 @@ def test_pipelines_import_neither_server_nor_tools() -> None:
 # Bottom first. A module may import its own part (the same prefix) and every layer below;
 # the parts of one layer stand beside each other and import none of each other.
 SERVER_LAYERS = (
-    ("server.errors",),  # the error types: nothing heavy
+    ("server.errors", "server.logs"),  # the error types, the logs' set-up: nothing heavy
     ("server.state",),  # records, URL images, cancels; redis/ (link, stores, global queue)
     ("server.engine",),  # the engine thread, scheduler, jobs, stats, batch caps
     ("server.jobs",),  # async jobs, webhooks

@@ -30,15 +30,16 @@ class WheelGroup:
 # the device tool: python 3.12, torch 2.11 with CUDA 13, numpy, pillow, safetensors,
 # prometheus-client, transformers, timm, huggingface-hub...) has none of fastapi, starlette,
 # uvicorn, pydantic (+ core, settings), python-multipart, open_clip_torch (+ ftfy), diffusers,
-# redis, httpx (server/jobs/webhooks.py) or xformers; httpx, httpcore and timm are carried even
-# where an image has them. Dependencies checked with the wheels' Requires-Dist, and the whole
-# set offline on a python 3.12 by `make gpu-wheels-check` (bench/gpu_wheels_check.py).
+# redis, httpx (server/jobs/webhooks.py), python-json-logger (server/logs.py) or xformers;
+# httpx, httpcore and timm are carried even where an image has them. Dependencies checked with
+# the wheels' Requires-Dist, and the whole set offline on a python 3.12 by `make
+# gpu-wheels-check` (bench/gpu_wheels_check.py).
 # xformers 0.0.35 is a py39-none wheel of 3.1 MiB that needs torch>=2.10: it fits; whether it
 # runs is measured there (keep_xformers_only_if_it_runs), else SDPA is used.
 WHEEL_GROUPS: tuple[WheelGroup, ...] = (
     WheelGroup("server", ("fastapi==0.165.0", "uvicorn==0.55.0", "pydantic-settings==2.16.3",
                           "python-multipart==0.0.34", "redis==8.2.0", "httpx==0.29.0",
-                          "fastapi-offline==1.7.7"),
+                          "fastapi-offline==1.7.7", "python-json-logger==4.2.0"),
                ("starlette==1.10.0", "pydantic==2.14.4", "pydantic_core==2.50.5", "python-dotenv==1.2.4",
                 "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing_extensions==4.16.0",
                 "annotated-doc==0.0.7", "opentelemetry-api==1.45.2", "anyio==4.16.0", "h11==0.16.0",

@@ -19,7 +19,8 @@ from bench.gpu_wheels_check import MUST_IMPORT, runtime_requirements, third_part
 
 REPO = Path(__file__).resolve().parents[2]
 DISTRIBUTION_OF = {"PIL": "pillow", "open_clip": "open-clip-torch", "prometheus_client": "prometheus-client",
-                   "pydantic_settings": "pydantic-settings", "python_multipart": "python-multipart"}
+                   "pydantic_settings": "pydantic-settings", "python_multipart": "python-multipart",
+                   "pythonjsonlogger": "python-json-logger"}
 
 
 def carried() -> dict[str, str]:

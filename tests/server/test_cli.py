@@ -4,6 +4,7 @@ argparse's exit statuses) run as real processes, `Settings.from_cli` in process,
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +115,25 @@ def test_flag_beats_variable(start_cli_server: Callable[..., ServerProc]) -> Non
     wait_ready(server, TIMEOUT_S, path="/health")
     assert env_port != server.port and refuses_connections(env_port)
     assert server.stop(timeout=TIMEOUT_S) == 0
+
+
+def test_json_logs_name_each_request(start_cli_server: Callable[..., ServerProc]) -> None:
+    """UNCLIP_LOG_FORMAT=json: every line the server writes is one JSON object; a request's
+    access line carries its x-request-id, method, path and status; what no request logs
+    has request_id null."""
+    server = start_cli_server(env={"UNCLIP_LOG_FORMAT": "json"})
+    wait_ready(server, TIMEOUT_S)
+    r = httpx.post(server.url("/v1/images/generations"), json={"prompt": "x", "n": 0},
+                   headers={"x-request-id": "req-logged-1"}, timeout=TIMEOUT_S)
+    assert r.status_code == 400
+    assert server.stop(timeout=TIMEOUT_S) == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines), lines
+    access = [(line["logger"], line["method"], line["path"], line["status"]) for line in lines
+              if line["request_id"] == "req-logged-1"]
+    assert access == [("uvicorn.access", "POST", "/v1/images/generations", 400)]
+    ready = next(line for line in lines if line["message"].startswith("ready: model"))
+    assert (ready["level"], ready["logger"], ready["request_id"]) == ("INFO", "server.runtime", None)
 
 
 # ---- Settings.from_cli in process -------------------------------------------------------
