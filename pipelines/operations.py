@@ -117,7 +117,7 @@ def check_image(image: torch.Tensor, out: Output, param: str = "image") -> torch
     the output (`fit`), so that no stage stretches it."""
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise InvalidInput(param, f"'{param}' must be one RGB image")
-    return fit(as_float(image), out)
+    return as_float(fit(image, out))
 
 
 def fit(x: torch.Tensor, out: Output) -> torch.Tensor:

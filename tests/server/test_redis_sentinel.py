@@ -181,8 +181,8 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
                                    json={**JOB, "seed": 100 + i}, timeout=120) for i in range(6)]
             # each waiting client's job queued before the kill: a request that comes while Redis
             # fails over is refused (503 store_unavailable, with Retry-After), and is not the point
-            assert until(lambda: len(queued(sentinel_set.master) - set(ids)) + sum(w.done() for w in waiting) >= 6,
-                         30)
+            assert until(lambda: len(job_ids(sentinel_set.master, "spec") - set(ids))
+                         + sum(w.done() for w in waiting) >= 6, 30)
             sentinel_set.fail_over()
             answers = [w.result() for w in waiting]
         assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers if a.status_code != 200]
@@ -195,15 +195,11 @@ def test_replicas_lose_no_job_when_redis_fails_over(sentinel_set: SentinelSet,
             r.stop()
 
 
-def queued(redis_proc: RedisProc) -> set[str]:
-    """The ids of the jobs in this Redis's global queue, waiting or running (their spec kept)."""
-    prefix = RedisLink.key("spec", "")
+def job_ids(redis_proc: RedisProc, kind: str) -> set[str]:
+    """The ids of the jobs that have a `kind` key in this Redis: "job", their records;
+    "spec", those in the global queue, waiting or running."""
+    prefix = RedisLink.key(kind, "")
     return {key.decode()[len(prefix):] for key in redis_proc.client().scan_iter(match=prefix + "*", count=1000)}
-
-
-def records(redis_proc: RedisProc) -> int:
-    """How many job records the servers keep in this Redis."""
-    return sum(1 for _ in redis_proc.client().scan_iter(match=RedisLink.key("job", "*"), count=1000))
 
 
 def test_ready_says_why_a_redis_that_answers_is_not_used(redis_server: RedisProc,
@@ -238,7 +234,7 @@ def test_a_request_refused_while_queueing_leaves_nothing_behind(sentinel_set: Se
         finally:
             stalled.proc.send_signal(signal.SIGCONT)
         assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [(503, "store_unavailable")] * 2
-        assert until(lambda: records(sentinel_set.master) == 0, 10), c.get("/v1/images/jobs").json()
+        assert until(lambda: not job_ids(sentinel_set.master, "job"), 10), c.get("/v1/images/jobs").json()
         assert c.get("/v1/images/jobs").json()["data"] == []
         retried = c.post("/v1/images/generations", json={**JOB, "seed": 2}, headers=keyed)
         assert retried.status_code == 200 and retried.json()["data"][0]["b64_json"], retried.text
